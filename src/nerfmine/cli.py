@@ -1,0 +1,257 @@
+"""The ``nerfmine`` command: train and evaluate Instant-NGP NeRFs with hard sample mining."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from nerfmine.errors import NerfmineError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parse_points(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 15,30,60, got '{text}'") from None
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nerfmine",
+        description="Train Instant-NGP NeRFs with online hard sample mining.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a scene (the bundled demo scene by default)")
+    train.add_argument("data", nargs="?", default=None,
+                       help="scene folder in the NeRF-synthetic transforms format "
+                            "(default: the bundled 100x100 lego demo scene)")
+    budget = train.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="budget in training steps")
+    budget.add_argument("--seconds", type=float, help="budget in seconds of training clock")
+    train.add_argument("--eval-at", type=_parse_points, default=None,
+                       help="evaluation points in the budget's unit, e.g. 15,30,60,120,240")
+    train.add_argument("--preset", default="auto", help="auto (default), gpu or cpu")
+    train.add_argument("--mining", choices=["hsm", "none"], default=None,
+                       help="hsm: online hard sample mining (default); none: plain Instant-NGP")
+    train.add_argument("--backend", choices=["auto", "torch", "triton"], default=None,
+                       help="kernels: triton on a CUDA GPU, torch (pure PyTorch) elsewhere")
+    train.add_argument("--downscale", type=int, default=None, help="shrink images N times")
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--eval-images", type=int, default=None,
+                       help="evaluate only the first N images of the evaluation split")
+    train.add_argument("--output", "-o", type=Path, default=None,
+                       help="run folder (default: runs/<scene>-<date>-<time>)")
+    train.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                       help="continue a run from its last checkpoint (the budget and "
+                            "evaluation points may change)")
+    train.add_argument("--config", type=Path, default=None,
+                       help="JSON file of config overrides (nested like config.json)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("eval", help="re-evaluate a run's checkpoint")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--split", default=None, help="split to evaluate (default: the run's)")
+    ev.add_argument("--data", type=Path, default=None,
+                    help="scene folder, if it moved since training")
+    ev.add_argument("--eval-images", type=int, default=None)
+    ev.add_argument("--no-renders", action="store_true", help="do not write the renders")
+    return parser
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"data": {}, "train": {}}
+    if args.config is not None:
+        try:
+            overrides = json.loads(args.config.read_text())
+        except OSError as exc:
+            raise NerfmineError(f"{args.config}: cannot read the config file ({exc})") from None
+        except json.JSONDecodeError as exc:
+            raise NerfmineError(f"{args.config}: not valid JSON ({exc})") from None
+        overrides.setdefault("data", {})
+        overrides.setdefault("train", {})
+    if args.data is not None:
+        overrides["data"]["path"] = str(Path(args.data).resolve())
+    if args.downscale is not None:
+        overrides["data"]["downscale"] = args.downscale
+    if args.steps is not None:
+        overrides["train"].update(max_steps=args.steps, max_seconds=None)
+    if args.seconds is not None:
+        overrides["train"].update(max_seconds=args.seconds, max_steps=None)
+    if args.eval_at is not None:
+        overrides["train"]["eval_at"] = list(args.eval_at)
+    if args.seed is not None:
+        overrides["train"]["seed"] = args.seed
+    if args.eval_images is not None:
+        overrides["train"]["eval_max_images"] = args.eval_images
+    if args.mining is not None:
+        overrides["mining"] = args.mining
+    if args.backend is not None:
+        overrides["backend"] = args.backend
+    return overrides
+
+
+def _default_run_dir(data: str | None) -> Path:
+    name = Path(data).name if data else "demo-lego_100"
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{stamp}"
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".nerfmine-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise NerfmineError(f"{folder}: cannot write the run folder here ({exc.strerror}); "
+                            "choose another place with --output") from None
+
+
+class _Progress:
+    """A rich progress bar: step, loss, samples/s, PSNR so far, time left."""
+
+    def __init__(self, total: float, unit: str, quiet: bool):
+        self.quiet = quiet
+        self.unit = unit
+        if quiet:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.description}"),
+            TimeElapsedColumn(), transient=False)
+        self.task = self.bar.add_task("", total=1.0)
+        self.bar.start()
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        if self.quiet:
+            if info.get("event") == "eval":
+                print(f"eval at {info['clock']:.1f} s, step {info['step']}: "
+                      f"PSNR {info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}", flush=True)
+            return
+        if info.get("event") == "eval":
+            self.bar.console.print(f"eval at {info['clock']:.1f} s (step {info['step']}): "
+                                   f"PSNR {info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}")
+            return
+        psnr = f"{info['psnr']:.2f} dB" if info.get("psnr") is not None else "-"
+        hard = f" b/B {info['hard_fraction']:.2f}" if info.get("hard_fraction") is not None else ""
+        desc = (f"step {info['step']} loss {info['loss']:.5f} "
+                f"{info['samples_per_second'] / 1e6:.2f} M samples/s PSNR {psnr}{hard} "
+                f"left {info['time_left']:.0f} s")
+        self.bar.update(self.task, completed=min(1.0, info["fraction"]), description=desc)
+
+    def close(self) -> None:
+        if not self.quiet:
+            self.bar.stop()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nerfmine.config import make_config
+    from nerfmine.trainer import Trainer
+
+    overrides = _train_overrides(args)
+    if args.resume is not None:
+        # Only what the user typed overrides the checkpoint's config; the budget and the
+        # evaluation points may change, anything else must match (checked by resume).
+        resume_over = {k: v for k, v in overrides.items() if k not in ("data", "train")}
+        resume_over["train"] = overrides["train"]
+        if overrides["data"]:
+            resume_over["data"] = overrides["data"]
+        trainer = Trainer.resume(args.resume, resume_over)
+        print(f"resuming {args.resume} at step {trainer.step} "
+              f"({trainer.clock:.1f} s of training clock)", flush=True)
+    else:
+        if "max_steps" not in overrides["train"] and "max_seconds" not in overrides["train"]:
+            overrides["train"]["max_seconds"] = 240.0
+            overrides["train"].setdefault("eval_at", [15, 30, 60, 120])
+        preset = args.preset
+        config = make_config(preset, overrides)
+        run_dir = args.output or _default_run_dir(config.data.path)
+        _check_writable(run_dir)
+        if (run_dir / "checkpoint.pt").exists():
+            raise NerfmineError(f"{run_dir} already holds a run; resume it with "
+                                f"--resume {run_dir} or choose another --output")
+        trainer = Trainer(config, run_dir)
+        print(f"training {trainer.data_root} on {config.device} (preset {config.preset}, "
+              f"backend {config.backend}, mining {config.mining}) into {run_dir}", flush=True)
+    t = trainer.config.train
+    unit = "s" if t.max_seconds else "steps"
+    progress = _Progress(t.max_seconds or t.max_steps, unit, args.quiet or not sys.stdout.isatty())
+    try:
+        metrics = trainer.train(progress=progress)
+    finally:
+        progress.close()
+    _print_summary(trainer.run_dir, metrics)
+    return 0
+
+
+def _print_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
+    hard = metrics.get("mean_hard_fraction")
+    print(f"done: {metrics['steps']} steps in {metrics['training_seconds']:.1f} s of training "
+          f"clock on {metrics['device']}" + (f", mean b/B {hard:.3f}" if hard else ""))
+    print(f"test PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "
+          f"({len(metrics['per_image'])} {metrics['split']} views over white)")
+    print(f"outputs in {run_dir}: config.json, checkpoint.pt, metrics.json, psnr_curve.png, "
+          f"renders/")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from nerfmine.checkpoint import load_checkpoint
+    from nerfmine.config import config_from_dict
+    from nerfmine.trainer import Trainer
+
+    run_dir = args.run_dir
+    if not run_dir.is_dir():
+        raise NerfmineError(f"{run_dir}: no such run folder")
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    values = state["config"]
+    if args.split:
+        values["data"]["eval_split"] = args.split
+    if args.data:
+        values["data"]["path"] = str(args.data.resolve())
+    if args.eval_images is not None:
+        values["train"]["eval_max_images"] = args.eval_images
+    config = config_from_dict(values)
+    trainer = Trainer(config, run_dir, load_train=False)
+    trainer.load_state_dict(state)
+    split = config.data.eval_split
+    save_dir = None if args.no_renders else run_dir / "renders" / split
+    result = trainer.evaluate(save_dir=save_dir)
+    out = {"split": split, "psnr": result.psnr, "ssim": result.ssim, "step": result.step,
+           "clock": result.clock, "per_image": result.per_image}
+    path = run_dir / f"eval_{split}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"{split}: PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f} over "
+          f"{len(result.per_image)} views (step {result.step}); written to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "eval":
+            return cmd_eval(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except NerfmineError as exc:
+        from nerfmine.trainer import TrainingInterrupted
+
+        print(f"nerfmine: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(exc, TrainingInterrupted) else EXIT_USER_ERROR
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Run configuration: nested, frozen dataclasses with a docstring per field, and presets.
+
+Every run writes its resolved config (``config.json``) next to its outputs; loading a config
+rejects unknown keys. Presets hold the values that differ between a GPU run (the paper's
+setting) and a CPU run; the trainer itself has no per-device branches for hyperparameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nerfmine.errors import ConfigError
+from nerfmine.miner import MinerConfig
+from nerfmine.occupancy import OccupancyConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str | None = None
+    """Scene folder (NeRF-synthetic transforms format). None trains the bundled demo scene."""
+    train_split: str = "train"
+    """Split used for training."""
+    eval_split: str = "test"
+    """Split used for evaluation (lego_400 has train and test only)."""
+    downscale: int = 1
+    """Integer factor by which images are shrunk (area averaging) when loaded."""
+    scale: float = 0.33
+    """World-to-unit-cube scale (instant-ngp's NeRF-synthetic mapping x * 0.33 + 0.5)."""
+    offset: float = 0.5
+    """World-to-unit-cube offset, the same on each axis."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_levels: int = 16
+    """Hash-grid levels L (instant-ngp Table 1)."""
+    n_features: int = 2
+    """Features per table entry F."""
+    log2_table_size: int = 19
+    """log2 of the entries per level T (2^19 in instant-ngp's NeRF setting)."""
+    base_resolution: int = 16
+    """Coarsest grid resolution Nmin."""
+    max_resolution: int = 2048
+    """Finest grid resolution Nmax (2048 x aabb_scale)."""
+    hidden_dim: int = 64
+    """Width of the density and colour MLPs' hidden layers."""
+    geo_feature_dim: int = 16
+    """Outputs of the density MLP; the first is the raw log-density."""
+    sh_degree: int = 4
+    """Degree of the spherical-harmonics view-direction encoding (16 coefficients)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    """Seed of every random draw of the run (rays, jitter, occupancy, mining, init)."""
+    max_steps: int | None = None
+    """Budget in training steps (exactly one of max_steps and max_seconds is set)."""
+    max_seconds: float | None = None
+    """Budget in seconds of training clock (evaluation and checkpoints excluded)."""
+    eval_at: tuple[float, ...] = ()
+    """Evaluation points, in the budget's unit (seconds or steps); the end is always evaluated."""
+    target_samples: int = 1 << 18
+    """Samples per step the ray count adapts to; also the fixed capacity of the packed buffers."""
+    initial_rays: int = 4096
+    """Rays in the first step (instant-ngp starts at 4096)."""
+    ray_granularity: int = 128
+    """The adaptive ray count is a multiple of this."""
+    max_rays: int = 1 << 18
+    """Upper bound of the adaptive ray count."""
+    lr: float = 1e-2
+    """Adam learning rate (instant-ngp)."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam betas (instant-ngp)."""
+    eps: float = 1e-15
+    """Adam epsilon (instant-ngp)."""
+    l2_reg: float = 1e-6
+    """L2 regularisation added to the gradients of the MLP weights only (tiny-cuda-nn style)."""
+    lr_milestones: tuple[float, ...] = (0.4, 0.6, 0.8)
+    """Fractions of the budget at which the learning rate is multiplied by lr_gamma.
+
+    instant-ngp decays by 0.33 at step 20k and every 10k after, for a ~50k-step (5-minute) run:
+    0.4, 0.6 and 0.8 of the budget. A budget in seconds measures the fraction on the training
+    clock, so a fast run keeps the same shape of schedule."""
+    lr_gamma: float = 0.33
+    """Learning-rate factor at each milestone."""
+    ema_decay: float = 0.95
+    """Decay of the exponential moving average of the weights used for evaluation."""
+    mixed_precision: bool = True
+    """fp16 autocast with loss scaling for the MLPs (CUDA only; ignored on CPU)."""
+    max_steps_per_ray: int = 1024
+    """Most marching steps per ray (instant-ngp)."""
+    step_size: float = math.sqrt(3) / 1024
+    """Marching step in the unit cube (instant-ngp: sqrt(3)/1024)."""
+    min_transmittance: float = 1e-4
+    """A sample is composited while the transmittance before it is at least this."""
+    checkpoint_every: float = 60.0
+    """Seconds of training clock between checkpoints (also written at each evaluation)."""
+    eval_rays_per_chunk: int = 1 << 16
+    """Rays rendered at once during evaluation."""
+    eval_max_images: int | None = None
+    """Evaluate only the first N images of the evaluation split (None: all, as the protocol)."""
+    save_renders: bool = True
+    """Write the final evaluation's renders as PNG."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str = "gpu"
+    """Name of the preset the run started from (recorded, not used after resolution)."""
+    backend: str = "torch"
+    """Kernel backend: "torch" (pure PyTorch, any device) or "triton" (CUDA)."""
+    device: str = "cpu"
+    """Torch device of the run."""
+    mining: str = "hsm"
+    """"hsm": online hard sample mining (Korhonen et al. 2024); "none": plain Instant-NGP."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    miner: MinerConfig = field(default_factory=MinerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# Values that change between presets. "gpu" is instant-ngp's NeRF setting. "cpu" shrinks the
+# work per step so that the bundled 100x100 demo scene trains in minutes on two cores: a 2^16
+# table and finest resolution 512 (the demo images are 100 px wide), 2^13 samples per step,
+# a 64^3 occupancy grid, and a plain fp32 step.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "gpu": {},
+    "cpu": {
+        "model": {"log2_table_size": 16, "max_resolution": 512},
+        "occupancy": {"resolution": 64, "chunk_size": 1 << 16},
+        "train": {
+            "target_samples": 1 << 13,
+            "initial_rays": 512,
+            "ray_granularity": 32,
+            "mixed_precision": False,
+            "eval_rays_per_chunk": 1 << 12,
+        },
+    },
+}
+
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "occupancy": OccupancyConfig,
+    "train": TrainConfig,
+    "miner": MinerConfig,
+}
+_TOP_LEVEL = {"preset", "backend", "device", "mining"}
+
+
+def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(where + '.' + k for k in unknown)}; "
+            f"valid keys of '{where}' are: {', '.join(sorted(names))}"
+        )
+    converted = {}
+    for key, value in values.items():
+        default = getattr(cls(), key)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        converted[key] = value
+    return cls(**converted)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from a (possibly partial) nested dict; unknown keys are errors."""
+    unknown = sorted(set(values) - _TOP_LEVEL - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(unknown)}; valid top-level keys are "
+            f"{', '.join(sorted(_TOP_LEVEL | set(_SECTIONS)))}"
+        )
+    kwargs: dict[str, Any] = {k: values[k] for k in _TOP_LEVEL if k in values}
+    for name, cls in _SECTIONS.items():
+        section = values.get(name, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"config section '{name}' must be a mapping, got {section!r}")
+        kwargs[name] = _build_section(cls, section, name)
+    config = RunConfig(**kwargs)
+    validate(config)
+    return config
+
+
+def load_config(path: Path) -> RunConfig:
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    return config_from_dict(values)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def make_config(preset: str = "auto", overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The config of a new run: a preset ("gpu", "cpu" or "auto") plus nested overrides.
+
+    "auto" picks "gpu" when CUDA is available, else "cpu". The backend defaults to "triton" on
+    CUDA when the Triton kernels import, else "torch".
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if preset == "auto":
+        preset = "gpu" if cuda else "cpu"
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; choose one of auto, {', '.join(PRESETS)}")
+    values: dict[str, Any] = {"preset": preset, "device": "cuda" if cuda else "cpu"}
+    values = _merge(values, PRESETS[preset])
+    values = _merge(values, overrides or {})
+    if values.get("backend", "auto") == "auto":
+        values["backend"] = default_backend(values["device"])
+    return config_from_dict(values)
+
+
+def default_backend(device: str) -> str:
+    """"triton" on a CUDA device when every Triton kernel is importable, else "torch"."""
+    if not device.startswith("cuda"):
+        return "torch"
+    try:
+        from nerfmine.ops import backends
+
+        return "triton" if backends.triton_available() else "torch"
+    except ImportError:
+        return "torch"
+
+
+def validate(config: RunConfig) -> None:
+    """Reject values that cannot work, naming the field and what was expected."""
+    t = config.train
+    if config.backend not in ("torch", "triton"):
+        raise ConfigError(f"backend must be 'torch' or 'triton' (or 'auto'), got '{config.backend}'")
+    if config.backend == "triton" and not config.device.startswith("cuda"):
+        raise ConfigError("backend 'triton' needs a CUDA GPU; use --backend torch on this machine")
+    if config.mining not in ("hsm", "none"):
+        raise ConfigError(f"mining must be 'hsm' or 'none', got '{config.mining}'")
+    if (t.max_steps is None) == (t.max_seconds is None):
+        raise ConfigError("set exactly one budget: train.max_steps (--steps) or "
+                          "train.max_seconds (--seconds)")
+    if t.max_steps is not None and t.max_steps < 1:
+        raise ConfigError(f"train.max_steps must be at least 1, got {t.max_steps}")
+    if t.max_seconds is not None and not t.max_seconds > 0:
+        raise ConfigError(f"train.max_seconds must be positive, got {t.max_seconds}")
+    if any(not (p > 0) for p in t.eval_at):
+        raise ConfigError(f"train.eval_at points must be positive, got {list(t.eval_at)}")
+    if config.data.downscale < 1:
+        raise ConfigError(f"data.downscale must be an integer >= 1, got {config.data.downscale}")
+    if t.target_samples < 256:
+        raise ConfigError(f"train.target_samples must be at least 256, got {t.target_samples}")
+    m = config.miner
+    if not 0 < m.min_fraction <= m.max_fraction <= 1:
+        raise ConfigError("miner fractions must satisfy 0 < min_fraction <= max_fraction <= 1, "
+                          f"got {m.min_fraction} and {m.max_fraction}")
+
+
+# Fields whose change alters tensor shapes or the meaning of the state: a resumed run must keep
+# them. The budget, evaluation points and checkpoint cadence may change on resume.
+RESUMABLE_CHANGES = {
+    ("train", "max_steps"),
+    ("train", "max_seconds"),
+    ("train", "eval_at"),
+    ("train", "checkpoint_every"),
+    ("train", "eval_max_images"),
+    ("train", "save_renders"),
+    ("train", "eval_rays_per_chunk"),
+}
+
+
+def check_resume_compatible(saved: RunConfig, new: RunConfig) -> None:
+    """Raise ConfigError naming every field that differs and may not change on resume."""
+    a, b = saved.to_dict(), new.to_dict()
+    problems = []
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict):
+            for sub in sorted(set(a[key]) | set(b.get(key, {}))):
+                if (key, sub) in RESUMABLE_CHANGES:
+                    continue
+                va, vb = a[key].get(sub), b.get(key, {}).get(sub)
+                if _norm(va) != _norm(vb):
+                    problems.append(f"{key}.{sub}: checkpoint has {va!r}, now {vb!r}")
+        elif key != "preset" and _norm(a.get(key)) != _norm(b.get(key)):
+            problems.append(f"{key}: checkpoint has {a.get(key)!r}, now {b.get(key)!r}")
+    if problems:
+        raise ConfigError(
+            "the checkpoint was written by a run with another config; these fields may not "
+            "change on resume:\n  " + "\n  ".join(problems)
+            + "\nStart a new run instead, or resume with the original settings."
+        )
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,75 @@
+"""The Instant-NGP radiance field: hash grid, density MLP, SH directions, colour MLP."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nerfmine.config import ModelConfig
+from nerfmine.ops.hash_grid import HashGridSpec, hash_grid_encode, init_hash_table
+from nerfmine.ops.sh import sh_encode
+
+
+def _xavier_uniform(out_dim: int, in_dim: int, generator: torch.Generator) -> torch.Tensor:
+    bound = math.sqrt(6.0 / (in_dim + out_dim))
+    return (torch.rand(out_dim, in_dim, generator=generator) * 2 - 1) * bound
+
+
+class NGPField(nn.Module):
+    """Instant-NGP NeRF network (Müller et al. 2022, Sec. 5.4), without biases as in tcnn.
+
+    density MLP: encoding (L*F) -> hidden (ReLU) -> geo_feature_dim; output 0 is the raw
+    log-density s. colour MLP: [geo features, SH(direction)] -> hidden -> hidden -> 3.
+    ``forward`` returns the 4 pre-activation outputs [s, c_r, c_g, c_b] per sample; the
+    compositor applies trunc_exp and sigmoid. Directions get no gradient.
+    """
+
+    def __init__(self, config: ModelConfig, backend: str = "torch", seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.backend = backend
+        self.spec = HashGridSpec(
+            n_levels=config.n_levels,
+            n_features=config.n_features,
+            log2_table_size=config.log2_table_size,
+            base_resolution=config.base_resolution,
+            max_resolution=config.max_resolution,
+        )
+        gen = torch.Generator().manual_seed(seed)
+        self.table = nn.Parameter(init_hash_table(self.spec, generator=gen))  # [T_all, F]
+        enc_dim, hid, geo = self.spec.output_dim, config.hidden_dim, config.geo_feature_dim
+        sh_dim = config.sh_degree**2
+        self.density_w1 = nn.Parameter(_xavier_uniform(hid, enc_dim, gen))
+        self.density_w2 = nn.Parameter(_xavier_uniform(geo, hid, gen))
+        self.color_w1 = nn.Parameter(_xavier_uniform(hid, geo + sh_dim, gen))
+        self.color_w2 = nn.Parameter(_xavier_uniform(hid, hid, gen))
+        self.color_w3 = nn.Parameter(_xavier_uniform(3, hid, gen))
+
+    def mlp_parameters(self) -> list[nn.Parameter]:
+        """The MLP weights (L2-regularised); the hash table is not among them."""
+        return [self.density_w1, self.density_w2, self.color_w1, self.color_w2, self.color_w3]
+
+    def _geo(self, positions: torch.Tensor) -> torch.Tensor:
+        enc = hash_grid_encode(positions, self.table, self.spec, backend=self.backend)  # [N, L*F]
+        hidden = torch.relu(F.linear(enc, self.density_w1))  # [N, hid]; fp16 under autocast
+        return F.linear(hidden, self.density_w2)  # [N, geo]
+
+    def forward(self, positions: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+        """Raw outputs [N, 4] (float32; float64 for a float64 field) at positions [N, 3] (unit cube) seen from directions."""
+        geo = self._geo(positions)  # [N, geo]
+        sh = sh_encode(directions, degree=self.config.sh_degree, backend=self.backend)
+        color_in = torch.cat([geo, sh.to(geo.dtype)], dim=-1)  # [N, geo + sh]
+        h = torch.relu(F.linear(color_in, self.color_w1))
+        h = torch.relu(F.linear(h, self.color_w2))
+        color_raw = F.linear(h, self.color_w3)  # [N, 3]
+        raw = torch.cat([geo[:, :1], color_raw], dim=-1)  # [N, 4]
+        return raw.float() if raw.dtype in (torch.float16, torch.bfloat16) else raw
+
+    @torch.no_grad()
+    def density(self, positions: torch.Tensor) -> torch.Tensor:
+        """Density sigma [N] at positions [N, 3] (no gradient); used by the occupancy grid."""
+        s = self._geo(positions)[:, 0].float()
+        return torch.exp(s.clamp(max=15.0))

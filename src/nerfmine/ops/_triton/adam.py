@@ -1,0 +1,114 @@
+"""Fused Adam step in one Triton kernel (semantics: :mod:`nerfmine.ops.adam`).
+
+One pass over a flat fp32 parameter: reads param, grad, exp_avg, exp_avg_sq (16 B/element),
+writes them back (12 B, skipped where the gradient is exactly 0 under ``skip_zero_grad``) and
+optionally the fp16 copy (2 B). The step count may live on the device (0-dim tensor): the bias
+corrections are then computed in the kernel, so no host synchronisation is needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+_BLOCK = 1024
+
+
+@triton.jit
+def _adam_kernel(
+    p_ptr, g_ptr, m_ptr, v_ptr, h_ptr, step_ptr,
+    n, step_f, lr, beta1, beta2, log2_beta1, log2_beta2, eps, wd,
+    STEP_FROM_PTR: tl.constexpr, SKIP_ZERO: tl.constexpr, WRITE_FP16: tl.constexpr,
+    HAS_WD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < n
+    if STEP_FROM_PTR:
+        t = tl.load(step_ptr).to(tl.float32)
+    else:
+        t = step_f
+    bc1 = 1.0 - tl.exp2(t * log2_beta1)
+    bc2_sqrt = tl.sqrt(1.0 - tl.exp2(t * log2_beta2))
+    p0 = tl.load(p_ptr + offs, mask=inb, other=0.0)
+    graw = tl.load(g_ptr + offs, mask=inb, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + offs, mask=inb, other=0.0)
+    v = tl.load(v_ptr + offs, mask=inb, other=0.0)
+    g = graw
+    if HAS_WD:
+        g = g + wd * p0
+    m = m * beta1 + (1.0 - beta1) * g
+    v = v * beta2 + (1.0 - beta2) * (g * g)
+    denom = tl.sqrt(v) / bc2_sqrt + eps
+    p = p0 - (lr / bc1) * m / denom
+    upd = inb
+    if SKIP_ZERO:
+        upd = inb & (graw != 0.0)
+    tl.store(p_ptr + offs, p, mask=upd)
+    tl.store(m_ptr + offs, m, mask=upd)
+    tl.store(v_ptr + offs, v, mask=upd)
+    if WRITE_FP16:
+        if SKIP_ZERO:
+            # untouched elements: write the unchanged param (keeps the copy exactly in sync)
+            p = tl.where(upd, p, p0)
+        tl.store(h_ptr + offs, p.to(tl.float16), mask=inb)
+
+
+def _check_flat(name: str, t: Tensor, ref: Tensor, dtype: torch.dtype | None = torch.float32):
+    if t.numel() != ref.numel() or not t.is_contiguous() or t.device != ref.device:
+        raise ValueError(f"fused_adam_step: {name} must be contiguous, with {ref.numel()} elements "
+                         f"on {ref.device}; got shape {tuple(t.shape)} on {t.device}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"fused_adam_step: {name} must be {dtype}, got {t.dtype}")
+
+
+def fused_adam_step(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step_tensor_or_int: int | Tensor,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay_l2: float,
+    skip_zero_grad: bool,
+    param_fp16: Tensor | None = None,
+) -> None:
+    """In-place fused Adam step over ``param`` (any shape, contiguous fp32)."""
+    _check_flat("param", param, param)
+    _check_flat("grad", grad, param, dtype=None)
+    _check_flat("exp_avg", exp_avg, param)
+    _check_flat("exp_avg_sq", exp_avg_sq, param)
+    if param_fp16 is not None:
+        _check_flat("param_fp16", param_fp16, param, dtype=torch.float16)
+    n = param.numel()
+    if n == 0:
+        return
+    step = step_tensor_or_int
+    from_ptr = isinstance(step, Tensor)
+    if from_ptr:
+        if step.numel() != 1 or step.device != param.device:
+            raise ValueError("fused_adam_step: a step tensor must hold one value on the param's "
+                             f"device ({param.device}); got {tuple(step.shape)} on {step.device}")
+        step_ptr, step_f = step, 0.0
+    else:
+        if int(step) < 1:
+            raise ValueError(f"adam step must count this update (>= 1), got {step}")
+        step_ptr, step_f = param, float(step)  # step_ptr unused
+    grid = (triton.cdiv(n, _BLOCK),)
+    _adam_kernel[grid](
+        param, grad, exp_avg, exp_avg_sq,
+        param_fp16 if param_fp16 is not None else param, step_ptr,
+        n, step_f, float(lr), float(beta1), float(beta2),
+        math.log2(beta1) if beta1 > 0 else -1e30, math.log2(beta2) if beta2 > 0 else -1e30,
+        float(eps), float(weight_decay_l2),
+        STEP_FROM_PTR=from_ptr, SKIP_ZERO=bool(skip_zero_grad),
+        WRITE_FP16=param_fp16 is not None, HAS_WD=weight_decay_l2 != 0.0,
+        BLOCK=_BLOCK, num_warps=4,
+    )

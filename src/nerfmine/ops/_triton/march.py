@@ -1,0 +1,257 @@
+"""Triton ray marching into packed sample buffers (the ``backend="triton"`` of
+:func:`nerfmine.ops.march.march_rays`).
+
+Two passes over the same candidate walk, one program per ray:
+
+1. ``_march_count_kernel`` counts the kept candidates of each ray.
+2. ``torch.cumsum`` gives the (unclamped) starts; a ray fits when ``start + count <=
+   capacity`` (a prefix of the rays); a ray that does not fit is dropped (count 0, start
+   ``n_samples``) and invalid unless it is empty, as in the reference; all on device.
+3. ``_march_write_kernel`` walks again and writes the kept candidates of fitting rays at
+   ``start + rank``; ``_pad_kernel`` fills slots ``>= n_samples`` with the padding values, reading
+   ``n_samples`` on device.
+
+The arithmetic reproduces the reference expression by expression in fp32
+(``t = t_near + (k + u) * step_size``, ``p = o + t d``, ``cell = clamp(floor(p * res))``) and the
+kernels are compiled with ``enable_fp_fusion=False`` so that no multiply-add is contracted into an
+FMA: kept candidates, ``t`` and positions come out bit-identical to the reference. A ray's walk
+stops at the first chunk with ``t >= t_far`` (t grows with k).
+
+No host synchronisation when ``capacity`` is given; ``capacity=None`` reads the total once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from nerfmine.ops.march import PackedSamples
+
+# Candidates examined at once by one program. 128 candidates x 3 coordinates fit in registers of
+# two warps; a ray through the unit cube has up to sqrt(3) / step_size (1024) candidates.
+DEFAULT_BLOCK = 128
+DEFAULT_NUM_WARPS = 4
+_PAD_BLOCK = 1024
+
+
+@triton.jit
+def _candidates(
+    ox, oy, oz, dx, dy, dz, t_near, t_far, u, occ_ptr, k, max_steps, step_size,
+    RES: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Candidates k .. k + BLOCK of one ray: (keep, t, px, py, pz)."""
+    steps = (k + tl.arange(0, BLOCK)).to(tl.float32)
+    t = t_near + (steps + u) * step_size
+    px = ox + t * dx
+    py = oy + t * dy
+    pz = oz + t * dz
+    fres = RES * 1.0
+    # floor, then clamp to the grid (done in float so out-of-range values never overflow an int).
+    cx = tl.minimum(tl.maximum(tl.floor(px * fres), 0.0), fres - 1.0).to(tl.int32)
+    cy = tl.minimum(tl.maximum(tl.floor(py * fres), 0.0), fres - 1.0).to(tl.int32)
+    cz = tl.minimum(tl.maximum(tl.floor(pz * fres), 0.0), fres - 1.0).to(tl.int32)
+    inside = (t < t_far) & (k + tl.arange(0, BLOCK) < max_steps)
+    linear = (cx * RES + cy) * RES + cz
+    occupied = tl.load(occ_ptr + linear, mask=inside, other=0) != 0
+    return inside & occupied, t, px, py, pz
+
+
+@triton.jit
+def _load_ray(origins_ptr, directions_ptr, t_near_ptr, t_far_ptr, jitter_ptr, ray):
+    ox = tl.load(origins_ptr + ray * 3)
+    oy = tl.load(origins_ptr + ray * 3 + 1)
+    oz = tl.load(origins_ptr + ray * 3 + 2)
+    dx = tl.load(directions_ptr + ray * 3)
+    dy = tl.load(directions_ptr + ray * 3 + 1)
+    dz = tl.load(directions_ptr + ray * 3 + 2)
+    t_near = tl.load(t_near_ptr + ray)
+    t_far = tl.load(t_far_ptr + ray)
+    u = tl.load(jitter_ptr + ray)
+    return ox, oy, oz, dx, dy, dz, t_near, t_far, u
+
+
+@triton.jit
+def _march_count_kernel(
+    origins_ptr, directions_ptr, t_near_ptr, t_far_ptr, jitter_ptr, occ_ptr, counts_ptr,
+    max_steps, step_size,
+    RES: tl.constexpr, BLOCK: tl.constexpr,
+):
+    ray = tl.program_id(0).to(tl.int64)
+    ox, oy, oz, dx, dy, dz, t_near, t_far, u = _load_ray(
+        origins_ptr, directions_ptr, t_near_ptr, t_far_ptr, jitter_ptr, ray
+    )
+    count = 0
+    k = 0
+    # The first candidate of a chunk has the chunk's smallest t: stop once it is past t_far.
+    while (k < max_steps) & (t_near + (k * 1.0 + u) * step_size < t_far):
+        keep, _t, _px, _py, _pz = _candidates(
+            ox, oy, oz, dx, dy, dz, t_near, t_far, u, occ_ptr, k, max_steps, step_size,
+            RES, BLOCK,
+        )
+        count += tl.sum(keep.to(tl.int32), axis=0)
+        k += BLOCK
+    tl.store(counts_ptr + ray, count.to(tl.int64))
+
+
+@triton.jit
+def _march_write_kernel(
+    origins_ptr, directions_ptr, t_near_ptr, t_far_ptr, jitter_ptr, occ_ptr,
+    ray_starts_ptr, ray_fits_ptr,
+    positions_ptr, sample_dirs_ptr, ts_ptr, dts_ptr, ray_ids_ptr,
+    max_steps, step_size,
+    RES: tl.constexpr, BLOCK: tl.constexpr,
+):
+    ray = tl.program_id(0).to(tl.int64)
+    if tl.load(ray_fits_ptr + ray) != 0:
+        ox, oy, oz, dx, dy, dz, t_near, t_far, u = _load_ray(
+            origins_ptr, directions_ptr, t_near_ptr, t_far_ptr, jitter_ptr, ray
+        )
+        slot = tl.load(ray_starts_ptr + ray)  # where the chunk's first kept candidate goes
+        k = 0
+        while (k < max_steps) & (t_near + (k * 1.0 + u) * step_size < t_far):
+            keep, t, px, py, pz = _candidates(
+                ox, oy, oz, dx, dy, dz, t_near, t_far, u, occ_ptr, k, max_steps, step_size,
+                RES, BLOCK,
+            )
+            keep_i = keep.to(tl.int32)
+            dest = slot + tl.cumsum(keep_i, axis=0) - keep_i  # [BLOCK], exclusive rank
+            tl.store(positions_ptr + dest * 3, px, mask=keep)
+            tl.store(positions_ptr + dest * 3 + 1, py, mask=keep)
+            tl.store(positions_ptr + dest * 3 + 2, pz, mask=keep)
+            tl.store(sample_dirs_ptr + dest * 3, tl.zeros_like(px) + dx, mask=keep)
+            tl.store(sample_dirs_ptr + dest * 3 + 1, tl.zeros_like(px) + dy, mask=keep)
+            tl.store(sample_dirs_ptr + dest * 3 + 2, tl.zeros_like(px) + dz, mask=keep)
+            tl.store(ts_ptr + dest, t, mask=keep)
+            tl.store(dts_ptr + dest, tl.zeros_like(t) + step_size, mask=keep)
+            tl.store(ray_ids_ptr + dest, tl.zeros_like(dest) + ray, mask=keep)
+            slot += tl.sum(keep_i, axis=0)
+            k += BLOCK
+
+
+@triton.jit
+def _pad_kernel(
+    n_samples_ptr, positions_ptr, sample_dirs_ptr, ts_ptr, dts_ptr, ray_ids_ptr,
+    capacity, n_rays,
+    BLOCK: tl.constexpr,
+):
+    """Slots >= n_samples: positions 0.5, directions (0, 0, 1), t = dt = 0, ray_ids n_rays."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pad = (offs >= tl.load(n_samples_ptr)) & (offs < capacity)
+    zero = tl.zeros([BLOCK], dtype=tl.float32)
+    tl.store(positions_ptr + offs * 3, zero + 0.5, mask=pad)
+    tl.store(positions_ptr + offs * 3 + 1, zero + 0.5, mask=pad)
+    tl.store(positions_ptr + offs * 3 + 2, zero + 0.5, mask=pad)
+    tl.store(sample_dirs_ptr + offs * 3, zero, mask=pad)
+    tl.store(sample_dirs_ptr + offs * 3 + 1, zero, mask=pad)
+    tl.store(sample_dirs_ptr + offs * 3 + 2, zero + 1.0, mask=pad)
+    tl.store(ts_ptr + offs, zero, mask=pad)
+    tl.store(dts_ptr + offs, zero, mask=pad)
+    tl.store(ray_ids_ptr + offs, tl.zeros([BLOCK], dtype=tl.int64) + n_rays, mask=pad)
+
+
+def _ray_box(origins: torch.Tensor, directions: torch.Tensor):
+    """Entry and exit distances with the unit cube, as the reference computes them.
+
+    The expressions of ``nerfmine.ops.rays.ray_aabb`` (slab method, axis-parallel rays handled
+    with +-inf), with the box bounds as Python scalars instead of device tensors: the same fp32
+    values, without the host-to-device copy (a synchronisation) that ``torch.as_tensor`` makes.
+    Misses become the empty segment [0, 0), as in the reference marcher.
+    """
+    parallel = directions == 0  # [R, 3]
+    safe_d = torch.where(parallel, 1.0, directions)  # [R, 3]
+    t0 = (0.0 - origins) / safe_d  # [R, 3]
+    t1 = (1.0 - origins) / safe_d  # [R, 3]
+    t_min = torch.minimum(t0, t1)  # [R, 3]
+    t_max = torch.maximum(t0, t1)  # [R, 3]
+    inside = (origins >= 0.0) & (origins <= 1.0)  # [R, 3]
+    inf = math.inf
+    t_min = torch.where(parallel, torch.where(inside, -inf, inf), t_min)
+    t_max = torch.where(parallel, torch.where(inside, inf, -inf), t_max)
+    t_near = t_min.amax(dim=-1).clamp_min(0.0)  # [R]
+    t_far = t_max.amin(dim=-1)  # [R]
+    hit = t_far > t_near  # [R]
+    return torch.where(hit, t_near, 0.0), torch.where(hit, t_far, 0.0)
+
+
+def march_rays_triton(
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    occupancy: torch.Tensor,
+    step_size: float,
+    max_steps: int,
+    capacity: int | None = None,
+    jitter: torch.Tensor | None = None,
+    block: int = DEFAULT_BLOCK,
+) -> PackedSamples:
+    """Triton twin of ``march_rays(..., backend="torch")``; see that function for the contract.
+
+    origins, directions: [R, 3]; occupancy: [res, res, res] bool (indexed [ix, iy, iz]);
+    jitter: [R] in [0, 1) or None (0.5). Returns a PackedSamples identical to the reference's.
+    """
+    if occupancy.dim() != 3 or len(set(occupancy.shape)) != 1:
+        raise ValueError(f"occupancy must be [res, res, res], got {list(occupancy.shape)}")
+    device = origins.device
+    n_rays = origins.shape[0]
+    res = occupancy.shape[0]
+    origins = origins.float().contiguous()
+    directions = directions.float().contiguous()
+    if jitter is None:
+        jitter = torch.full((n_rays,), 0.5, device=device)
+    jitter = jitter.float().contiguous()
+    t_near, t_far = _ray_box(origins, directions)
+    t_near = t_near.float().contiguous()
+    t_far = t_far.float().contiguous()
+    occ = occupancy.contiguous().reshape(-1)
+    occ = occ.view(torch.uint8) if occ.dtype == torch.bool else (occ != 0).view(torch.uint8)
+    step_size = float(step_size)
+    max_steps = int(max_steps)
+    # No contracted multiply-adds: the candidates must match the reference bit for bit.
+    launch = dict(RES=res, BLOCK=block, num_warps=DEFAULT_NUM_WARPS, enable_fp_fusion=False)
+
+    counts = torch.empty(n_rays, dtype=torch.int64, device=device)  # [R]
+    if n_rays > 0:
+        _march_count_kernel[(n_rays,)](
+            origins, directions, t_near, t_far, jitter, occ, counts, max_steps, step_size,
+            **launch,
+        )
+    ends = torch.cumsum(counts, dim=0)  # [R], unclamped: dropped rays still take room
+    if capacity is None:
+        capacity = int(ends[-1].item()) if n_rays > 0 else 0  # the one host read
+    starts = ends - counts  # [R]
+    fits = ends <= capacity  # [R], a prefix of the rays
+    ray_counts = torch.where(fits, counts, 0)  # [R]
+    n_samples = ray_counts.sum()  # [] int64
+    ray_starts = torch.where(fits, starts, n_samples)  # [R]
+    ray_valid = fits | (counts == 0)  # [R]; an empty ray always fits: it sees the background
+
+    positions = torch.empty((capacity, 3), dtype=torch.float32, device=device)
+    sample_dirs = torch.empty((capacity, 3), dtype=torch.float32, device=device)
+    ts = torch.empty(capacity, dtype=torch.float32, device=device)
+    dts = torch.empty(capacity, dtype=torch.float32, device=device)
+    ray_ids = torch.empty(capacity, dtype=torch.int64, device=device)
+    if n_rays > 0 and capacity > 0:
+        _march_write_kernel[(n_rays,)](
+            origins, directions, t_near, t_far, jitter, occ, ray_starts, fits,
+            positions, sample_dirs, ts, dts, ray_ids, max_steps, step_size,
+            **launch,
+        )
+    if capacity > 0:
+        _pad_kernel[(triton.cdiv(capacity, _PAD_BLOCK),)](
+            n_samples, positions, sample_dirs, ts, dts, ray_ids, capacity, n_rays,
+            BLOCK=_PAD_BLOCK,
+        )
+    return PackedSamples(
+        positions=positions,
+        directions=sample_dirs,
+        t=ts,
+        dt=dts,
+        ray_ids=ray_ids,
+        ray_starts=ray_starts,
+        ray_counts=ray_counts,
+        ray_valid=ray_valid,
+        n_samples=n_samples,
+        n_rays=n_rays,
+    )

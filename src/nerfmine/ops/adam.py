@@ -1,0 +1,98 @@
+"""One Adam step over a flat fp32 parameter, tiny-cuda-nn style.
+
+Semantics (shared by both backends):
+
+* ``g = grad + weight_decay_l2 * param`` -- L2 regularisation is added to the gradient *before*
+  the moments (tcnn / classic ``torch.optim.Adam(weight_decay=...)``), not decoupled (AdamW).
+* ``m = beta1 m + (1 - beta1) g``; ``v = beta2 v + (1 - beta2) g^2``;
+  ``param -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)`` (torch's formulation),
+  where ``t = step`` counts this update (1 for the first update: increment before calling).
+* ``skip_zero_grad``: where the raw ``grad`` is exactly 0 the element is left completely untouched
+  (param and both moments), as instant-ngp's sparse Adam on hash-grid tables.
+* ``param_fp16``: when given, receives ``param.half()`` after the update (all elements), which
+  keeps the fp16 lookup copy of a hash table in sync for free.
+
+``step`` may be a Python int or a 0-dim tensor on the parameter's device (no host sync).
+All tensors are updated in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _bias_corrections(step: int | Tensor, beta1: float, beta2: float, like: Tensor):
+    if isinstance(step, Tensor):
+        t = step.to(device=like.device, dtype=torch.float32)
+        bc1 = 1.0 - torch.pow(torch.tensor(beta1, device=like.device), t)
+        bc2 = 1.0 - torch.pow(torch.tensor(beta2, device=like.device), t)
+        return bc1, bc2.sqrt()
+    if step < 1:
+        raise ValueError(f"adam step must count this update (>= 1), got {step}")
+    return 1.0 - beta1**step, math.sqrt(1.0 - beta2**step)
+
+
+def adam_step_torch(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: int | Tensor,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    eps: float = 1e-15,
+    weight_decay_l2: float = 0.0,
+    skip_zero_grad: bool = False,
+    param_fp16: Tensor | None = None,
+) -> None:
+    """Pure-PyTorch reference of :func:`adam_step` (in place)."""
+    g = grad.float()
+    if weight_decay_l2 != 0.0:
+        g = g + weight_decay_l2 * param
+    m = exp_avg * beta1 + (1.0 - beta1) * g
+    v = exp_avg_sq * beta2 + (1.0 - beta2) * (g * g)
+    bc1, bc2_sqrt = _bias_corrections(step, beta1, beta2, param)
+    denom = v.sqrt() / bc2_sqrt + eps
+    new_param = param - (lr / bc1) * m / denom
+    if skip_zero_grad:
+        keep = grad == 0
+        m = torch.where(keep, exp_avg, m)
+        v = torch.where(keep, exp_avg_sq, v)
+        new_param = torch.where(keep, param, new_param)
+    exp_avg.copy_(m)
+    exp_avg_sq.copy_(v)
+    param.copy_(new_param)
+    if param_fp16 is not None:
+        param_fp16.copy_(param)
+
+
+def adam_step(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: int | Tensor,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    eps: float = 1e-15,
+    weight_decay_l2: float = 0.0,
+    skip_zero_grad: bool = False,
+    param_fp16: Tensor | None = None,
+    backend: str = "torch",
+) -> None:
+    """One in-place Adam step; see the module docstring for the exact semantics."""
+    if backend == "torch":
+        adam_step_torch(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
+                        weight_decay_l2, skip_zero_grad, param_fp16)
+    elif backend == "triton":
+        from nerfmine.ops._triton.adam import fused_adam_step
+
+        fused_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
+                        weight_decay_l2, skip_zero_grad, param_fp16)
+    else:
+        raise ValueError(f"unknown backend {backend!r}: expected 'torch' or 'triton'")

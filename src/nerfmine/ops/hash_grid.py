@@ -1,0 +1,295 @@
+"""Multiresolution hash encoding with tiny-cuda-nn's semantics (Müller et al. 2022, Sec. 3).
+
+The layout of the parameter table and the per-level geometry are described by
+:class:`HashGridSpec`; the encoding itself is :func:`hash_grid_encode`, whose "torch" backend
+(:func:`_hash_grid_encode_torch`) is the reference the Triton kernel is tested against.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from nerfmine.errors import NerfmineError
+
+# tiny-cuda-nn's coherent prime hash (one prime per dimension; the first is 1).
+HASH_PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass(frozen=True)
+class HashGridSpec:
+    """Geometry of a 3-D multiresolution hash grid (tiny-cuda-nn "HashGrid").
+
+    Defaults are instant-ngp's NeRF setting for a synthetic scene (aabb_scale 1): 16 levels of
+    2 features, 2^19 entries per level, resolutions 16 to 2048.
+    """
+
+    n_levels: int = 16
+    n_features: int = 2
+    log2_table_size: int = 19
+    base_resolution: int = 16
+    max_resolution: int = 2048
+
+    @property
+    def table_size(self) -> int:
+        """T: the most entries a level may have."""
+        return 1 << self.log2_table_size
+
+    @property
+    def output_dim(self) -> int:
+        return self.n_levels * self.n_features
+
+    @property
+    def log2_per_level_scale(self) -> float:
+        if self.n_levels == 1:
+            return 0.0
+        return math.log2(self.max_resolution / self.base_resolution) / (self.n_levels - 1)
+
+    @cached_property
+    def scales(self) -> tuple[float, ...]:
+        """s_l = Nmin * b^l - 1 (tcnn's grid_scale); positions map as x * s_l + 0.5."""
+        return tuple(
+            math.exp2(level * self.log2_per_level_scale) * self.base_resolution - 1.0
+            for level in range(self.n_levels)
+        )
+
+    @cached_property
+    def resolutions(self) -> tuple[int, ...]:
+        """Grid vertices per axis: ceil(s_l) + 1."""
+        return tuple(int(math.ceil(s)) + 1 for s in self.scales)
+
+    @cached_property
+    def level_sizes(self) -> tuple[int, ...]:
+        """Entries of each level: res^3 rounded up to a multiple of 8, at most T."""
+        sizes = []
+        for res in self.resolutions:
+            dense = min(res**3, (1 << 32) // 2 - 1)
+            dense = (dense + 7) // 8 * 8
+            sizes.append(min(dense, self.table_size))
+        return tuple(sizes)
+
+    @cached_property
+    def dense_levels(self) -> tuple[bool, ...]:
+        """True where a level is indexed densely (res^3 fits in the level's table)."""
+        return tuple(res**3 <= size for res, size in zip(self.resolutions, self.level_sizes))
+
+    @cached_property
+    def level_offsets(self) -> tuple[int, ...]:
+        """Row offset of each level in the flat table; the last entry is the total row count."""
+        offsets = [0]
+        for size in self.level_sizes:
+            offsets.append(offsets[-1] + size)
+        return tuple(offsets)
+
+    @property
+    def n_entries(self) -> int:
+        """Rows of the flat parameter table (shape [n_entries, n_features])."""
+        return self.level_offsets[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------------
+
+BACKENDS = ("torch", "triton")
+
+_UINT32_MASK = 0xFFFFFFFF
+
+
+def hash_grid_indices_and_weights(
+    x: Tensor, spec: HashGridSpec, level: int
+) -> tuple[Tensor, Tensor]:
+    """Global table rows and trilinear weights of the 8 corners of each point at one level.
+
+    ``x`` [N, 3] in [0, 1] (any float dtype; positions are computed in float32 as
+    ``x * s_l + 0.5``, a multiply then an add). Corner k (0..7) has offset bit d of k along
+    dimension d, i.e. k = cx_bit + 2 * cy_bit + 4 * cz_bit, tcnn's order. Returns
+    ``indices`` [N, 8] int64 (rows of the flat table, level offset included, always inside the
+    level's slice) and ``weights`` [N, 8] float32 (product over dims, x first, of
+    ``frac`` or ``1 - frac``; each row sums to 1). Not differentiable (integer indices; weights
+    are computed from a detached ``x``).
+    """
+    if not 0 <= level < spec.n_levels:
+        raise ValueError(f"level must be in [0, {spec.n_levels}), got {level}")
+    x32 = x.detach().to(torch.float32)  # [N, 3]
+    scale = torch.tensor(spec.scales[level], dtype=torch.float32, device=x.device)
+    pos = x32 * scale + 0.5  # [N, 3]
+    cell_f = torch.floor(pos)  # [N, 3]
+    frac = pos - cell_f  # [N, 3]
+    cell = cell_f.to(torch.int64)  # [N, 3]
+
+    zero_one = torch.arange(2, dtype=torch.int64, device=x.device)  # [2]
+    cx = cell[:, 0:1] + zero_one  # [N, 2]
+    cy = cell[:, 1:2] + zero_one  # [N, 2]
+    cz = cell[:, 2:3] + zero_one  # [N, 2]
+    # Broadcast to [N, 2(z), 2(y), 2(x)] so that the flattened corner index is x + 2y + 4z.
+    if spec.dense_levels[level]:
+        res = spec.resolutions[level]
+        idx = cz[:, :, None, None] * (res * res) + cy[:, None, :, None] * res + cx[:, None, None, :]
+    else:
+        p0, p1, p2 = HASH_PRIMES
+        idx = torch.bitwise_xor(
+            torch.bitwise_xor(cx[:, None, None, :] * p0, cy[:, None, :, None] * p1),
+            cz[:, :, None, None] * p2,
+        )
+    # uint32 arithmetic as in tcnn (the low 32 bits of the int64 result), then mod the level size.
+    idx.bitwise_and_(_UINT32_MASK).remainder_(spec.level_sizes[level])
+    indices = idx.add_(spec.level_offsets[level]).reshape(-1, 8)  # [N, 8]
+
+    one_minus = 1.0 - frac  # [N, 3]
+    wx = torch.stack((one_minus[:, 0], frac[:, 0]), dim=1)  # [N, 2]
+    wy = torch.stack((one_minus[:, 1], frac[:, 1]), dim=1)  # [N, 2]
+    wz = torch.stack((one_minus[:, 2], frac[:, 2]), dim=1)  # [N, 2]
+    wxy = wy[:, :, None] * wx[:, None, :]  # [N, 2(y), 2(x)]
+    weights = (wxy[:, None, :, :] * wz[:, :, None, None]).reshape(-1, 8)  # [N, 8]
+    return indices, weights
+
+
+def _compute_dtype(table: Tensor) -> torch.dtype:
+    """float64 tables (gradcheck) stay float64; everything else is computed in float32."""
+    return torch.float64 if table.dtype == torch.float64 else torch.float32
+
+
+def _encode_levels(x: Tensor, table: Tensor, spec: HashGridSpec) -> Tensor:
+    """Forward pass, level by level: [N, 3] -> [N, L*F]. No autograd bookkeeping."""
+    dtype = _compute_dtype(table)
+    n, f = x.shape[0], spec.n_features
+    out = torch.empty(n, spec.n_levels * f, dtype=dtype, device=x.device)  # [N, L*F]
+    for level in range(spec.n_levels):
+        indices, weights = hash_grid_indices_and_weights(x, spec, level)  # [N, 8], [N, 8]
+        values = table[indices].to(dtype)  # [N, 8, F]
+        out[:, level * f : (level + 1) * f] = torch.bmm(
+            weights.to(dtype).unsqueeze(1), values
+        ).squeeze(1)  # [N, F]
+    return out
+
+
+def _table_grad(x: Tensor, grad_out: Tensor, table: Tensor, spec: HashGridSpec) -> Tensor:
+    """d(sum(out * grad_out)) / d table: scatter-add of weight * upstream over points, corners."""
+    dtype = _compute_dtype(table)
+    f = spec.n_features
+    grad = torch.zeros(table.shape, dtype=dtype, device=table.device)  # [n_entries, F]
+    grad_out = grad_out.to(dtype)
+    for level in range(spec.n_levels):
+        indices, weights = hash_grid_indices_and_weights(x, spec, level)  # [N, 8], [N, 8]
+        g = grad_out[:, level * f : (level + 1) * f]  # [N, F]
+        contrib = weights.to(dtype).unsqueeze(2) * g.unsqueeze(1)  # [N, 8, F]
+        grad.index_add_(0, indices.reshape(-1), contrib.reshape(-1, f))
+    return grad.to(table.dtype)
+
+
+class _HashGridEncodeTorch(torch.autograd.Function):
+    """Recomputes indices and weights in the backward so only one level's [N, 8] lives at once."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, table: Tensor, spec: HashGridSpec) -> Tensor:
+        ctx.spec = spec
+        ctx.save_for_backward(x, table)
+        return _encode_levels(x, table, spec)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x, table = ctx.saved_tensors
+        grad_table = None
+        if ctx.needs_input_grad[1]:
+            grad_table = _table_grad(x, grad_out, table, ctx.spec)
+        return None, grad_table, None
+
+
+def _check_inputs(x: Tensor, table: Tensor, spec: HashGridSpec) -> None:
+    if x.dim() != 2 or x.shape[1] != 3:
+        raise ValueError(f"x must have shape [N, 3], got {tuple(x.shape)}")
+    expected = (spec.n_entries, spec.n_features)
+    if tuple(table.shape) != expected:
+        raise ValueError(f"table must have shape {list(expected)}, got {list(table.shape)}")
+    if x.device != table.device:
+        raise ValueError(f"x is on {x.device} but table is on {table.device}")
+    if not (x.is_floating_point() and table.is_floating_point()):
+        raise ValueError(f"x and table must be floating point, got {x.dtype} and {table.dtype}")
+
+
+def _hash_grid_encode_torch(x: Tensor, table: Tensor, spec: HashGridSpec) -> Tensor:
+    """Pure-PyTorch reference of the hash encoding (the spec for the Triton kernel).
+
+    ``x`` [N, 3] in [0, 1], ``table`` [spec.n_entries, F] (fp16, fp32 or fp64) -> [N, L*F],
+    level-major (columns l*F .. l*F+F-1 hold level l). Gathered values are upcast and
+    interpolated in float32 (float64 for a float64 table), and the output has that dtype.
+
+    Differentiable with respect to ``table`` only (gradient: scatter-add of weight * upstream
+    into the table rows, colliding points summed); ``x`` gets no gradient. The backward is not
+    itself differentiable (no double backward).
+    """
+    _check_inputs(x, table, spec)
+    return _HashGridEncodeTorch.apply(x, table, spec)
+
+
+def _triton_module(op: str, *tensors: Tensor):
+    """Import ``nerfmine.ops._triton.<op>`` lazily, with errors that say what to do."""
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if not interpret and not all(t.is_cuda for t in tensors):
+        devices = sorted({str(t.device) for t in tensors})
+        raise NerfmineError(
+            f"backend='triton' for {op} needs CUDA tensors (got {', '.join(devices)}); "
+            "use backend='torch' on the CPU, or set TRITON_INTERPRET=1 to run the kernel "
+            "in Triton's interpreter."
+        )
+    name = f"nerfmine.ops._triton.{op}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name not in (name, "triton") and not (err.name or "").startswith("triton."):
+            raise
+        missing = "Triton is not installed" if err.name != name else f"{name} does not exist"
+        raise NerfmineError(
+            f"backend='triton' for {op} is unavailable: {missing}. Install the 'triton' extra "
+            "(pip install 'nerfmine[triton]') or use backend='torch'."
+        ) from err
+
+
+def hash_grid_encode(
+    x: Tensor, table: Tensor, spec: HashGridSpec, backend: str = "torch"
+) -> Tensor:
+    """Multiresolution hash encoding: ``x`` [N, 3] in [0, 1] -> features [N, L*F] float32.
+
+    ``table`` is the flat parameter table [spec.n_entries, spec.n_features] (level l occupies
+    rows ``spec.level_offsets[l]`` to ``spec.level_offsets[l + 1]``). Output is level-major:
+    features of level 0 first. Differentiable with respect to ``table``; ``x`` gets no gradient.
+    ``backend``: "torch" (reference, any device) or "triton" (CUDA, or TRITON_INTERPRET=1).
+    """
+    if backend == "torch":
+        return _hash_grid_encode_torch(x, table, spec)
+    if backend == "triton":
+        _check_inputs(x, table, spec)
+        module = _triton_module("hash_grid", x, table)
+        try:
+            encode = module.hash_grid_encode_triton
+        except AttributeError as err:
+            raise NerfmineError(
+                "nerfmine.ops._triton.hash_grid has no hash_grid_encode_triton; "
+                "use backend='torch'."
+            ) from err
+        return encode(x, table, spec)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def init_hash_table(
+    spec: HashGridSpec,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """A fresh table [spec.n_entries, spec.n_features] float32, entries U(-1e-4, 1e-4).
+
+    Drawn on the generator's device (CPU if none is given) and then moved to ``device``, so a
+    seeded CPU generator gives the same table on every device.
+    """
+    draw_device = generator.device if generator is not None else (device or "cpu")
+    table = torch.empty(spec.n_entries, spec.n_features, dtype=torch.float32, device=draw_device)
+    table.uniform_(-1e-4, 1e-4, generator=generator)
+    return table.to(device) if device is not None else table

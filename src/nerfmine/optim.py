@@ -1,0 +1,67 @@
+"""Adam as Instant-NGP uses it, as a torch.optim.Optimizer (so GradScaler can drive it).
+
+- L2 regularisation is added to the gradient of the MLP weights (tiny-cuda-nn style, not
+  decoupled AdamW); the hash table gets none.
+- Table entries whose gradient is exactly zero are skipped: parameter and moments untouched
+  (sparse Adam, as instant-ngp does), in every backend.
+- ``step(skip=...)`` takes an optional 0-dim bool device tensor: where it is True the whole
+  update is discarded without a host synchronisation (a mining step that selected nothing).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nerfmine.ops.adam import adam_step
+
+
+class NGPAdam(torch.optim.Optimizer):
+    def __init__(
+        self,
+        table_params: list[torch.nn.Parameter],
+        mlp_params: list[torch.nn.Parameter],
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-15,
+        l2_reg: float = 1e-6,
+        backend: str = "torch",
+    ):
+        groups = [
+            {"params": list(table_params), "l2": 0.0, "skip_zero_grad": True},
+            {"params": list(mlp_params), "l2": l2_reg, "skip_zero_grad": False},
+        ]
+        super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, backend=backend))
+
+    @torch.no_grad()
+    def step(self, closure=None, skip: torch.Tensor | None = None):  # noqa: D102
+        if closure is not None:
+            raise ValueError("NGPAdam does not take a closure")
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                # Tensors to restore where the step is skipped. A skipped mining step has an
+                # all-zero table gradient, which the sparse rule already leaves untouched, so
+                # the (large) table needs no copy: only its step count.
+                restore: list[torch.Tensor] = []
+                if skip is not None:
+                    restore = [state["step"]]
+                    if not group["skip_zero_grad"]:
+                        restore += [param, state["exp_avg"], state["exp_avg_sq"]]
+                saved = [t.clone() for t in restore]
+                state["step"].add_(1)
+                adam_step(
+                    param, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                    lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                    weight_decay_l2=group["l2"], skip_zero_grad=group["skip_zero_grad"],
+                    backend=group["backend"],
+                )
+                for current, old in zip(restore, saved):
+                    current.copy_(torch.where(skip, old, current))
+        return None

@@ -1,0 +1,35 @@
+"""Plots of a run's progress (matplotlib, without a display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_psnr_curve(curve: list[dict[str, Any]], path: Path, title: str = "",
+                    others: dict[str, list[dict[str, Any]]] | None = None,
+                    x: str = "clock") -> None:
+    """Test PSNR against training time (x="clock") or steps (x="step"); ``others`` adds
+    named curves to the same axes (side-by-side benchmarks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {title or "run": curve, **(others or {})}
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, points in series.items():
+        if not points:
+            continue
+        xs = [p[x] for p in points]
+        ys = [p["psnr"] for p in points]
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel("training clock (s)" if x == "clock" else "training steps")
+    ax.set_ylabel("test PSNR (dB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

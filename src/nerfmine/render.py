@@ -1,0 +1,122 @@
+"""Rendering whole images from a trained field (no gradients)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nerfmine.field import NGPField
+from nerfmine.ops.composite import composite
+from nerfmine.ops.march import march_rays
+from nerfmine.ops.rays import image_rays, ray_aabb
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    step_size: float
+    max_steps: int
+    min_transmittance: float
+    rays_per_chunk: int
+    samples_per_chunk: int = 1 << 20
+    """Network evaluations per batch, which bounds the activation memory."""
+    backend: str = "torch"
+
+
+@torch.no_grad()
+def render_rays(
+    field: NGPField,
+    occupancy: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    background: torch.Tensor,
+    settings: RenderSettings,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Colour [R, 3], opacity [R] and depth [R] of rays in unit-cube coordinates."""
+    colours, opacities, depths = [], [], []
+    for start in range(0, origins.shape[0], settings.rays_per_chunk):
+        stop = start + settings.rays_per_chunk
+        rgb, opacity, depth = _render_chunk(field, occupancy, origins[start:stop],
+                                            directions[start:stop], background[start:stop],
+                                            settings)
+        colours.append(rgb)
+        opacities.append(opacity)
+        depths.append(depth)
+    return torch.cat(colours), torch.cat(opacities), torch.cat(depths)
+
+
+def _render_chunk(field, occupancy, origins, directions, background, settings):
+    """March in segments of growing length and retire rays once they are opaque.
+
+    A segment starts where the previous one ended, on the same step grid as one long march
+    (candidate k at t_near + (k + 0.5) step), so the samples are those of the training marcher.
+    Each segment is composited on its own and chained by the transmittance T accumulated so far.
+    Termination inside a segment is tested against the segment's own transmittance, so samples
+    past the ray's T < min_transmittance point can still add, together, less than
+    min_transmittance of colour; rays stop at the end of the segment in which T drops below it.
+    """
+    n_rays = origins.shape[0]
+    device = origins.device
+    step = settings.step_size
+    t_near, t_far = ray_aabb(origins, directions, origins.new_zeros(3), origins.new_ones(3))
+    transmittance = torch.ones(n_rays, device=device)  # [R], T before the next segment
+    colour = torch.zeros(n_rays, 3, device=device)  # [R, 3]
+    depth = torch.zeros(n_rays, device=device)  # [R]
+    active = torch.nonzero(t_far > t_near).squeeze(1)  # [A], rays that hit the unit cube
+    k0, segment = 0, 32
+    while active.numel() > 0 and k0 < settings.max_steps:
+        steps = min(segment, settings.max_steps - k0)
+        offset = t_near[active] + k0 * step  # [A], where this segment starts
+        seg_origins = origins[active] + offset[:, None] * directions[active]
+        samples = march_rays(seg_origins, directions[active], occupancy, step_size=step,
+                             max_steps=steps, capacity=None, backend=settings.backend)
+        n = samples.positions.shape[0]
+        raw = torch.empty(n, 4, device=device, dtype=torch.float32)  # [S, 4]
+        for s0 in range(0, n, settings.samples_per_chunk):
+            s1 = min(n, s0 + settings.samples_per_chunk)
+            raw[s0:s1] = field(samples.positions[s0:s1], samples.directions[s0:s1])
+        zeros = torch.zeros(active.numel(), 3, device=device)
+        seg_rgb, seg_opacity, seg_depth = composite(
+            raw, samples, zeros, backend=settings.backend,
+            min_transmittance=settings.min_transmittance)
+        t_run = transmittance[active]  # [A]
+        colour[active] += t_run[:, None] * seg_rgb
+        depth[active] += t_run * (seg_depth + seg_opacity * offset)
+        transmittance[active] = t_run * (1.0 - seg_opacity)
+        k0 += steps
+        alive = (transmittance[active] >= settings.min_transmittance) & (
+            t_near[active] + k0 * step < t_far[active])
+        active = active[alive]
+        segment = min(segment * 2, 256)
+    opacity = 1.0 - transmittance
+    return colour + transmittance[:, None] * background, opacity, depth
+
+
+@torch.no_grad()
+def render_image(
+    field: NGPField,
+    occupancy: torch.Tensor,
+    c2w: torch.Tensor,
+    fx: float,
+    fy: float,
+    cx: float,
+    cy: float,
+    width: int,
+    height: int,
+    background: tuple[float, float, float],
+    settings: RenderSettings,
+) -> dict[str, torch.Tensor]:
+    """Render one view (camera-to-world c2w [4, 4] in unit-cube coordinates).
+
+    Returns "rgb" [H, W, 3], "opacity" [H, W] and "depth" [H, W] (distance along the ray in
+    unit-cube units).
+    """
+    origins, directions = image_rays(c2w, fx, fy, cx, cy, width, height)
+    bg = torch.tensor(background, dtype=torch.float32, device=origins.device)
+    bg = bg.expand(origins.shape[0], 3)
+    rgb, opacity, depth = render_rays(field, occupancy, origins, directions, bg, settings)
+    return {
+        "rgb": rgb.view(height, width, 3),
+        "opacity": opacity.view(height, width),
+        "depth": depth.view(height, width),
+    }

@@ -1,0 +1,587 @@
+"""The training loop: Instant-NGP with optional online hard sample mining.
+
+One step (see docs/design.md for the tensors):
+
+1. occupancy-grid update on its schedule (chunked, never the memory peak);
+2. draw rays from random training pixels, each over a random background colour;
+3. march them into a packed buffer of fixed capacity (device-side counts);
+4. baseline: forward with a graph on every sample, composite, mean per-ray L2, backward.
+   mining: forward without a graph on every sample, closed-form output gradients, the miner's
+   draw of b samples, forward with a graph on those only, backward injecting their gradients;
+5. Adam (sparse on the table, L2 on the MLPs), EMA of the weights, adapt the ray count.
+
+The training clock counts only the steps: it is paused (after a device synchronisation) for
+evaluation, checkpoints and plots, as ../shared/docs/benchmark-protocol.md defines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from nerfmine.config import RunConfig, check_resume_compatible, config_from_dict
+from nerfmine.data.blender import SceneData, load_blender
+from nerfmine.data.demo import demo_scene_path
+from nerfmine.errors import ConfigError, NerfmineError
+from nerfmine.field import NGPField
+from nerfmine.metrics import LPIPS_NOT_MEASURED, psnr, ssim
+from nerfmine.miner import HardSampleMiner
+from nerfmine.occupancy import OccupancyGrid
+from nerfmine.ops.composite import composite, composite_output_grads
+from nerfmine.ops.march import PackedSamples, march_rays
+from nerfmine.ops.rays import camera_frustum_mask, pixel_rays
+from nerfmine.optim import NGPAdam
+from nerfmine.provenance import device_name, git_commit
+from nerfmine.render import RenderSettings, render_image
+
+WHITE = (1.0, 1.0, 1.0)
+
+
+class TrainingInterrupted(NerfmineError):
+    """Raised after a checkpoint was written because the run got SIGINT or SIGTERM."""
+
+
+@dataclass
+class StepStats:
+    """Device tensors of the last step (read them on the host only for display)."""
+
+    loss: torch.Tensor
+    n_samples: torch.Tensor
+    hard_fraction: torch.Tensor | None = None
+
+
+@dataclass
+class EvalResult:
+    clock: float
+    step: int
+    psnr: float
+    ssim: float
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    mean_hard_fraction: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"clock": self.clock, "step": self.step, "psnr": self.psnr, "ssim": self.ssim,
+                "mean_hard_fraction": self.mean_hard_fraction}
+
+
+def resolve_data_path(config: RunConfig) -> Path:
+    return Path(config.data.path) if config.data.path else demo_scene_path()
+
+
+class Trainer:
+    """Owns the model, optimizer, occupancy grid, miner and the run folder.
+
+    ``Trainer(config, run_dir).train()`` trains and evaluates; ``Trainer.resume(run_dir)``
+    continues a killed run from its last checkpoint.
+    """
+
+    def __init__(self, config: RunConfig, run_dir: Path, load_train: bool = True):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(config.device)
+        self.backend = config.backend
+        t = config.train
+        data_root = resolve_data_path(config)
+        self.train_data: SceneData | None = None
+        if load_train:
+            self.train_data = load_blender(data_root, config.data.train_split,
+                                           config.data.downscale)
+        self._eval_data: SceneData | None = None
+        self.data_root = data_root
+
+        torch.manual_seed(t.seed)
+        self.field = NGPField(config.model, backend=self.backend, seed=t.seed).to(self.device)
+        self.occupancy = OccupancyGrid(config.occupancy).to(self.device)
+        self.miner = HardSampleMiner(config.miner).to(self.device)
+        self.optimizer = NGPAdam([self.field.table], self.field.mlp_parameters(), lr=t.lr,
+                                 betas=t.betas, eps=t.eps, l2_reg=t.l2_reg, backend=self.backend)
+        self.ema = [p.detach().clone() for p in self.field.parameters()]
+        self.use_amp = bool(t.mixed_precision and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.generator = torch.Generator(self.device).manual_seed(t.seed)
+
+        self.step = 0
+        self.clock = 0.0
+        self.n_rays = t.initial_rays
+        self.history: list[EvalResult] = []
+        self.next_checkpoint = t.checkpoint_every
+        self.total_samples = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.peak_train_bytes = 0
+        self.setup_bytes = 0
+        self._stop_signal: int | None = None
+
+        if self.train_data is not None:
+            self._images = self.train_data.images.to(self.device)  # [N, H, W, 4] uint8
+            self._c2w = self.train_data.c2w_unit().to(self.device)  # [N, 4, 4]
+            self._mark_visible_cells()
+
+    # ------------------------------------------------------------------ setup
+    def _mark_visible_cells(self) -> None:
+        d = self.train_data
+        centers = self.occupancy.cell_centers().to(self.device)
+        visible = camera_frustum_mask(centers, self._c2w, d.fx, d.fy, d.cx, d.cy, d.width,
+                                      d.height)
+        self.occupancy.set_visible(visible)
+
+    @property
+    def eval_data(self) -> SceneData:
+        if self._eval_data is None:
+            self._eval_data = load_blender(self.data_root, self.config.data.eval_split,
+                                           self.config.data.downscale)
+        return self._eval_data
+
+    # ------------------------------------------------------------------ one step
+    def _lr_factor(self) -> float:
+        t = self.config.train
+        frac = (self.clock / t.max_seconds) if t.max_seconds else (self.step / t.max_steps)
+        passed = sum(1 for m in t.lr_milestones if frac >= m)
+        return t.lr_gamma**passed
+
+    def _draw_rays(self, n_rays: int) -> tuple[torch.Tensor, ...]:
+        d, gen, dev = self.train_data, self.generator, self.device
+        cam = torch.randint(0, d.images.shape[0], (n_rays,), generator=gen, device=dev)
+        col = torch.randint(0, d.width, (n_rays,), generator=gen, device=dev)
+        row = torch.randint(0, d.height, (n_rays,), generator=gen, device=dev)
+        sub = torch.rand(n_rays, 2, generator=gen, device=dev)
+        px, py = col.float() + sub[:, 0], row.float() + sub[:, 1]
+        origins, directions = pixel_rays(self._c2w, d.fx, d.fy, d.cx, d.cy, px, py, cam)
+        rgba = self._images[cam, row, col].float() / 255.0  # [R, 4]
+        background = torch.rand(n_rays, 3, generator=gen, device=dev)
+        alpha = rgba[:, 3:4]
+        target = rgba[:, :3] * alpha + background * (1.0 - alpha)  # [R, 3]
+        jitter = torch.rand(n_rays, generator=gen, device=dev)
+        return origins, directions, background, target, jitter
+
+    def _march(self, origins, directions, jitter) -> PackedSamples:
+        t = self.config.train
+        return march_rays(origins, directions, self.occupancy.bitfield, step_size=t.step_size,
+                          max_steps=t.max_steps_per_ray, capacity=t.target_samples,
+                          jitter=jitter, backend=self.backend)
+
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> StepStats:
+        """One optimisation step; returns device tensors (no host synchronisation needed)."""
+        t, cfg = self.config.train, self.config
+        if self.occupancy.should_update(self.step):
+            self.occupancy.update(self.step, self.field.density, self.generator)
+        n_rays = self.n_rays
+        origins, directions, background, target, jitter = self._draw_rays(n_rays)
+        samples = self._march(origins, directions, jitter)
+        n_valid = samples.ray_valid.sum().clamp(min=1)  # [] device
+        self.optimizer.zero_grad(set_to_none=True)
+        skip = None
+        hard_fraction = None
+        if cfg.mining == "none":
+            with self._autocast():
+                raw = self.field(samples.positions, samples.directions)  # [C, 4]
+            rgb, _, _ = composite(raw, samples, background, backend=self.backend,
+                                  min_transmittance=t.min_transmittance)
+            per_ray = ((rgb - target) ** 2).mean(-1) * samples.ray_valid
+            loss = per_ray.sum() / n_valid
+            self.scaler.scale(loss).backward()
+        else:
+            with torch.no_grad(), self._autocast():
+                raw_all = self.field(samples.positions, samples.directions)  # [C, 4]
+            loss_per_ray, grad_raw = composite_output_grads(
+                raw_all, samples, background, target, backend=self.backend,
+                min_transmittance=t.min_transmittance)
+            loss = loss_per_ray.sum() / n_valid
+            mined = self.miner.mine(grad_raw, samples.n_samples, t.target_samples, self.generator)
+            idx = mined.indices  # [b_cap] sorted sample indices
+            with self._autocast():
+                raw_hard = self.field(samples.positions[idx], samples.directions[idx])  # [b_cap, 4]
+            injected = mined.injected_grads(grad_raw, 1.0 / n_valid)  # [b_cap, 4], 0 off-mask
+            raw_hard.backward(gradient=self.scaler.scale(injected))
+            skip = mined.b == 0
+            hard_fraction = mined.b.float() / samples.n_samples.clamp(min=1).float()
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = t.lr * self._lr_factor()
+        if self.use_amp:
+            self.scaler.step(self.optimizer, skip=skip)
+            self.scaler.update()
+        else:
+            self.optimizer.step(skip=skip)
+        self._update_ema()
+        self._adapt_ray_count(samples)
+        self.total_samples += samples.n_samples
+        self.step += 1
+        return StepStats(loss=loss.detach(), n_samples=samples.n_samples,
+                         hard_fraction=hard_fraction)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        torch._foreach_lerp_(self.ema, [p.detach() for p in self.field.parameters()],
+                             1.0 - self.config.train.ema_decay)
+
+    def _adapt_ray_count(self, samples: PackedSamples) -> None:
+        """instant-ngp's rule: rays *= target / measured, rounded to the granularity.
+
+        ``measured`` estimates the samples all rays would have produced (dropped rays included)
+        as samples per kept ray times rays. On CUDA the count reaches the host through a
+        non-blocking copy read one step later, so the step needs no synchronisation.
+        """
+        t = self.config.train
+        kept = samples.ray_valid.sum()
+        measured = samples.n_samples.double() * samples.n_rays / kept.clamp(min=1).double()
+        if self.device.type == "cuda":
+            pending = getattr(self, "_pending_measured", None)
+            if pending is not None and pending[1].query():
+                self._set_rays(float(pending[0]))
+                pending = None
+            if pending is None:
+                buf = torch.empty((), dtype=torch.float64, pin_memory=True)
+                buf.copy_(measured, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                self._pending_measured = (buf, event)
+            else:
+                self._pending_measured = pending
+        else:
+            self._set_rays(float(measured))
+        del t
+
+    def _set_rays(self, measured: float) -> None:
+        t = self.config.train
+        if not math.isfinite(measured) or measured <= 0:
+            measured = 1.0
+        rays = self.n_rays * t.target_samples / measured
+        rays = int(math.ceil(rays / t.ray_granularity)) * t.ray_granularity
+        self.n_rays = int(min(max(rays, t.ray_granularity), t.max_rays))
+
+    # ------------------------------------------------------------------ evaluation
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Temporarily load the EMA weights into the field."""
+        params = list(self.field.parameters())
+        backup = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, e in zip(params, self.ema):
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(params, backup):
+                    p.copy_(b)
+
+    def render_settings(self) -> RenderSettings:
+        t = self.config.train
+        return RenderSettings(step_size=t.step_size, max_steps=t.max_steps_per_ray,
+                              min_transmittance=t.min_transmittance,
+                              rays_per_chunk=t.eval_rays_per_chunk, backend=self.backend)
+
+    @torch.no_grad()
+    def evaluate(self, save_dir: Path | None = None) -> EvalResult:
+        """PSNR and SSIM of the EMA weights on the evaluation split, over a white background."""
+        data = self.eval_data
+        count = data.images.shape[0]
+        if self.config.train.eval_max_images:
+            count = min(count, self.config.train.eval_max_images)
+        c2w = data.c2w_unit().to(self.device)
+        settings = self.render_settings()
+        per_image = []
+        if save_dir is not None:
+            save_dir.mkdir(parents=True, exist_ok=True)
+        with self.ema_weights():
+            for i in range(count):
+                out = render_image(self.field, self.occupancy.bitfield, c2w[i], data.fx, data.fy,
+                                   data.cx, data.cy, data.width, data.height, WHITE, settings)
+                rgba = data.images[i].to(self.device).float() / 255.0
+                gt = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+                pred = out["rgb"].clamp(0, 1)
+                name = data.image_paths[i].stem
+                per_image.append({"name": name, "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)})
+                if save_dir is not None:
+                    _save_png(save_dir / f"{name}.png", pred)
+        return EvalResult(
+            clock=self.clock, step=self.step,
+            psnr=float(np.mean([r["psnr"] for r in per_image])),
+            ssim=float(np.mean([r["ssim"] for r in per_image])),
+            per_image=per_image,
+            mean_hard_fraction=self.mean_hard_fraction(),
+        )
+
+    def mean_hard_fraction(self) -> float | None:
+        return self.miner.mean_fraction() if self.config.mining == "hsm" else None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "field": self.field.state_dict(),
+            "ema": [e.clone() for e in self.ema],
+            "optimizer": self.optimizer.state_dict(),
+            "occupancy": self.occupancy.state_dict(),
+            "miner": self.miner.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "clock": self.clock,
+            "n_rays": self.n_rays,
+            "next_checkpoint": self.next_checkpoint,
+            "total_samples": self.total_samples.clone(),
+            "peak_train_bytes": self.peak_train_bytes,
+            "history": [vars(h) for h in self.history],
+            "rng": {"generator": self.generator.get_state(),
+                    "torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.field.load_state_dict(state["field"])
+            for e, s in zip(self.ema, state["ema"], strict=True):
+                e.copy_(s)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.occupancy.load_state_dict(state["occupancy"])
+            self.miner.load_state_dict(state["miner"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"the checkpoint does not fit this config's model ({exc})") from None
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.clock = float(state["clock"])
+        self.n_rays = int(state["n_rays"])
+        self.next_checkpoint = float(state["next_checkpoint"])
+        self.total_samples = state["total_samples"].to(self.device)
+        self.peak_train_bytes = int(state["peak_train_bytes"])
+        self.history = [EvalResult(**h) for h in state["history"]]
+        self.generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self) -> Path:
+        path = self.run_dir / CHECKPOINT_NAME
+        save_checkpoint(path, self.state_dict())
+        return path
+
+    @classmethod
+    def resume(cls, run_dir: Path, overrides: dict[str, Any] | None = None) -> Trainer:
+        """Rebuild a trainer from ``run_dir``; ``overrides`` may change the budget and
+        evaluation points, anything else must match the checkpoint's config."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir}: no such run folder")
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        saved = config_from_dict(state["config"])
+        config = saved
+        if overrides:
+            merged = saved.to_dict()
+            for section, values in overrides.items():
+                if isinstance(values, dict):
+                    merged[section].update(values)
+                else:
+                    merged[section] = values
+            config = config_from_dict(merged)
+            check_resume_compatible(saved, config)
+        if config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"{run_dir} was trained on CUDA; this machine has no CUDA GPU")
+        trainer = cls(config, run_dir)
+        trainer.load_state_dict(state)
+        config.save(run_dir / "config.json")
+        return trainer
+
+    # ------------------------------------------------------------------ the loop
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _budget_fraction(self, clock: float) -> float:
+        t = self.config.train
+        return clock / t.max_seconds if t.max_seconds else self.step / t.max_steps
+
+    def _pending_eval_points(self) -> list[float]:
+        t = self.config.train
+        done = {round(h.clock if t.max_seconds else h.step, 6) for h in self.history}
+        points = sorted(set(t.eval_at))
+        now = self.clock if t.max_seconds else self.step
+        return [p for p in points if p > now and round(p, 6) not in done]
+
+    def _install_signal_handlers(self):
+        previous = {}
+
+        def handler(signum, frame):  # noqa: ARG001
+            self._stop_signal = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+    def train(self, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Train to the budget, evaluating at the configured points; returns metrics.json's dict.
+
+        ``progress`` is called about twice a second with a dict of display values.
+        """
+        t = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run_dir / "config.json")
+        if self.device.type == "cuda":
+            self._sync()
+            self.setup_bytes = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        eval_points = self._pending_eval_points()
+        unit_is_seconds = t.max_seconds is not None
+        budget = t.max_seconds if unit_is_seconds else t.max_steps
+        previous_handlers = self._install_signal_handlers()
+        last_display = 0.0
+        stats: StepStats | None = None
+        try:
+            segment_start = time.perf_counter()
+            clock_at_segment = self.clock
+            while True:
+                now_clock = clock_at_segment + (time.perf_counter() - segment_start)
+                now = now_clock if unit_is_seconds else self.step
+                if now >= budget:
+                    break
+                due_eval = bool(eval_points) and now >= eval_points[0]
+                due_ckpt = now_clock >= self.next_checkpoint
+                if due_eval or due_ckpt or self._stop_signal is not None:
+                    self._sync()
+                    self.clock = clock_at_segment + (time.perf_counter() - segment_start)
+                    self._pause_memory()
+                    if due_eval:
+                        while eval_points and now >= eval_points[0]:
+                            eval_points.pop(0)
+                        self._evaluate_and_record(progress)
+                    self.next_checkpoint = self.clock + t.checkpoint_every
+                    self.save()
+                    if self._stop_signal is not None:
+                        raise TrainingInterrupted(
+                            f"training interrupted at step {self.step}; the checkpoint is in "
+                            f"{self.run_dir}. Continue with: nerfmine train --resume {self.run_dir}")
+                    self._resume_memory()
+                    segment_start = time.perf_counter()
+                    clock_at_segment = self.clock
+                stats = self.train_step()
+                wall = time.perf_counter()
+                if progress is not None and wall - last_display > 0.5:
+                    last_display = wall
+                    self.clock = clock_at_segment + (wall - segment_start)
+                    progress(self._display(stats))
+            self._sync()
+            self.clock = clock_at_segment + (time.perf_counter() - segment_start)
+        finally:
+            for sig, old in previous_handlers.items():
+                signal.signal(sig, old)
+        self._pause_memory()
+        final = self._evaluate_and_record(progress, final=True)
+        self.save()
+        metrics = self.write_metrics(final)
+        if progress is not None and stats is not None:
+            progress(self._display(stats) | {"done": True})
+        return metrics
+
+    def _display(self, stats: StepStats) -> dict[str, Any]:
+        t = self.config.train
+        info = {
+            "step": self.step,
+            "clock": self.clock,
+            "loss": float(stats.loss),
+            "samples_per_second": float(self.total_samples) / max(self.clock, 1e-9),
+            "psnr": self.history[-1].psnr if self.history else None,
+            "fraction": self._budget_fraction(self.clock),
+            "rays": self.n_rays,
+        }
+        if t.max_seconds:
+            info["time_left"] = max(0.0, t.max_seconds - self.clock)
+        else:
+            rate = self.step / max(self.clock, 1e-9)
+            info["time_left"] = max(0, t.max_steps - self.step) / max(rate, 1e-9)
+        if stats.hard_fraction is not None:
+            info["hard_fraction"] = self.miner.mean_fraction()
+        return info
+
+    def _pause_memory(self) -> None:
+        if self.device.type == "cuda":
+            self.peak_train_bytes = max(self.peak_train_bytes,
+                                        torch.cuda.max_memory_allocated(self.device))
+
+    def _resume_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _evaluate_and_record(self, progress=None, final: bool = False) -> EvalResult:
+        t = self.config.train
+        if (not final and self.history and self.history[-1].step == self.step):
+            return self.history[-1]
+        if final and self.history and self.history[-1].step == self.step and not t.save_renders:
+            return self.history[-1]
+        save_dir = self.run_dir / "renders" / self.config.data.eval_split if (
+            final and t.save_renders) else None
+        result = self.evaluate(save_dir=save_dir)
+        if self.history and self.history[-1].step == self.step:
+            self.history[-1] = result
+        else:
+            self.history.append(result)
+        if progress is not None:
+            progress({"event": "eval", "clock": result.clock, "step": result.step,
+                      "psnr": result.psnr, "ssim": result.ssim})
+        self._plot()
+        return result
+
+    def _plot(self) -> None:
+        from nerfmine.plots import plot_psnr_curve
+
+        try:
+            plot_psnr_curve([h.summary() for h in self.history], self.run_dir / "psnr_curve.png",
+                            title=f"{self.config.mining} / {self.backend}")
+        except Exception as exc:  # noqa: BLE001 - a plot must never lose a run
+            (self.run_dir / "plot_error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+
+    def write_metrics(self, final: EvalResult) -> dict[str, Any]:
+        t = self.config.train
+        memory = None
+        if self.device.type == "cuda":
+            memory = {
+                "total_peak_bytes": self.peak_train_bytes,
+                "after_setup_bytes": self.setup_bytes,
+                "training_increment_bytes": self.peak_train_bytes - self.setup_bytes,
+            }
+        metrics = {
+            "scene": str(self.data_root),
+            "split": self.config.data.eval_split,
+            "background": "white",
+            "device": device_name(self.device),
+            "commit": git_commit(),
+            "backend": self.backend,
+            "mining": self.config.mining,
+            "preset": self.config.preset,
+            "training_seconds": self.clock,
+            "steps": self.step,
+            "samples_per_second": float(self.total_samples) / max(self.clock, 1e-9),
+            "steps_per_second": self.step / max(self.clock, 1e-9),
+            "peak_gpu_memory": memory if memory else "not measured (not a CUDA run)",
+            "mean_hard_fraction": self.mean_hard_fraction(),
+            "psnr": final.psnr,
+            "ssim": final.ssim,
+            "ssim_implementation": "nerfmine.metrics.ssim (Gaussian 11x11, sigma 1.5, valid)",
+            "lpips": LPIPS_NOT_MEASURED,
+            "per_image": final.per_image,
+            "curve": [h.summary() for h in self.history],
+            "budget": {"max_steps": t.max_steps, "max_seconds": t.max_seconds},
+        }
+        tmp = self.run_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        tmp.replace(self.run_dir / "metrics.json")
+        return metrics
+
+
+def _save_png(path: Path, image: torch.Tensor) -> None:
+    from PIL import Image
+
+    array = (image.clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    Image.fromarray(array).save(path)

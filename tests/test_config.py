@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from nerfmine.config import (
+    check_resume_compatible,
+    config_from_dict,
+    load_config,
+    make_config,
+)
+from nerfmine.errors import ConfigError
+
+
+def test_cpu_preset_and_round_trip(tmp_path):
+    config = make_config("cpu", {"train": {"max_steps": 10}})
+    assert config.preset == "cpu" and config.backend == "torch"
+    assert config.model.log2_table_size == 16 and config.train.target_samples == 1 << 13
+    config.save(tmp_path / "config.json")
+    assert load_config(tmp_path / "config.json") == config
+
+
+def test_gpu_preset_is_the_paper_setting():
+    config = make_config("gpu", {"device": "cpu", "backend": "torch",
+                                 "train": {"max_seconds": 60}})
+    assert config.model.log2_table_size == 19 and config.model.n_levels == 16
+    assert config.train.target_samples == 1 << 18 and config.train.lr == 1e-2
+    assert config.train.eps == 1e-15 and config.train.betas == (0.9, 0.99)
+    assert config.occupancy.resolution == 128 and config.mining == "hsm"
+
+
+def test_unknown_keys_are_errors():
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        config_from_dict({"train": {"max_steps": 1, "learning_rate": 1}})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        config_from_dict({"trian": {}})
+
+
+def test_budget_must_be_exactly_one():
+    with pytest.raises(ConfigError, match="exactly one budget"):
+        make_config("cpu", {})
+    with pytest.raises(ConfigError, match="exactly one budget"):
+        make_config("cpu", {"train": {"max_steps": 5, "max_seconds": 5}})
+
+
+def test_triton_needs_cuda():
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        make_config("cpu", {"backend": "triton", "train": {"max_steps": 1}})
+
+
+def test_resume_compatibility():
+    saved = make_config("cpu", {"train": {"max_steps": 10}})
+    longer = make_config("cpu", {"train": {"max_steps": 50, "eval_at": [5, 20]}})
+    check_resume_compatible(saved, longer)  # budget and eval points may change
+    other = make_config("cpu", {"train": {"max_steps": 10}, "model": {"log2_table_size": 14}})
+    with pytest.raises(ConfigError, match="model.log2_table_size"):
+        check_resume_compatible(saved, other)
+
+
+def test_malformed_config_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(path)
+    path.write_text(json.dumps({"train": "fast"}))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(path)
