@@ -37,7 +37,11 @@ def test_unknown_keys_are_errors():
 
 def test_budget_must_be_exactly_one():
     with pytest.raises(ConfigError, match="exactly one budget"):
-        make_config("cpu", {})
+        config_from_dict({})
+    preset_default = make_config("cpu", {})
+    assert preset_default.train.max_seconds == 300 and preset_default.train.eval_at == (60.0,)
+    by_steps = make_config("cpu", {"train": {"max_steps": 7}})  # replaces the preset's budget
+    assert by_steps.train.max_seconds is None and by_steps.train.eval_at == ()
     with pytest.raises(ConfigError, match="exactly one budget"):
         make_config("cpu", {"train": {"max_steps": 5, "max_seconds": 5}})
 

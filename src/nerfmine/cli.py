@@ -56,6 +56,22 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="JSON file of config overrides (nested like config.json)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    bench = sub.add_parser(
+        "bench", help="train the baseline (--mining none) and hard sample mining side by side")
+    bench.add_argument("data", nargs="?", default=None, help="scene folder (default: demo)")
+    bench.add_argument("--seconds", type=float, default=None,
+                       help="budget per arm in seconds of training clock (default: preset's)")
+    bench.add_argument("--eval-at", type=_parse_points, default=None)
+    bench.add_argument("--arms", default="none,hsm", help="comma-separated: none, hsm")
+    bench.add_argument("--preset", default="auto")
+    bench.add_argument("--backend", choices=["auto", "torch", "triton"], default=None)
+    bench.add_argument("--seed", type=int, default=None)
+    bench.add_argument("--eval-images", type=int, default=None)
+    bench.add_argument("--output", "-o", type=Path, default=Path("runs/bench"))
+    bench.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                       help="combine metrics.json / bench.json files of arms run separately")
+    bench.add_argument("--quiet", action="store_true")
+
     ev = sub.add_parser("eval", help="re-evaluate a run's checkpoint")
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("--split", default=None, help="split to evaluate (default: the run's)")
@@ -169,9 +185,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"resuming {args.resume} at step {trainer.step} "
               f"({trainer.clock:.1f} s of training clock)", flush=True)
     else:
-        if "max_steps" not in overrides["train"] and "max_seconds" not in overrides["train"]:
-            overrides["train"]["max_seconds"] = 240.0
-            overrides["train"].setdefault("eval_at", [15, 30, 60, 120])
         preset = args.preset
         config = make_config(preset, overrides)
         run_dir = args.output or _default_run_dir(config.data.path)
@@ -201,6 +214,46 @@ def _print_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
           f"({len(metrics['per_image'])} {metrics['split']} views over white)")
     print(f"outputs in {run_dir}: config.json, checkpoint.pt, metrics.json, psnr_curve.png, "
           f"renders/")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nerfmine.bench import ARMS, merge, run_arm, write_report
+
+    if args.merge:
+        report = merge(args.merge, args.output)
+    else:
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        bad = [a for a in arms if a not in ARMS]
+        if bad:
+            raise NerfmineError(f"--arms: unknown arm(s) {', '.join(bad)}; choose from none, hsm")
+        overrides: dict[str, Any] = {"data": {}, "train": {}}
+        if args.data:
+            overrides["data"]["path"] = str(Path(args.data).resolve())
+        if args.seconds is not None:
+            overrides["train"].update(max_seconds=args.seconds, max_steps=None)
+        if args.eval_at is not None:
+            overrides["train"]["eval_at"] = list(args.eval_at)
+        if args.seed is not None:
+            overrides["train"]["seed"] = args.seed
+        if args.eval_images is not None:
+            overrides["train"]["eval_max_images"] = args.eval_images
+        if args.backend is not None:
+            overrides["backend"] = args.backend
+        _check_writable(args.output)
+        results = {}
+        for arm in arms:
+            print(f"bench: training arm mining={arm} into {args.output / arm}", flush=True)
+            progress = _Progress(1.0, "s", args.quiet or not sys.stdout.isatty())
+            try:
+                results[arm] = run_arm(arm, overrides, args.preset, args.output, progress)
+            finally:
+                progress.close()
+            print(f"bench: mining={arm}: PSNR {results[arm]['psnr']:.2f} dB after "
+                  f"{results[arm]['steps']} steps", flush=True)
+        report = write_report(results, args.output)
+    print(json.dumps(report["comparison"], indent=2))
+    print(f"written: {args.output / 'bench.json'}, bench_psnr_time.png, bench_psnr_steps.png")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -242,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "bench":
+            return cmd_bench(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

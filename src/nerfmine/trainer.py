@@ -119,6 +119,8 @@ class Trainer:
         self.peak_train_bytes = 0
         self.setup_bytes = 0
         self._stop_signal: int | None = None
+        # Benchmarks replace this with a recorder of CUDA events between named stages.
+        self.stage_marker: Callable[[str], None] = _no_mark
 
         if self.train_data is not None:
             self._images = self.train_data.images.to(self.device)  # [N, H, W, 4] uint8
@@ -176,11 +178,15 @@ class Trainer:
     def train_step(self) -> StepStats:
         """One optimisation step; returns device tensors (no host synchronisation needed)."""
         t, cfg = self.config.train, self.config
+        mark = self.stage_marker
+        mark("start")
         if self.occupancy.should_update(self.step):
             self.occupancy.update(self.step, self.field.density, self.generator)
+        mark("occupancy")
         n_rays = self.n_rays
         origins, directions, background, target, jitter = self._draw_rays(n_rays)
         samples = self._march(origins, directions, jitter)
+        mark("rays_march")
         n_valid = samples.ray_valid.sum().clamp(min=1)  # [] device
         self.optimizer.zero_grad(set_to_none=True)
         skip = None
@@ -193,19 +199,23 @@ class Trainer:
             per_ray = ((rgb - target) ** 2).mean(-1) * samples.ray_valid
             loss = per_ray.sum() / n_valid
             self.scaler.scale(loss).backward()
+            mark("forward_backward")
         else:
             with torch.no_grad(), self._autocast():
                 raw_all = self.field(samples.positions, samples.directions)  # [C, 4]
+            mark("first_forward")
             loss_per_ray, grad_raw = composite_output_grads(
                 raw_all, samples, background, target, backend=self.backend,
                 min_transmittance=t.min_transmittance)
             loss = loss_per_ray.sum() / n_valid
             mined = self.miner.mine(grad_raw, samples.n_samples, t.target_samples, self.generator)
             idx = mined.indices  # [b_cap] sorted sample indices
+            mark("mining")
             with self._autocast():
                 raw_hard = self.field(samples.positions[idx], samples.directions[idx])  # [b_cap, 4]
             injected = mined.injected_grads(grad_raw, 1.0 / n_valid)  # [b_cap, 4], 0 off-mask
             raw_hard.backward(gradient=self.scaler.scale(injected))
+            mark("forward_backward")
             skip = mined.b == 0
             hard_fraction = mined.b.float() / samples.n_samples.clamp(min=1).float()
 
@@ -216,10 +226,12 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step(skip=skip)
+        mark("optimizer")
         self._update_ema()
         self._adapt_ray_count(samples)
         self.total_samples += samples.n_samples
         self.step += 1
+        mark("ema_bookkeeping")
         return StepStats(loss=loss.detach(), n_samples=samples.n_samples,
                          hard_fraction=hard_fraction)
 
@@ -578,6 +590,10 @@ class Trainer:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         tmp.replace(self.run_dir / "metrics.json")
         return metrics
+
+
+def _no_mark(name: str) -> None:
+    return None
 
 
 def _save_png(path: Path, image: torch.Tensor) -> None:

@@ -1,0 +1,126 @@
+"""Milliseconds per training step and per stage, on a CUDA GPU (benchmark-protocol.md).
+
+For each backend and mining mode: warm up (default 2000 steps, so the occupancy grid and the ray
+count reach their steady state), then time steps with CUDA events: the whole step (median over
+--steps, without stage events) and each stage (median, with events between stages). Writes one
+JSON with the GPU name and the commit.
+
+    PYTHONPATH=src python benchmarks/step_time.py DATA --backends torch,triton \
+        --mining none,hsm --out benchmarks/results/step_time.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+
+class StageEvents:
+    """Records a CUDA event at each named mark; durations are between consecutive marks."""
+
+    def __init__(self):
+        self.steps: list[list[tuple[str, torch.cuda.Event]]] = []
+
+    def __call__(self, name: str) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        if name == "start":
+            self.steps.append([])
+        self.steps[-1].append((name, event))
+
+    def medians(self) -> dict[str, float]:
+        torch.cuda.synchronize()
+        per_stage: dict[str, list[float]] = {}
+        for marks in self.steps:
+            totals: dict[str, float] = {}
+            for (_, a), (name, b) in zip(marks, marks[1:]):
+                totals[name] = totals.get(name, 0.0) + a.elapsed_time(b)
+            for name, ms in totals.items():
+                per_stage.setdefault(name, []).append(ms)
+        n = len(self.steps)
+        # Stages that run only on some steps (the occupancy update) are amortised over all.
+        return {name: statistics.median(v) if len(v) == n else sum(v) / n
+                for name, v in per_stage.items()}
+
+
+def measure(data: str, backend: str, mining: str, warmup: int, steps: int) -> dict:
+    from nerfmine.config import make_config
+    from nerfmine.trainer import Trainer
+
+    config = make_config("gpu", {"backend": backend, "mining": mining,
+                                 "data": {"path": data}, "train": {"max_steps": 10**9}})
+    trainer = Trainer(config, Path("/tmp/nerfmine-step-time"))
+    for _ in range(warmup):
+        trainer.train_step()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    starts, ends = [], []
+    samples = []
+    for _ in range(steps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        stats = trainer.train_step()
+        b.record()
+        starts.append(a)
+        ends.append(b)
+        samples.append(stats.n_samples)
+    torch.cuda.synchronize()
+    step_ms = [a.elapsed_time(b) for a, b in zip(starts, ends)]
+    peak = torch.cuda.max_memory_allocated()
+    events = StageEvents()
+    trainer.stage_marker = events
+    for _ in range(steps):
+        trainer.train_step()
+    stages = events.medians()
+    trainer.stage_marker = lambda name: None
+    return {
+        "backend": backend,
+        "mining": mining,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "median_step_ms": statistics.median(step_ms),
+        "mean_step_ms": statistics.fmean(step_ms),
+        "stage_ms": stages,
+        "mean_samples_per_step": float(torch.stack(samples).double().mean()),
+        "rays_per_step": trainer.n_rays,
+        "mean_hard_fraction": trainer.mean_hard_fraction(),
+        "peak_bytes_during_timed_steps": peak,
+        "allocated_after_warmup_bytes": base,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("data")
+    parser.add_argument("--backends", default="torch,triton")
+    parser.add_argument("--mining", default="none,hsm")
+    parser.add_argument("--warmup", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    from nerfmine.provenance import device_name, git_commit
+
+    results = {"gpu": device_name("cuda"), "commit": git_commit(),
+               "date": datetime.datetime.now().isoformat(timespec="seconds"),
+               "torch": torch.__version__, "data": args.data, "runs": []}
+    for backend in args.backends.split(","):
+        for mining in args.mining.split(","):
+            r = measure(args.data, backend, mining, args.warmup, args.steps)
+            results["runs"].append(r)
+            stages = " ".join(f"{k}={v:.3f}" for k, v in r["stage_ms"].items())
+            print(f"{results['gpu']} {backend:6s} {mining:4s} median {r['median_step_ms']:.3f} ms"
+                  f"/step ({r['mean_samples_per_step']:.0f} samples) | {stages}", flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
