@@ -100,6 +100,9 @@ class TrainConfig:
     """Marching step in the unit cube (instant-ngp: sqrt(3)/1024)."""
     min_transmittance: float = 1e-4
     """A sample is composited while the transmittance before it is at least this."""
+    first_pass_chunk: int = 1 << 17
+    """Samples per chunk of the mining's first forward (no graph): bounds its transient memory,
+    so that the mining step's peak is set by its (smaller) graph."""
     checkpoint_every: float = 60.0
     """Seconds of training clock between checkpoints (also written at each evaluation)."""
     eval_rays_per_chunk: int = 1 << 16

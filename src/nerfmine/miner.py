@@ -275,7 +275,9 @@ class HardSampleMiner(nn.Module):
         valid = g > 0  # False for 0 and NaN
         safe_g = torch.where(valid, g, torch.ones_like(g))
         keys = torch.where(valid, torch.log(safe_g) - torch.log(e), torch.full_like(g, -math.inf))
-        return torch.topk(keys, size, dim=-1, largest=True, sorted=True).indices
+        # A full radix sort: on a GPU it is several times faster than topk with a k this large
+        # (k is 5-50% of C).
+        return torch.sort(keys, dim=-1, descending=True).indices[..., :size]
 
     @torch.no_grad()
     def select(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -19,6 +20,8 @@ def device_name(device: torch.device | str) -> str:
 
 def git_commit() -> str:
     """Commit of the nerfmine source tree (with '-dirty' when it has uncommitted changes)."""
+    if os.environ.get("NERFMINE_COMMIT"):  # a copy of the tree without its .git (device runs)
+        return os.environ["NERFMINE_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,

@@ -40,7 +40,7 @@ from nerfmine.occupancy import OccupancyGrid
 from nerfmine.ops.composite import composite, composite_output_grads
 from nerfmine.ops.march import PackedSamples, march_rays
 from nerfmine.ops.rays import camera_frustum_mask, pixel_rays
-from nerfmine.optim import NGPAdam
+from nerfmine.optim import DeviceLossScaler, NGPAdam
 from nerfmine.provenance import device_name, git_commit
 from nerfmine.render import RenderSettings, render_image
 
@@ -107,7 +107,7 @@ class Trainer:
                                  betas=t.betas, eps=t.eps, l2_reg=t.l2_reg, backend=self.backend)
         self.ema = [p.detach().clone() for p in self.field.parameters()]
         self.use_amp = bool(t.mixed_precision and self.device.type == "cuda")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = DeviceLossScaler(self.device, enabled=self.use_amp)
         self.generator = torch.Generator(self.device).manual_seed(t.seed)
 
         self.step = 0
@@ -198,11 +198,10 @@ class Trainer:
                                   min_transmittance=t.min_transmittance)
             per_ray = ((rgb - target) ** 2).mean(-1) * samples.ray_valid
             loss = per_ray.sum() / n_valid
-            self.scaler.scale(loss).backward()
+            self.scaler.scale_tensor(loss).backward()
             mark("forward_backward")
         else:
-            with torch.no_grad(), self._autocast():
-                raw_all = self.field(samples.positions, samples.directions)  # [C, 4]
+            raw_all = self._first_forward(samples)  # [C, 4], no graph
             mark("first_forward")
             loss_per_ray, grad_raw = composite_output_grads(
                 raw_all, samples, background, target, backend=self.backend,
@@ -214,18 +213,18 @@ class Trainer:
             with self._autocast():
                 raw_hard = self.field(samples.positions[idx], samples.directions[idx])  # [b_cap, 4]
             injected = mined.injected_grads(grad_raw, 1.0 / n_valid)  # [b_cap, 4], 0 off-mask
-            raw_hard.backward(gradient=self.scaler.scale(injected))
+            raw_hard.backward(gradient=self.scaler.scale_tensor(injected))
             mark("forward_backward")
             skip = mined.b == 0
             hard_fraction = mined.b.float() / samples.n_samples.clamp(min=1).float()
 
         for group in self.optimizer.param_groups:
             group["lr"] = t.lr * self._lr_factor()
-        if self.use_amp:
-            self.scaler.step(self.optimizer, skip=skip)
-            self.scaler.update()
-        else:
-            self.optimizer.step(skip=skip)
+        found_inf = self.scaler.unscale_(list(self.field.parameters()))
+        if found_inf is not None:
+            skip = found_inf if skip is None else (skip | found_inf)
+        self.optimizer.step(skip=skip)
+        self.scaler.update(found_inf)
         mark("optimizer")
         self._update_ema()
         self._adapt_ray_count(samples)
@@ -234,6 +233,20 @@ class Trainer:
         mark("ema_bookkeeping")
         return StepStats(loss=loss.detach(), n_samples=samples.n_samples,
                          hard_fraction=hard_fraction)
+
+    @torch.no_grad()
+    def _first_forward(self, samples: PackedSamples) -> torch.Tensor:
+        """Mining's inference pass over every slot, in chunks (bounded transient memory)."""
+        chunk = self.config.train.first_pass_chunk
+        capacity = samples.capacity
+        with self._autocast():
+            if capacity <= chunk:
+                return self.field(samples.positions, samples.directions)
+            raw = torch.empty(capacity, 4, device=self.device, dtype=torch.float32)
+            for lo in range(0, capacity, chunk):
+                hi = min(capacity, lo + chunk)
+                raw[lo:hi] = self.field(samples.positions[lo:hi], samples.directions[lo:hi])
+            return raw
 
     @torch.no_grad()
     def _update_ema(self) -> None:
