@@ -10,7 +10,7 @@ from nerfmine.metrics import psnr, ssim
 def test_psnr_closed_form():
     target = torch.zeros(8, 8, 3)
     prediction = torch.full((8, 8, 3), 0.1)
-    assert psnr(prediction, target) == pytest.approx(20.0, abs=1e-5)  # -10 log10(0.01); 0.1 is float32
+    assert psnr(prediction, target) == pytest.approx(20.0, abs=1e-5)  # 0.1 is float32
 
 
 def test_psnr_clips_prediction():

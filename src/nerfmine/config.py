@@ -268,7 +268,8 @@ def validate(config: RunConfig) -> None:
     """Reject values that cannot work, naming the field and what was expected."""
     t = config.train
     if config.backend not in ("torch", "triton"):
-        raise ConfigError(f"backend must be 'torch' or 'triton' (or 'auto'), got '{config.backend}'")
+        raise ConfigError(
+            f"backend must be 'torch' or 'triton' (or 'auto'), got '{config.backend}'")
     if (config.backend == "triton" and not config.device.startswith("cuda")
             and os.environ.get("TRITON_INTERPRET") != "1"):
         raise ConfigError("backend 'triton' needs a CUDA GPU; use --backend torch on this machine")

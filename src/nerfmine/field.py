@@ -58,7 +58,9 @@ class NGPField(nn.Module):
         return F.linear(hidden, self.density_w2)  # [N, geo]
 
     def forward(self, positions: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-        """Raw outputs [N, 4] (float32; float64 for a float64 field) at positions [N, 3] (unit cube) seen from directions."""
+        """Raw outputs [N, 4] at positions [N, 3] (unit cube) seen from directions [N, 3].
+
+        float32 (float64 for a float64 field, as in gradient checks)."""
         geo = self._geo(positions)  # [N, geo]
         sh = sh_encode(directions, degree=self.config.sh_degree, backend=self.backend)
         color_in = torch.cat([geo, sh.to(geo.dtype)], dim=-1)  # [N, geo + sh]

@@ -488,7 +488,8 @@ class Trainer:
                     if self._stop_signal is not None:
                         raise TrainingInterrupted(
                             f"training interrupted at step {self.step}; the checkpoint is in "
-                            f"{self.run_dir}. Continue with: nerfmine train --resume {self.run_dir}")
+                            f"{self.run_dir}. Continue with: "
+                            f"nerfmine train --resume {self.run_dir}")
                     self._resume_memory()
                     segment_start = time.perf_counter()
                     clock_at_segment = self.clock
