@@ -33,6 +33,21 @@ class NGPAdam(torch.optim.Optimizer):
         super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, backend=backend))
 
     @torch.no_grad()
+    def init_state(self) -> None:
+        """Allocate the moments now (part of the model's setup, not of a training step)."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                self._state_of(param)
+
+    def _state_of(self, param: torch.nn.Parameter) -> dict:
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        return state
+
+    @torch.no_grad()
     def step(self, closure=None, skip: torch.Tensor | None = None):  # noqa: D102
         if closure is not None:
             raise ValueError("NGPAdam does not take a closure")
@@ -41,11 +56,7 @@ class NGPAdam(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                state = self.state[param]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state = self._state_of(param)
                 # Tensors to restore where the step is skipped. A skipped mining step has an
                 # all-zero table gradient, which the sparse rule already leaves untouched, so
                 # the (large) table needs no copy: only its step count.

@@ -106,6 +106,7 @@ class Trainer:
         self.miner = HardSampleMiner(config.miner).to(self.device)
         self.optimizer = NGPAdam([self.field.table], self.field.mlp_parameters(), lr=t.lr,
                                  betas=t.betas, eps=t.eps, l2_reg=t.l2_reg, backend=self.backend)
+        self.optimizer.init_state()  # the moments count as setup memory, not training memory
         self.ema = [p.detach().clone() for p in self.field.parameters()]
         self.use_amp = bool(t.mixed_precision and self.device.type == "cuda")
         self.scaler = DeviceLossScaler(self.device, enabled=self.use_amp)
