@@ -83,7 +83,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from the flags a subcommand has (train and bench share them)."""
     overrides: dict[str, Any] = {"data": {}, "train": {}}
+    for name in ("config", "data", "downscale", "steps", "seconds", "eval_at", "seed",
+                 "eval_images", "mining", "backend"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
     if args.config is not None:
         try:
             overrides = json.loads(args.config.read_text())
@@ -226,19 +231,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bad = [a for a in arms if a not in ARMS]
         if bad:
             raise NerfmineError(f"--arms: unknown arm(s) {', '.join(bad)}; choose from none, hsm")
-        overrides: dict[str, Any] = {"data": {}, "train": {}}
-        if args.data:
-            overrides["data"]["path"] = str(Path(args.data).resolve())
-        if args.seconds is not None:
-            overrides["train"].update(max_seconds=args.seconds, max_steps=None)
-        if args.eval_at is not None:
-            overrides["train"]["eval_at"] = list(args.eval_at)
-        if args.seed is not None:
-            overrides["train"]["seed"] = args.seed
-        if args.eval_images is not None:
-            overrides["train"]["eval_max_images"] = args.eval_images
-        if args.backend is not None:
-            overrides["backend"] = args.backend
+        overrides = _train_overrides(args)
         _check_writable(args.output)
         results = {}
         for arm in arms:

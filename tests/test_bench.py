@@ -1,0 +1,44 @@
+"""nerfmine bench: both arms from one command, and the comparison figures."""
+
+from __future__ import annotations
+
+import json
+
+from nerfmine.bench import compare, merge
+from nerfmine.cli import main
+
+
+def _arm(mining, curve, increment):
+    return {"mining": mining, "steps": curve[-1]["step"], "curve": curve,
+            "mean_hard_fraction": 0.2 if mining == "hsm" else None,
+            "peak_gpu_memory": {"training_increment_bytes": increment,
+                                "total_peak_bytes": increment + 100}}
+
+
+def test_compare_on_hand_built_curves(tmp_path):
+    base = _arm("none", [{"clock": 60, "step": 10, "psnr": 30.0, "ssim": 0.9},
+                         {"clock": 120, "step": 20, "psnr": 31.0, "ssim": 0.9},
+                         {"clock": 240, "step": 40, "psnr": 32.0, "ssim": 0.9}], 1000)
+    mine = _arm("hsm", [{"clock": 60, "step": 8, "psnr": 30.5, "ssim": 0.9},
+                        {"clock": 120, "step": 16, "psnr": 32.1, "ssim": 0.9}], 500)
+    result = compare({"none": base, "hsm": mine})
+    assert result["mining_first_reaches_baseline_final_at"]["clock"] == 120
+    assert result["psnr_gain_at"]["60"] == 0.5
+    assert abs(result["psnr_gain_at"]["120"] - 1.1) < 1e-9
+    assert result["training_increment_ratio"] == 0.5
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps(mine))
+    report = merge([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "out")
+    assert report["comparison"] == result
+    for name in ("bench.json", "bench_psnr_time.png", "bench_psnr_steps.png"):
+        assert (tmp_path / "out" / name).is_file()
+
+
+def test_bench_command_trains_both_arms(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--preset", "cpu", "--seconds", "4", "--eval-images", "1",
+                 "--output", str(out), "--quiet"]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert set(report["arms"]) == {"none", "hsm"}
+    assert report["arms"]["hsm"]["mining"] == "hsm" and report["arms"]["none"]["mining"] == "none"
+    assert report["comparison"]["steps"]["hsm"] > 0
