@@ -250,6 +250,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from nerfmine.checkpoint import load_checkpoint
     from nerfmine.config import config_from_dict
     from nerfmine.trainer import Trainer
@@ -265,6 +267,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         values["data"]["path"] = str(args.data.resolve())
     if args.eval_images is not None:
         values["train"]["eval_max_images"] = args.eval_images
+    if values.get("device", "cpu").startswith("cuda") and not torch.cuda.is_available():
+        # A run trained on a GPU evaluates on this CPU with the reference kernels.
+        print("no CUDA GPU here: evaluating on the CPU with the torch backend", flush=True)
+        values["device"], values["backend"] = "cpu", "torch"
     config = config_from_dict(values)
     trainer = Trainer(config, run_dir, load_train=False)
     trainer.load_state_dict(state)
