@@ -250,30 +250,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from nerfmine.checkpoint import load_checkpoint
-    from nerfmine.config import config_from_dict
     from nerfmine.trainer import Trainer
 
-    run_dir = args.run_dir
-    if not run_dir.is_dir():
-        raise NerfmineError(f"{run_dir}: no such run folder")
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    values = state["config"]
-    if args.split:
-        values["data"]["eval_split"] = args.split
-    if args.data:
-        values["data"]["path"] = str(args.data.resolve())
-    if args.eval_images is not None:
-        values["train"]["eval_max_images"] = args.eval_images
-    if values.get("device", "cpu").startswith("cuda") and not torch.cuda.is_available():
-        # A run trained on a GPU evaluates on this CPU with the reference kernels.
-        print("no CUDA GPU here: evaluating on the CPU with the torch backend", flush=True)
-        values["device"], values["backend"] = "cpu", "torch"
-    config = config_from_dict(values)
-    trainer = Trainer(config, run_dir, load_train=False)
-    trainer.load_state_dict(state)
+    def update(values: dict[str, Any]) -> None:
+        if args.split:
+            values["data"]["eval_split"] = args.split
+        if args.data:
+            values["data"]["path"] = str(args.data.resolve())
+        if args.eval_images is not None:
+            values["train"]["eval_max_images"] = args.eval_images
+
+    trainer = Trainer.from_run_dir(args.run_dir, update)
+    run_dir, config = args.run_dir, trainer.config
     split = config.data.eval_split
     save_dir = None if args.no_renders else run_dir / "renders" / split
     result = trainer.evaluate(save_dir=save_dir)

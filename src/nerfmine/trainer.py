@@ -394,6 +394,26 @@ class Trainer:
         return path
 
     @classmethod
+    def from_run_dir(cls, run_dir: Path, values_update=None, load_train: bool = False) -> Trainer:
+        """Load a run's last checkpoint for rendering or evaluation (no training data needed).
+
+        ``values_update(values)`` may edit the saved config dict first. A run trained on a GPU
+        loads on a machine without one, on the CPU with the torch backend.
+        """
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir}: no such run folder")
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        values = state["config"]
+        if values.get("device", "cpu").startswith("cuda") and not torch.cuda.is_available():
+            values["device"], values["backend"] = "cpu", "torch"
+        if values_update is not None:
+            values_update(values)
+        trainer = cls(config_from_dict(values), run_dir, load_train=load_train)
+        trainer.load_state_dict(state)
+        return trainer
+
+    @classmethod
     def resume(cls, run_dir: Path, overrides: dict[str, Any] | None = None) -> Trainer:
         """Rebuild a trainer from ``run_dir``; ``overrides`` may change the budget and
         evaluation points, anything else must match the checkpoint's config."""
