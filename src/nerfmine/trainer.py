@@ -262,7 +262,6 @@ class Trainer:
         as samples per kept ray times rays. On CUDA the count reaches the host through a
         non-blocking copy read one step later, so the step needs no synchronisation.
         """
-        t = self.config.train
         kept = samples.ray_valid.sum()
         measured = samples.n_samples.double() * samples.n_rays / kept.clamp(min=1).double()
         if self.device.type == "cuda":
@@ -280,7 +279,6 @@ class Trainer:
                 self._pending_measured = pending
         else:
             self._set_rays(float(measured))
-        del t
 
     def _set_rays(self, measured: float) -> None:
         t = self.config.train
