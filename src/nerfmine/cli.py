@@ -72,6 +72,11 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="combine metrics.json / bench.json files of arms run separately")
     bench.add_argument("--quiet", action="store_true")
 
+    from nerfmine import export_cli, render_cli
+
+    render_cli.add_parser(sub)
+    export_cli.add_parser(sub)
+
     ev = sub.add_parser("eval", help="re-evaluate a run's checkpoint")
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("--split", default=None, help="split to evaluate (default: the run's)")
@@ -284,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "render":
+            from nerfmine import render_cli
+
+            return render_cli.run(args)
+        if args.command == "export":
+            from nerfmine import export_cli
+
+            return export_cli.run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
