@@ -83,3 +83,26 @@ def test_bad_backend_and_step():
         adam_step(t, t, t.clone(), t.clone(), 1, lr=1e-2, backend="cuda")
     with pytest.raises(ValueError, match="step"):
         adam_step(t, t, t.clone(), t.clone(), 0, lr=1e-2)
+
+
+def test_skipped_step_leaves_table_and_mlp_untouched_even_with_inf_gradients():
+    """An overflowed fp16 step (inf/NaN gradients) is skipped without touching anything."""
+    from nerfmine.optim import NGPAdam
+
+    table = torch.nn.Parameter(torch.tensor([[0.5, -0.5], [0.25, 0.0]]))
+    weight = torch.nn.Parameter(torch.tensor([[1.0, 2.0]]))
+    opt = NGPAdam([table], [weight], lr=0.01)
+    opt.init_state()
+    before = [table.detach().clone(), weight.detach().clone()]
+    table.grad = torch.tensor([[float("inf"), float("nan")], [1.0, 0.0]])
+    weight.grad = torch.tensor([[float("nan"), 1.0]])
+    opt.step(skip=torch.tensor(True))
+    assert torch.equal(table, before[0]) and torch.equal(weight, before[1])
+    for p in (table, weight):
+        state = opt.state[p]
+        assert torch.isfinite(state["exp_avg"]).all() and torch.isfinite(state["exp_avg_sq"]).all()
+        assert float(state["step"]) == 0
+    table.grad = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    weight.grad = torch.tensor([[1.0, 1.0]])
+    opt.step(skip=torch.tensor(False))
+    assert table[0, 0] < before[0][0, 0] and torch.equal(table[1], before[0][1])

@@ -91,3 +91,22 @@ def test_eval_of_a_missing_run(tmp_path):
     _assert_user_error(_run("eval", str(tmp_path / "none")), "no such run folder")
     (tmp_path / "empty").mkdir()
     _assert_user_error(_run("eval", str(tmp_path / "empty")), "no checkpoint here")
+
+
+def test_config_file_that_is_not_an_object(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text("[1, 2]")
+    _assert_user_error(_run("train", "--steps", "1", "--config", str(cfg), "--output",
+                            str(tmp_path / "run")), "expected a JSON object")
+
+
+def test_bad_numbers_and_merge_inputs(tmp_path):
+    _assert_user_error(_run("train", "--steps", "1", "--eval-images", "0", "--output",
+                            str(tmp_path / "run")), "eval_max_images")
+    _assert_user_error(_run("bench", "--merge", str(tmp_path / "missing.json"), "--output",
+                            str(tmp_path / "b")), "missing.json")
+    (tmp_path / "list.json").write_text("[]")
+    _assert_user_error(_run("bench", "--merge", str(tmp_path / "list.json"), "--output",
+                            str(tmp_path / "b")), "expected a run's metrics.json")
+    _assert_user_error(_run("train", "--resume", str(tmp_path / "run"), "--output",
+                            str(tmp_path / "x")), "do not apply with --resume")

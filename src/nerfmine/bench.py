@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nerfmine.errors import NerfmineError
 from nerfmine.plots import plot_psnr_curve
 
 ARMS = ("none", "hsm")
@@ -27,6 +28,8 @@ def run_arm(arm: str, overrides: dict[str, Any], preset: str, out_dir: Path,
     values["mining"] = arm
     config = make_config(preset, values)
     run_dir = out_dir / arm
+    if (run_dir / "checkpoint.pt").exists():
+        raise NerfmineError(f"{run_dir} already holds a run; choose another --output")
     trainer = Trainer(config, run_dir)
     metrics = trainer.train(progress=progress)
     metrics["run_dir"] = str(run_dir)
@@ -82,9 +85,16 @@ def merge(files: list[Path], out_dir: Path) -> dict[str, Any]:
     """Combine metrics.json files (or bench.json files) of separately run arms."""
     arms: dict[str, dict[str, Any]] = {}
     for path in files:
-        data = json.loads(Path(path).read_text())
-        if "arms" in data:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise NerfmineError(f"{path}: cannot read it ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise NerfmineError(f"{path}: not valid JSON ({exc})") from None
+        if isinstance(data, dict) and isinstance(data.get("arms"), dict):
             arms.update(data["arms"])
-        else:
+        elif isinstance(data, dict) and data.get("mining") in ARMS and "curve" in data:
             arms[data["mining"]] = data
+        else:
+            raise NerfmineError(f"{path}: expected a run's metrics.json or a bench.json")
     return write_report(arms, out_dir)

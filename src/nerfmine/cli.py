@@ -101,6 +101,10 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise NerfmineError(f"{args.config}: cannot read the config file ({exc})") from None
         except json.JSONDecodeError as exc:
             raise NerfmineError(f"{args.config}: not valid JSON ({exc})") from None
+        if not isinstance(overrides, dict) or any(
+                not isinstance(overrides.get(k, {}), dict) for k in ("data", "train")):
+            raise NerfmineError(f"{args.config}: expected a JSON object of config sections like "
+                                '{"train": {"lr": 0.01}}, as in a run\'s config.json')
         overrides.setdefault("data", {})
         overrides.setdefault("train", {})
     if args.data is not None:
@@ -187,6 +191,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         # Only what the user typed overrides the checkpoint's config; the budget and the
         # evaluation points may change, anything else must match (checked by resume).
+        if args.output is not None or args.preset != "auto":
+            raise NerfmineError("--output and --preset do not apply with --resume: the run "
+                                "continues in its own folder with its own config")
+        if overrides.get("backend") == "auto":
+            del overrides["backend"]
         resume_over = {k: v for k, v in overrides.items() if k not in ("data", "train")}
         resume_over["train"] = overrides["train"]
         if overrides["data"]:

@@ -286,6 +286,13 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"train.eval_at points must be positive, got {list(t.eval_at)}")
     if config.data.downscale < 1:
         raise ConfigError(f"data.downscale must be an integer >= 1, got {config.data.downscale}")
+    if t.eval_max_images is not None and t.eval_max_images < 1:
+        raise ConfigError(f"train.eval_max_images (--eval-images) must be at least 1, got "
+                          f"{t.eval_max_images}")
+    if not t.checkpoint_every > 0:
+        raise ConfigError(f"train.checkpoint_every must be positive, got {t.checkpoint_every}")
+    if t.first_pass_chunk < 1 or t.eval_rays_per_chunk < 1:
+        raise ConfigError("train.first_pass_chunk and train.eval_rays_per_chunk must be >= 1")
     if t.target_samples < 256:
         raise ConfigError(f"train.target_samples must be at least 256, got {t.target_samples}")
     m = config.miner

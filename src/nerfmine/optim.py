@@ -57,13 +57,16 @@ class NGPAdam(torch.optim.Optimizer):
                 if param.grad is None:
                     continue
                 state = self._state_of(param)
-                # Tensors to restore where the step is skipped. A skipped mining step has an
-                # all-zero table gradient, which the sparse rule already leaves untouched, so
-                # the (large) table needs no copy: only its step count.
+                # Tensors to restore where the step is skipped. For the (large) table no copy
+                # is needed: a zeroed gradient makes the sparse rule leave every entry
+                # untouched (this also clears inf/NaN of an overflowed fp16 step); only its
+                # step count is restored.
                 restore: list[torch.Tensor] = []
                 if skip is not None:
                     restore = [state["step"]]
-                    if not group["skip_zero_grad"]:
+                    if group["skip_zero_grad"]:
+                        param.grad.masked_fill_(skip, 0.0)
+                    else:
                         restore += [param, state["exp_avg"], state["exp_avg_sq"]]
                 saved = [t.clone() for t in restore]
                 state["step"].add_(1)

@@ -256,14 +256,16 @@ class Trainer:
                              1.0 - self.config.train.ema_decay)
 
     def _adapt_ray_count(self, samples: PackedSamples) -> None:
-        """instant-ngp's rule: rays *= target / measured, rounded to the granularity.
+        """instant-ngp's rule rays *= target / measured, written as rays = target / (samples
+        per ray), rounded to the granularity.
 
-        ``measured`` estimates the samples all rays would have produced (dropped rays included)
-        as samples per kept ray times rays. On CUDA the count reaches the host through a
-        non-blocking copy read one step later, so the step needs no synchronisation.
+        Samples per ray are measured over the kept rays (dropped rays have no samples). On CUDA
+        the figure reaches the host through a non-blocking copy read one or more steps later, so
+        the step needs no synchronisation; since it does not depend on the ray count of the
+        step it came from, the lag cannot make the controller oscillate.
         """
         kept = samples.ray_valid.sum()
-        measured = samples.n_samples.double() * samples.n_rays / kept.clamp(min=1).double()
+        measured = samples.n_samples.double() / kept.clamp(min=1).double()  # samples per ray
         if self.device.type == "cuda":
             pending = getattr(self, "_pending_measured", None)
             if pending is not None and pending[1].query():
@@ -280,11 +282,11 @@ class Trainer:
         else:
             self._set_rays(float(measured))
 
-    def _set_rays(self, measured: float) -> None:
+    def _set_rays(self, samples_per_ray: float) -> None:
         t = self.config.train
-        if not math.isfinite(measured) or measured <= 0:
-            measured = 1.0
-        rays = self.n_rays * t.target_samples / measured
+        if not math.isfinite(samples_per_ray) or samples_per_ray <= 0:
+            samples_per_ray = 1.0 / t.max_rays  # every ray empty: as many rays as allowed
+        rays = t.target_samples / samples_per_ray
         rays = int(math.ceil(rays / t.ray_granularity)) * t.ray_granularity
         self.n_rays = int(min(max(rays, t.ray_granularity), t.max_rays))
 
@@ -512,6 +514,7 @@ class Trainer:
                     self._resume_memory()
                     segment_start = time.perf_counter()
                     clock_at_segment = self.clock
+                self.clock = now_clock  # the learning-rate schedule reads it
                 stats = self.train_step()
                 wall = time.perf_counter()
                 if progress is not None and wall - last_display > 0.5:

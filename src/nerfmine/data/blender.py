@@ -37,6 +37,13 @@ class SceneData:
     split: str
     scale: float = 0.33
     offset: tuple = field(default=(0.5, 0.5, 0.5))
+    # Real captures (nerfmine.data.transforms.load_capture); Blender scenes keep the defaults.
+    intrinsics: torch.Tensor | None = None  # [N, 4] float32 fx, fy, cx, cy per image (pixels)
+    distortion: torch.Tensor | None = None  # [N, 6] float32 k1, k2, k3, k4, p1, p2 per image
+    camera_model: str = "pinhole"  # "pinhole" | "opencv" | "fisheye"
+    aabb_scale: float = 1.0  # instant-ngp's scene extent: the box is 0.5 +- aabb_scale / 2
+    dialect: str = "blender"  # "blender" | "instant-ngp" | "nerfstudio"
+    notes: list[str] = field(default_factory=list)  # what the loader did that the user should know
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

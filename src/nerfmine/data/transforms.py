@@ -1,0 +1,379 @@
+"""Loader for real captures: a single ``transforms.json`` (instant-ngp or nerfstudio dialect).
+
+Conventions (both dialects, and the same as the Blender loader):
+
+- ``transform_matrix`` is a 4x4 **OpenGL camera-to-world** matrix (camera looks down -z, +y up,
+  +x right). instant-ngp's colmap2nerf.py writes OpenGL poses, and nerfstudio documents the
+  same ("We use the OpenGL/Blender (and original NeRF) coordinate convention for cameras",
+  docs.nerf.studio, Data conventions). Poses are used as stored. nerfstudio's optional
+  ``applied_transform`` records a world transform its converter has *already* applied to the
+  poses; it is not applied again (only mentioned in ``notes``).
+- Intrinsics ``fl_x, fl_y, cx, cy`` are in pixels of a ``w`` x ``h`` image, with the image's
+  top-left corner at (0, 0) and pixel (i, j)'s centre at (i + 0.5, j + 0.5) (COLMAP, instant-ngp
+  and nerfstudio agree; docs/design.md samples pixel centres at +0.5). Distortion coefficients
+  use OpenCV's **normalized camera coordinates** (x right, y down, z forward):
+  :mod:`nerfmine.ops.distortion` undistorts there and then flips y and z into OpenGL axes.
+- Intrinsics may be given at the top level, per frame (a frame's key wins), or both. Missing
+  focal lengths come from ``camera_angle_x``/``camera_angle_y``; fl_y defaults to fl_x, cx/cy to
+  the image centre; w/h, when given, must equal the image's size.
+- Distortion ``k1 k2 k3 k4 p1 p2`` (missing = 0). Camera model: nerfstudio ``camera_model``
+  "OPENCV" -> "opencv", "OPENCV_FISHEYE" -> "fisheye", "PINHOLE"/"SIMPLE_PINHOLE" -> "pinhole";
+  instant-ngp: ``is_fisheye`` -> "fisheye", else "opencv" if any coefficient is non-zero, else
+  "pinhole".
+- Unit cube: ``x_unit = x_world * scale + offset`` with the file's ``scale``/``offset`` or
+  instant-ngp's defaults 0.33 and (0.5, 0.5, 0.5); ``aabb_scale`` (default 1) is recorded.
+- Splits: frames are sorted by ``file_path``; split "test" holds every ``holdout_every``-th frame
+  (sorted index % holdout_every == 0), "train" the rest, "all" every frame. Frames whose image
+  is missing are dropped (with ``skip_missing``) *before* the hold-out, so a file with missing
+  images splits like the same file without those frames.
+- A folder with ``transforms_{split}.json`` is a Blender scene and goes to
+  :func:`nerfmine.data.blender.load_blender`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nerfmine.data.blender import (
+    SceneData,
+    _read_angle,
+    _read_image,
+    _read_json,
+    _read_transform,
+    available_splits,
+    load_blender,
+)
+from nerfmine.errors import DataError
+
+DEFAULT_SCALE = 0.33
+DEFAULT_OFFSET = (0.5, 0.5, 0.5)
+SPLITS = ("train", "test", "all")
+_NERFSTUDIO_MODELS = {
+    "OPENCV": "opencv",
+    "OPENCV_FISHEYE": "fisheye",
+    "PINHOLE": "pinhole",
+    "SIMPLE_PINHOLE": "pinhole",
+}
+_DIST_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+
+
+def load_capture(
+    path: str | Path,
+    split: str = "train",
+    downscale: int = 1,
+    holdout_every: int = 8,
+    skip_missing: bool = False,
+) -> SceneData:
+    """Load a capture: a transforms.json file, a folder holding one, or a Blender folder.
+
+    Returns the split's images with per-image ``intrinsics`` [N, 4] and ``distortion`` [N, 6]
+    (None for a pinhole camera), ``camera_model``, ``dialect``, ``aabb_scale``, ``scale``,
+    ``offset`` and ``notes``. ``SceneData.fx/fy/cx/cy`` hold the first image's intrinsics.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"data path {path} does not exist; pass a transforms.json file or the folder "
+            "that holds it (or a Blender folder with transforms_train.json)."
+        )
+    if path.is_dir():
+        if (path / f"transforms_{split}.json").is_file():
+            return load_blender(path, split, downscale)
+        if not (path / "transforms.json").is_file():
+            if available_splits(path):
+                return load_blender(path, split, downscale)  # its error lists the splits
+            raise DataError(
+                f"{path} holds neither transforms.json nor transforms_{split}.json; pass the "
+                "capture's transforms.json (instant-ngp or nerfstudio) or a Blender folder."
+            )
+        path = path / "transforms.json"
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
+        raise DataError(
+            f"downscale must be a whole number >= 1 (1 keeps full resolution), got {downscale!r}."
+        )
+    if isinstance(holdout_every, bool) or not isinstance(holdout_every, int) or holdout_every < 2:
+        raise DataError(f"holdout_every must be a whole number >= 2, got {holdout_every!r}.")
+    if split not in SPLITS:
+        raise DataError(
+            f"{path} is a single transforms file: its splits are 'train', 'test' (every "
+            f"{holdout_every}th frame after sorting by file name) and 'all'; got '{split}'."
+        )
+    return _load_single(path, split, downscale, holdout_every, skip_missing)
+
+
+def _load_single(
+    meta_path: Path, split: str, downscale: int, holdout_every: int, skip_missing: bool
+) -> SceneData:
+    root = meta_path.parent
+    meta = _read_json(meta_path, root, split)
+    notes: list[str] = []
+    dialect = "nerfstudio" if "camera_model" in meta else "instant-ngp"
+    camera_model = _camera_model(meta, meta_path, dialect)
+
+    if "frames" not in meta:
+        raise DataError(f"{meta_path}: missing key 'frames' (a list of camera frames).")
+    frames = meta["frames"]
+    if not isinstance(frames, list):
+        raise DataError(f"{meta_path}: 'frames' must be a list, got {type(frames).__name__}.")
+    if not frames:
+        raise DataError(f"{meta_path}: 'frames' has no entries.")
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict):
+            raise DataError(f"{meta_path}: frames[{i}] must be an object, got {frame!r:.60}.")
+        rel = frame.get("file_path")
+        if not isinstance(rel, str) or not rel:
+            raise DataError(
+                f"{meta_path}: frames[{i}] needs 'file_path', a non-empty string (the image "
+                f"relative to {root})."
+            )
+        if dialect == "nerfstudio" and "camera_model" in frame:
+            if _camera_model(frame, meta_path, dialect, where=f"frames[{i}] ") != camera_model:
+                raise DataError(
+                    f"{meta_path}: frames[{i}] ('{rel}') has camera_model "
+                    f"'{frame['camera_model']}' but the file's is '{meta['camera_model']}'; "
+                    "mixed camera models are not supported."
+                )
+
+    # (original index, frame) sorted by file name
+    order = sorted(range(len(frames)), key=lambda i: frames[i]["file_path"])
+    found: list[tuple[int, Path]] = []
+    missing: list[str] = []
+    for i in order:
+        image = _find_image(root, frames[i]["file_path"])
+        if image is None:
+            missing.append(frames[i]["file_path"])
+        else:
+            found.append((i, image))
+    if missing:
+        n_all, n_miss = len(frames), len(missing)
+        first = ", ".join(missing[:3])
+        msg = (
+            f"{n_miss} of {n_all} frames name images that do not exist "
+            f"(first: {first}{' ...' if n_miss > 3 else ''})"
+        )
+        if not found:
+            raise DataError(
+                f"{meta_path}: none of the {n_all} frames' images exist (first: {first}); "
+                f"file_path is resolved relative to {root}."
+            )
+        if not skip_missing:
+            raise DataError(
+                f"{meta_path}: {msg}; pass skip_missing=True (--skip-missing) to train on "
+                f"the {len(found)} that do."
+            )
+        notes.append(
+            f"skipped {n_miss} of {n_all} frames whose images do not exist (first: {first}"
+            f"{' ...' if n_miss > 3 else ''}); using the {len(found)} that do."
+        )
+
+    if split == "all":
+        chosen = found
+    elif split == "test":
+        chosen = [f for k, f in enumerate(found) if k % holdout_every == 0]
+    else:
+        chosen = [f for k, f in enumerate(found) if k % holdout_every != 0]
+    if not chosen:
+        raise DataError(
+            f"{meta_path}: split '{split}' is empty ({len(found)} frames with holdout_every="
+            f"{holdout_every}); use split 'all' or more frames."
+        )
+
+    # Intrinsics and image sizes of every frame that has an image (cheap header reads), so a
+    # bad frame is reported whatever the split.
+    params: dict[int, tuple[list[float], list[float], tuple[int, int]]] = {}
+    for i, image in found:
+        params[i] = _frame_intrinsics(meta, frames[i], i, image, meta_path)
+
+    n = len(chosen)
+    full_size = params[chosen[0][0]][2]
+    w, h = full_size
+    if w // downscale < 1 or h // downscale < 1:
+        raise DataError(
+            f"downscale={downscale} is larger than the images ({w}x{h}); use a value "
+            f"<= {min(w, h)}."
+        )
+    out_size = (w // downscale, h // downscale)
+    sx, sy = out_size[0] / w, out_size[1] / h
+    images = np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8)
+    c2w = np.empty((n, 4, 4), dtype=np.float32)
+    intrinsics = np.empty((n, 4), dtype=np.float64)
+    distortion = np.empty((n, 6), dtype=np.float64)
+    paths: list[Path] = []
+    for k, (i, image) in enumerate(chosen):
+        intr, dist, size = params[i]
+        if size != full_size:
+            raise DataError(
+                f"{meta_path}: images have mixed sizes: {paths[0] if paths else image} is "
+                f"{w}x{h} but {image} (frames[{i}]) is {size[0]}x{size[1]}; all images of a "
+                "split must share one size."
+            )
+        c2w[k] = _read_transform(frames[i], i, meta_path)
+        img = _read_image(image, i, meta_path)
+        if downscale > 1:
+            img = img.resize(out_size, Image.BOX)
+        images[k] = np.asarray(img)  # [H, W, 4]
+        fx, fy, cx, cy = intr
+        intrinsics[k] = (fx * sx, fy * sy, cx * sx, cy * sy)
+        distortion[k] = dist
+        paths.append(image)
+
+    if camera_model == "pinhole" and np.any(distortion != 0):
+        notes.append(
+            "camera_model is PINHOLE: the distortion coefficients in the file are ignored."
+        )
+    if camera_model == "opencv" and np.any(distortion[:, 3] != 0):
+        notes.append("k4 is ignored by the OpenCV radial-tangential model (k1, k2, k3, p1, p2).")
+    if "applied_transform" in meta:
+        notes.append(
+            "applied_transform is present: the poses already include it and are used as stored."
+        )
+    scale, offset = _scale_offset(meta, meta_path)
+    if dialect == "nerfstudio" and "scale" not in meta and "offset" not in meta:
+        notes.append(
+            "nerfstudio file without scale/offset: using instant-ngp's 0.33 and (0.5, 0.5, 0.5); "
+            "check that the scene fits the unit cube."
+        )
+    aabb_scale = _number(meta, "aabb_scale", meta_path, default=1.0, positive=True)
+
+    intr_t = torch.from_numpy(intrinsics.astype(np.float32))
+    return SceneData(
+        images=torch.from_numpy(images),
+        c2w=torch.from_numpy(c2w),
+        fx=float(intrinsics[0, 0]),
+        fy=float(intrinsics[0, 1]),
+        cx=float(intrinsics[0, 2]),
+        cy=float(intrinsics[0, 3]),
+        width=out_size[0],
+        height=out_size[1],
+        image_paths=paths,
+        split=split,
+        scale=scale,
+        offset=offset,
+        intrinsics=intr_t,
+        distortion=None
+        if camera_model == "pinhole"
+        else torch.from_numpy(distortion.astype(np.float32)),
+        camera_model=camera_model,
+        aabb_scale=aabb_scale,
+        dialect=dialect,
+        notes=notes,
+    )
+
+
+def _find_image(root: Path, rel: str) -> Path | None:
+    given = root / rel
+    if given.is_file():
+        return given
+    with_png = root / (rel + ".png")  # Blender-style file_path without extension
+    return with_png if with_png.is_file() else None
+
+
+def _camera_model(meta: dict, meta_path: Path, dialect: str, where: str = "") -> str:
+    if dialect == "nerfstudio":
+        name = meta["camera_model"]
+        if name not in _NERFSTUDIO_MODELS:
+            raise DataError(
+                f"{meta_path}: {where}camera_model {name!r} is not supported; expected one of "
+                f"{', '.join(_NERFSTUDIO_MODELS)}."
+            )
+        return _NERFSTUDIO_MODELS[name]
+    if meta.get("is_fisheye"):
+        return "fisheye"
+    return "opencv" if any(_is_nonzero(meta.get(k)) for k in _DIST_KEYS) else "pinhole"
+
+
+def _is_nonzero(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0
+
+
+def _number(d: dict, key: str, meta_path: Path, default=None, positive=False, where=""):
+    if key not in d:
+        return default
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise DataError(f"{meta_path}: {where}'{key}' must be a finite number, got {v!r}.")
+    if positive and v <= 0:
+        raise DataError(f"{meta_path}: {where}'{key}' must be > 0, got {v!r}.")
+    return float(v)
+
+
+def _frame_intrinsics(
+    meta: dict, frame: dict, i: int, image: Path, meta_path: Path
+) -> tuple[list[float], list[float], tuple[int, int]]:
+    """(fx, fy, cx, cy) and (k1, k2, k3, k4, p1, p2) at full resolution, and the image size."""
+    rel = frame["file_path"]
+    where = f"frames[{i}] ('{rel}') "
+    try:
+        with Image.open(image) as im:
+            size = im.size  # header only
+    except Exception as e:  # unreadable: let _read_image word it
+        _read_image(image, i, meta_path)
+        raise DataError(f"{image} (frames[{i}]) cannot be read: {e}") from e
+
+    def get(key, positive=False):
+        if key in frame:
+            return _number(frame, key, meta_path, positive=positive, where=where)
+        return _number(meta, key, meta_path, positive=positive)
+
+    w, h = size
+    for key, actual in (("w", w), ("h", h)):
+        given = get(key, positive=True)
+        if given is not None and int(round(given)) != actual:
+            src = "frame" if key in frame else "top level"
+            raise DataError(
+                f"{meta_path}: {where}has {key}={given:g} ({src}) but its image {image} is "
+                f"{w}x{h}; fix the intrinsics or the image."
+            )
+    fx = get("fl_x", positive=True)
+    if fx is None:
+        angle = _read_angle(
+            frame if "camera_angle_x" in frame else meta,
+            "camera_angle_x",
+            meta_path,
+            required=False,
+        )
+        if angle is None:
+            raise DataError(
+                f"{meta_path}: {where}has no focal length: neither 'fl_x' nor 'camera_angle_x' "
+                "is given in the frame or at the top level."
+            )
+        fx = 0.5 * w / math.tan(0.5 * angle)
+    fy = get("fl_y", positive=True)
+    if fy is None:
+        angle = _read_angle(
+            frame if "camera_angle_y" in frame else meta,
+            "camera_angle_y",
+            meta_path,
+            required=False,
+        )
+        fy = fx if angle is None else 0.5 * h / math.tan(0.5 * angle)
+    cx = get("cx")
+    cy = get("cy")
+    cx = 0.5 * w if cx is None else cx
+    cy = 0.5 * h if cy is None else cy
+    dist = [get(k) or 0.0 for k in _DIST_KEYS]
+    return [fx, fy, cx, cy], dist, size
+
+
+def _scale_offset(meta: dict, meta_path: Path) -> tuple[float, tuple]:
+    scale = _number(meta, "scale", meta_path, default=DEFAULT_SCALE, positive=True)
+    offset = DEFAULT_OFFSET
+    if "offset" in meta:
+        o = meta["offset"]
+        ok = (
+            isinstance(o, list)
+            and len(o) == 3
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in o
+            )
+        )
+        if not ok:
+            raise DataError(f"{meta_path}: 'offset' must be a list of 3 numbers, got {o!r:.60}.")
+        offset = tuple(float(v) for v in o)
+    return scale, offset
