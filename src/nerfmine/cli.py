@@ -44,6 +44,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", choices=["auto", "torch", "triton"], default=None,
                        help="kernels: triton on a CUDA GPU, torch (pure PyTorch) elsewhere")
     train.add_argument("--downscale", type=int, default=None, help="shrink images N times")
+    train.add_argument("--skip-missing", action="store_true",
+                       help="train on the frames whose images exist when a transforms.json "
+                            "names missing ones")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--eval-images", type=int, default=None,
                        help="evaluate only the first N images of the evaluation split")
@@ -111,6 +114,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["data"]["path"] = str(Path(args.data).resolve())
     if args.downscale is not None:
         overrides["data"]["downscale"] = args.downscale
+    if getattr(args, "skip_missing", False):
+        overrides["data"]["skip_missing"] = True
     if args.steps is not None:
         overrides["train"].update(max_steps=args.steps, max_seconds=None)
     if args.seconds is not None:
@@ -212,6 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise NerfmineError(f"{run_dir} already holds a run; resume it with "
                                 f"--resume {run_dir} or choose another --output")
         trainer = Trainer(config, run_dir)
+        for note in trainer.notes:
+            print(f"note: {note}", flush=True)
         print(f"training {trainer.data_root} on {config.device} (preset {config.preset}, "
               f"backend {config.backend}, mining {config.mining}) into {run_dir}", flush=True)
     t = trainer.config.train

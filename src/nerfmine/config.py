@@ -23,13 +23,19 @@ from nerfmine.occupancy import OccupancyConfig
 @dataclass(frozen=True)
 class DataConfig:
     path: str | None = None
-    """Scene folder (NeRF-synthetic transforms format). None trains the bundled demo scene."""
+    """Scene: a NeRF-synthetic folder (transforms_<split>.json), or an instant-ngp / nerfstudio
+    transforms.json (file or folder). None trains the bundled demo scene."""
     train_split: str = "train"
     """Split used for training."""
     eval_split: str = "test"
     """Split used for evaluation (lego_400 has train and test only)."""
     downscale: int = 1
     """Integer factor by which images are shrunk (area averaging) when loaded."""
+    holdout_every: int = 8
+    """A single transforms.json is split by holding out every N-th frame (sorted by file name)
+    for evaluation: the field's convention (benchmark-protocol.md)."""
+    skip_missing: bool = False
+    """Train on the frames whose images exist when a transforms.json names missing ones."""
     scale: float = 0.33
     """World-to-unit-cube scale (instant-ngp's NeRF-synthetic mapping x * 0.33 + 0.5)."""
     offset: float = 0.5

@@ -31,19 +31,21 @@ import torch
 
 from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from nerfmine.config import RunConfig, check_resume_compatible, config_from_dict
-from nerfmine.data.blender import SceneData, load_blender
+from nerfmine.data.blender import SceneData
 from nerfmine.data.demo import demo_scene_path
+from nerfmine.data.transforms import load_capture
 from nerfmine.errors import ConfigError, NerfmineError
 from nerfmine.field import NGPField
 from nerfmine.metrics import LPIPS_NOT_MEASURED, psnr, ssim
 from nerfmine.miner import HardSampleMiner
 from nerfmine.occupancy import OccupancyGrid
 from nerfmine.ops.composite import composite, composite_output_grads
+from nerfmine.ops.distortion import camera_rays
 from nerfmine.ops.march import PackedSamples, march_rays
 from nerfmine.ops.rays import camera_frustum_mask, pixel_rays
 from nerfmine.optim import DeviceLossScaler, NGPAdam
 from nerfmine.provenance import device_name, git_commit
-from nerfmine.render import RenderSettings, render_image
+from nerfmine.render import RenderSettings, render_image, render_rays
 
 WHITE = (1.0, 1.0, 1.0)
 
@@ -92,13 +94,17 @@ class Trainer:
         self.device = torch.device(config.device)
         self.backend = config.backend
         t = config.train
-        data_root = resolve_data_path(config)
+        self.data_root = resolve_data_path(config)
         self.train_data: SceneData | None = None
+        self.notes: list[str] = []
         if load_train:
-            self.train_data = load_blender(data_root, config.data.train_split,
-                                           config.data.downscale)
+            self.train_data = self._load(config.data.train_split)
+            self.notes += self.train_data.notes
+            if self.train_data.aabb_scale > 1:
+                self.notes.append(
+                    f"aabb_scale {self.train_data.aabb_scale:g}: occupancy cascades are not "
+                    "implemented yet, so only the unit cube around the scene centre is modelled")
         self._eval_data: SceneData | None = None
-        self.data_root = data_root
 
         torch.manual_seed(t.seed)
         self.field = NGPField(config.model, backend=self.backend, seed=t.seed).to(self.device)
@@ -137,12 +143,27 @@ class Trainer:
                                       d.height)
         self.occupancy.set_visible(visible)
 
+    def _load(self, split: str) -> SceneData:
+        d = self.config.data
+        return load_capture(self.data_root, split, d.downscale, holdout_every=d.holdout_every,
+                            skip_missing=d.skip_missing)
+
     @property
     def eval_data(self) -> SceneData:
         if self._eval_data is None:
-            self._eval_data = load_blender(self.data_root, self.config.data.eval_split,
-                                           self.config.data.downscale)
+            self._eval_data = self._load(self.config.data.eval_split)
         return self._eval_data
+
+    @staticmethod
+    def _rays(data: SceneData, c2w: torch.Tensor, px: torch.Tensor, py: torch.Tensor,
+              cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rays through pixel positions: per-image intrinsics and lens distortion where the
+        data has them (captures), else the single pinhole camera (NeRF-synthetic)."""
+        if data.intrinsics is None:
+            return pixel_rays(c2w, data.fx, data.fy, data.cx, data.cy, px, py, cam)
+        intrinsics = data.intrinsics.to(c2w.device)
+        distortion = None if data.distortion is None else data.distortion.to(c2w.device)
+        return camera_rays(c2w, intrinsics, distortion, data.camera_model, px, py, cam)
 
     # ------------------------------------------------------------------ one step
     def _lr_factor(self) -> float:
@@ -158,7 +179,7 @@ class Trainer:
         row = torch.randint(0, d.height, (n_rays,), generator=gen, device=dev)
         sub = torch.rand(n_rays, 2, generator=gen, device=dev)
         px, py = col.float() + sub[:, 0], row.float() + sub[:, 1]
-        origins, directions = pixel_rays(self._c2w, d.fx, d.fy, d.cx, d.cy, px, py, cam)
+        origins, directions = self._rays(d, self._c2w, px, py, cam)
         rgba = self._images[cam, row, col].float() / 255.0  # [R, 4]
         background = torch.rand(n_rays, 3, generator=gen, device=dev)
         alpha = rgba[:, 3:4]
@@ -326,8 +347,7 @@ class Trainer:
             save_dir.mkdir(parents=True, exist_ok=True)
         with self.ema_weights():
             for i in range(count):
-                out = render_image(self.field, self.occupancy.bitfield, c2w[i], data.fx, data.fy,
-                                   data.cx, data.cy, data.width, data.height, WHITE, settings)
+                out = self._render_view(data, c2w, i, settings)
                 rgba = data.images[i].to(self.device).float() / 255.0
                 gt = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
                 pred = out["rgb"].clamp(0, 1)
@@ -342,6 +362,24 @@ class Trainer:
             per_image=per_image,
             mean_hard_fraction=self.mean_hard_fraction(),
         )
+
+    def _render_view(self, data: SceneData, c2w: torch.Tensor, index: int,
+                     settings: RenderSettings) -> dict[str, torch.Tensor]:
+        if data.intrinsics is None:
+            return render_image(self.field, self.occupancy.bitfield, c2w[index], data.fx,
+                                data.fy, data.cx, data.cy, data.width, data.height, WHITE,
+                                settings)
+        height, width = data.height, data.width
+        rows, cols = torch.meshgrid(torch.arange(height, device=self.device),
+                                    torch.arange(width, device=self.device), indexing="ij")
+        px, py = cols.reshape(-1).float() + 0.5, rows.reshape(-1).float() + 0.5
+        cam = torch.full_like(rows.reshape(-1), index)
+        origins, directions = self._rays(data, c2w, px, py, cam)
+        background = torch.ones_like(origins)
+        rgb, opacity, depth = render_rays(self.field, self.occupancy.bitfield, origins,
+                                          directions, background, settings)
+        return {"rgb": rgb.view(height, width, 3), "opacity": opacity.view(height, width),
+                "depth": depth.view(height, width)}
 
     def mean_hard_fraction(self) -> float | None:
         return self.miner.mean_fraction() if self.config.mining == "hsm" else None
