@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import shared_data_dir
+
 from nerfmine.config import make_config
 from nerfmine.trainer import Trainer
 

@@ -28,6 +28,10 @@ Conventions (both dialects, and the same as the Blender loader):
   images splits like the same file without those frames.
 - A folder with ``transforms_{split}.json`` is a Blender scene and goes to
   :func:`nerfmine.data.blender.load_blender`.
+- A COLMAP project folder, i.e. one holding the sparse model ``sparse/0/`` and the images
+  ``images/`` and no ``transforms.json`` or ``transforms_{split}.json`` (a converted
+  transforms.json wins), goes to :func:`nerfmine.data.colmap.load_colmap` (needs the optional
+  pycolmap: ``pip install 'nerfmine[colmap]'``).
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ def load_capture(
     holdout_every: int = 8,
     skip_missing: bool = False,
 ) -> SceneData:
-    """Load a capture: a transforms.json file, a folder holding one, or a Blender folder.
+    """Load a capture: a transforms.json file, a folder holding one, a Blender folder, or a
+    COLMAP project folder (``sparse/0/`` + ``images/``, see :mod:`nerfmine.data.colmap`).
 
     Returns the split's images with per-image ``intrinsics`` [N, 4] and ``distortion`` [N, 6]
     (None for a pinhole camera), ``camera_model``, ``dialect``, ``aabb_scale``, ``scale``,
@@ -80,6 +85,18 @@ def load_capture(
         raise DataError(
             f"data path {path} does not exist; pass a transforms.json file or the folder "
             "that holds it (or a Blender folder with transforms_train.json)."
+        )
+    if (
+        path.is_dir()
+        and (path / "sparse" / "0").is_dir()
+        and (path / "images").is_dir()
+        and not (path / "transforms.json").is_file()
+        and not (path / f"transforms_{split}.json").is_file()
+    ):
+        from nerfmine.data.colmap import load_colmap  # pycolmap is imported only there
+
+        return load_colmap(
+            path / "sparse" / "0", path / "images", split, downscale, holdout_every, skip_missing
         )
     if path.is_dir():
         if (path / f"transforms_{split}.json").is_file():
