@@ -39,11 +39,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from nerfmine.data.blender import SceneData, _read_image
-from nerfmine.data.transforms import DEFAULT_OFFSET, DEFAULT_SCALE, SPLITS
+from nerfmine.data.transforms import (
+    DEFAULT_OFFSET,
+    DEFAULT_SCALE,
+    capture_scene,
+    check_capture_args,
+    handle_missing,
+    holdout_indices,
+)
 from nerfmine.errors import DataError
 
 # model name -> (our camera model, function params -> (fx, fy, cx, cy), (k1, k2, k3, k4, p1, p2))
@@ -99,17 +105,8 @@ def load_colmap(
     """
     model_dir = Path(model_dir).expanduser()
     images_dir = Path(images_dir).expanduser()
-    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
-        raise DataError(
-            f"downscale must be a whole number >= 1 (1 keeps full resolution), got {downscale!r}."
-        )
-    if isinstance(holdout_every, bool) or not isinstance(holdout_every, int) or holdout_every < 2:
-        raise DataError(f"holdout_every must be a whole number >= 2, got {holdout_every!r}.")
-    if split not in SPLITS:
-        raise DataError(
-            f"{model_dir} is a COLMAP model: its splits are 'train', 'test' (every "
-            f"{holdout_every}th image after sorting by name) and 'all'; got '{split}'."
-        )
+    check_capture_args(f"{model_dir} is a COLMAP model", split, downscale, holdout_every,
+                       "image")
     if not model_dir.is_dir():
         raise DataError(
             f"COLMAP model folder {model_dir} does not exist; pass the folder that holds "
@@ -155,24 +152,10 @@ def load_colmap(
 
     found = [im for im in registered if (images_dir / im.name).is_file()]
     missing = [im.name for im in registered if not (images_dir / im.name).is_file()]
-    if missing:
-        n_all, n_miss = len(registered), len(missing)
-        first = ", ".join(missing[:3]) + (" ..." if n_miss > 3 else "")
-        if not found:
-            raise DataError(
-                f"{model_dir}: none of the {n_all} registered images exist in {images_dir} "
-                f"(first: {first}); image names are resolved relative to {images_dir}."
-            )
-        if not skip_missing:
-            raise DataError(
-                f"{model_dir}: {n_miss} of {n_all} registered images do not exist in "
-                f"{images_dir} (first: {first}); pass skip_missing=True (--skip-missing) to "
-                f"train on the {len(found)} that do."
-            )
-        notes.append(
-            f"skipped {n_miss} of {n_all} registered images that do not exist in {images_dir} "
-            f"(first: {first}); using the {len(found)} that do."
-        )
+    handle_missing(model_dir, "registered images",
+                   f"registered images do not exist in {images_dir}", len(registered), missing,
+                   len(found), skip_missing, notes,
+                   f"image names are resolved relative to {images_dir}")
 
     # cameras of every image found (whatever the split), so all splits agree on the model
     cams: dict[int, tuple[str, tuple, tuple]] = {}
@@ -204,18 +187,7 @@ def load_colmap(
         "cameras lie within radius 1; scale 0.33, offset 0.5 (instant-ngp's defaults)."
     )
 
-    index = list(range(len(found)))
-    if split == "all":
-        chosen = index
-    elif split == "test":
-        chosen = [k for k in index if k % holdout_every == 0]
-    else:
-        chosen = [k for k in index if k % holdout_every != 0]
-    if not chosen:
-        raise DataError(
-            f"{model_dir}: split '{split}' is empty ({len(found)} registered images with "
-            f"holdout_every={holdout_every}); use split 'all' or more images."
-        )
+    chosen = holdout_indices(len(found), split, holdout_every, model_dir, "registered image")
 
     first = rec.cameras[found[chosen[0]].camera_id]
     w, h = int(first.width), int(first.height)
@@ -255,29 +227,8 @@ def load_colmap(
         distortion[k] = dist
         paths.append(path)
 
-    c2w = c2w_all[chosen].astype(np.float32)
-    return SceneData(
-        images=torch.from_numpy(images),
-        c2w=torch.from_numpy(c2w),
-        fx=float(intrinsics[0, 0]),
-        fy=float(intrinsics[0, 1]),
-        cx=float(intrinsics[0, 2]),
-        cy=float(intrinsics[0, 3]),
-        width=out_size[0],
-        height=out_size[1],
-        image_paths=paths,
-        split=split,
-        scale=DEFAULT_SCALE,
-        offset=DEFAULT_OFFSET,
-        intrinsics=torch.from_numpy(intrinsics.astype(np.float32)),
-        distortion=None
-        if camera_model == "pinhole"
-        else torch.from_numpy(distortion.astype(np.float32)),
-        camera_model=camera_model,
-        aabb_scale=1.0,
-        dialect="colmap",
-        notes=notes,
-    )
+    return capture_scene(images, c2w_all[chosen], intrinsics, distortion, camera_model, paths,
+                         split, out_size, DEFAULT_SCALE, DEFAULT_OFFSET, 1.0, "colmap", notes)
 
 
 def _camera(cam, camera_id: int, model_dir: Path) -> tuple[str, tuple, tuple]:

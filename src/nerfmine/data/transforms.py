@@ -109,17 +109,8 @@ def load_capture(
                 "capture's transforms.json (instant-ngp or nerfstudio) or a Blender folder."
             )
         path = path / "transforms.json"
-    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
-        raise DataError(
-            f"downscale must be a whole number >= 1 (1 keeps full resolution), got {downscale!r}."
-        )
-    if isinstance(holdout_every, bool) or not isinstance(holdout_every, int) or holdout_every < 2:
-        raise DataError(f"holdout_every must be a whole number >= 2, got {holdout_every!r}.")
-    if split not in SPLITS:
-        raise DataError(
-            f"{path} is a single transforms file: its splits are 'train', 'test' (every "
-            f"{holdout_every}th frame after sorting by file name) and 'all'; got '{split}'."
-        )
+    check_capture_args(f"{path} is a single transforms file", split, downscale, holdout_every,
+                       "frame")
     return _load_single(path, split, downscale, holdout_every, skip_missing)
 
 
@@ -166,39 +157,11 @@ def _load_single(
             missing.append(frames[i]["file_path"])
         else:
             found.append((i, image))
-    if missing:
-        n_all, n_miss = len(frames), len(missing)
-        first = ", ".join(missing[:3])
-        msg = (
-            f"{n_miss} of {n_all} frames name images that do not exist "
-            f"(first: {first}{' ...' if n_miss > 3 else ''})"
-        )
-        if not found:
-            raise DataError(
-                f"{meta_path}: none of the {n_all} frames' images exist (first: {first}); "
-                f"file_path is resolved relative to {root}."
-            )
-        if not skip_missing:
-            raise DataError(
-                f"{meta_path}: {msg}; pass skip_missing=True (--skip-missing) to train on "
-                f"the {len(found)} that do."
-            )
-        notes.append(
-            f"skipped {n_miss} of {n_all} frames whose images do not exist (first: {first}"
-            f"{' ...' if n_miss > 3 else ''}); using the {len(found)} that do."
-        )
-
-    if split == "all":
-        chosen = found
-    elif split == "test":
-        chosen = [f for k, f in enumerate(found) if k % holdout_every == 0]
-    else:
-        chosen = [f for k, f in enumerate(found) if k % holdout_every != 0]
-    if not chosen:
-        raise DataError(
-            f"{meta_path}: split '{split}' is empty ({len(found)} frames with holdout_every="
-            f"{holdout_every}); use split 'all' or more frames."
-        )
+    handle_missing(meta_path, "frames' images", "frames name images that do not exist",
+                   len(frames), missing, len(found), skip_missing, notes,
+                   f"file_path is resolved relative to {root}")
+    chosen = [found[k] for k in holdout_indices(len(found), split, holdout_every, meta_path,
+                                                "frame")]
 
     # Intrinsics and image sizes of every frame that has an image (cheap header reads), so a
     # bad frame is reported whatever the split.
@@ -257,29 +220,8 @@ def _load_single(
         )
     aabb_scale = _number(meta, "aabb_scale", meta_path, default=1.0, positive=True)
 
-    intr_t = torch.from_numpy(intrinsics.astype(np.float32))
-    return SceneData(
-        images=torch.from_numpy(images),
-        c2w=torch.from_numpy(c2w),
-        fx=float(intrinsics[0, 0]),
-        fy=float(intrinsics[0, 1]),
-        cx=float(intrinsics[0, 2]),
-        cy=float(intrinsics[0, 3]),
-        width=out_size[0],
-        height=out_size[1],
-        image_paths=paths,
-        split=split,
-        scale=scale,
-        offset=offset,
-        intrinsics=intr_t,
-        distortion=None
-        if camera_model == "pinhole"
-        else torch.from_numpy(distortion.astype(np.float32)),
-        camera_model=camera_model,
-        aabb_scale=aabb_scale,
-        dialect=dialect,
-        notes=notes,
-    )
+    return capture_scene(images, c2w, intrinsics, distortion, camera_model, paths, split,
+                         out_size, scale, offset, aabb_scale, dialect, notes)
 
 
 def _find_image(root: Path, rel: str) -> Path | None:
@@ -394,3 +336,93 @@ def _scale_offset(meta: dict, meta_path: Path) -> tuple[float, tuple]:
             raise DataError(f"{meta_path}: 'offset' must be a list of 3 numbers, got {o!r:.60}.")
         offset = tuple(float(v) for v in o)
     return scale, offset
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the capture loaders (transforms.json here, COLMAP in colmap.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def check_capture_args(source: str, split: str, downscale, holdout_every, unit: str) -> None:
+    """Validate the arguments every capture loader takes; ``source`` says what was given
+    ("<path> is a single transforms file"), ``unit`` what is held out ("frame", "image")."""
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
+        raise DataError(
+            f"downscale must be a whole number >= 1 (1 keeps full resolution), got {downscale!r}."
+        )
+    if isinstance(holdout_every, bool) or not isinstance(holdout_every, int) or holdout_every < 2:
+        raise DataError(f"holdout_every must be a whole number >= 2, got {holdout_every!r}.")
+    if split not in SPLITS:
+        raise DataError(
+            f"{source}: its splits are 'train', 'test' (every {holdout_every}th {unit} after "
+            f"sorting by name) and 'all'; got '{split}'."
+        )
+
+
+def handle_missing(where, noun: str, absent: str, n_all: int, missing: list[str],
+                   n_found: int, skip_missing: bool, notes: list[str], hint: str) -> None:
+    """Stop on items whose image file is missing, or note them when ``skip_missing``.
+
+    ``noun`` names the items for the all-missing message ("frames' images"), ``absent`` the
+    missing ones after "N of M" ("frames name images that do not exist").
+    """
+    if not missing:
+        return
+    n_miss = len(missing)
+    first = ", ".join(missing[:3]) + (" ..." if n_miss > 3 else "")
+    if n_found == 0:
+        raise DataError(f"{where}: none of the {n_all} {noun} exist (first: {first}); {hint}.")
+    if not skip_missing:
+        raise DataError(
+            f"{where}: {n_miss} of {n_all} {absent} (first: {first}); pass skip_missing=True "
+            f"(--skip-missing) to train on the {n_found} that do."
+        )
+    notes.append(
+        f"skipped {n_miss} of {n_all} {absent} (first: {first}); using the {n_found} that do."
+    )
+
+
+def holdout_indices(n: int, split: str, holdout_every: int, where, unit: str) -> list[int]:
+    """Indices (into name-sorted items) of a split: "test" every ``holdout_every``-th, "train"
+    the rest, "all" everything; an empty split is an error."""
+    if split == "all":
+        chosen = list(range(n))
+    else:
+        test = split == "test"
+        chosen = [k for k in range(n) if (k % holdout_every == 0) == test]
+    if not chosen:
+        raise DataError(
+            f"{where}: split '{split}' is empty ({n} {unit}s with holdout_every="
+            f"{holdout_every}); use split 'all' or more {unit}s."
+        )
+    return chosen
+
+
+def capture_scene(images: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray,
+                  distortion: np.ndarray, camera_model: str, paths: list[Path], split: str,
+                  size: tuple[int, int], scale: float, offset: tuple, aabb_scale: float,
+                  dialect: str, notes: list[str]) -> SceneData:
+    """A SceneData with per-image intrinsics [N, 4] and distortion [N, 6] (None for a
+    pinhole camera); ``fx/fy/cx/cy`` hold the first image's intrinsics."""
+    return SceneData(
+        images=torch.from_numpy(images),
+        c2w=torch.from_numpy(np.ascontiguousarray(c2w, dtype=np.float32)),
+        fx=float(intrinsics[0, 0]),
+        fy=float(intrinsics[0, 1]),
+        cx=float(intrinsics[0, 2]),
+        cy=float(intrinsics[0, 3]),
+        width=size[0],
+        height=size[1],
+        image_paths=paths,
+        split=split,
+        scale=scale,
+        offset=offset,
+        intrinsics=torch.from_numpy(intrinsics.astype(np.float32)),
+        distortion=None
+        if camera_model == "pinhole"
+        else torch.from_numpy(distortion.astype(np.float32)),
+        camera_model=camera_model,
+        aabb_scale=aabb_scale,
+        dialect=dialect,
+        notes=notes,
+    )
