@@ -214,3 +214,23 @@ def test_fox_all_frames_missing_images():
     s = load_capture(path, "all", downscale=8, skip_missing=True)
     assert len(s) == 50 and "17 of 67" in s.notes[0]
     assert len(load_capture(path, "test", downscale=8, skip_missing=True)) == 7
+
+
+def test_the_run_records_the_scale_and_offset_it_applied(tmp_path):
+    """Renders and exports read config.data.scale/offset: the trainer records the file's."""
+    import json
+
+    from nerfmine.config import make_config
+    from nerfmine.trainer import Trainer
+
+    meta = {**NGP, "scale": 0.5, "offset": [0.1, 0.2, 0.3], "w": 8, "h": 6}
+    path = write_capture(tmp_path, meta, 9)
+    config = make_config("cpu", {"data": {"path": str(path)}, "train": {"max_steps": 1},
+                                 "model": {"log2_table_size": 10, "n_levels": 4,
+                                           "max_resolution": 64},
+                                 "occupancy": {"resolution": 16}})
+    trainer = Trainer(config, tmp_path / "run")
+    assert trainer.config.data.scale == 0.5 and trainer.config.data.offset == (0.1, 0.2, 0.3)
+    trainer.config.save(tmp_path / "config.json")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["data"]["scale"] == 0.5 and saved["data"]["offset"] == [0.1, 0.2, 0.3]

@@ -37,9 +37,11 @@ class DataConfig:
     skip_missing: bool = False
     """Train on the frames whose images exist when a transforms.json names missing ones."""
     scale: float = 0.33
-    """World-to-unit-cube scale (instant-ngp's NeRF-synthetic mapping x * 0.33 + 0.5)."""
-    offset: float = 0.5
-    """World-to-unit-cube offset, the same on each axis."""
+    """World-to-unit-cube scale: x_unit = x_world * scale + offset. Recorded from the scene when
+    a run starts (instant-ngp's 0.33 unless a transforms.json gives its own); renders and
+    exports read it here."""
+    offset: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """World-to-unit-cube offset per axis, recorded from the scene like ``scale``."""
 
 
 @dataclass(frozen=True)

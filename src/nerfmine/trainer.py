@@ -17,6 +17,7 @@ evaluation, checkpoints and plots, as ../shared/docs/benchmark-protocol.md defin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -100,6 +101,11 @@ class Trainer:
         if load_train:
             self.train_data = self._load(config.data.train_split)
             self.notes += self.train_data.notes
+            # Record the world-to-unit-cube transform the data applied, for renders and exports.
+            applied = dataclasses.replace(
+                config.data, scale=float(self.train_data.scale),
+                offset=tuple(float(v) for v in self.train_data.offset))
+            self.config = config = dataclasses.replace(config, data=applied)
             if self.train_data.aabb_scale > 1:
                 self.notes.append(
                     f"aabb_scale {self.train_data.aabb_scale:g}: occupancy cascades are not "
