@@ -1,9 +1,18 @@
-"""Instant-ngp's occupancy grid: a decaying running maximum of density per cell of the unit cube.
+"""Instant-ngp's occupancy grid: a decaying running maximum of density per cell, in K cascades.
 
-Cell convention: the unit cube is divided into ``res^3`` cells; cell (ix, iy, iz) covers
-[ix, ix+1) x [iy, iy+1) x [iz, iz+1) / res. Per-cell buffers are flat with the linear index
-``(ix * res + iy) * res + iz`` (C order), so ``bitfield`` [res, res, res] is ``density`` reshaped
-and is indexed ``[ix, iy, iz]``, as :func:`nerfmine.ops.march.march_rays` expects.
+Cell convention: cascade k (0 <= k < K) covers the cube [0.5 - 2^(k-1), 0.5 + 2^(k-1)]^3 (cascade
+0 is the unit cube) with ``res^3`` cells; cell (k, ix, iy, iz) covers
+``((i + [0, 1)) / res - 0.5) * 2^k + 0.5`` per axis. Per-cell buffers are flat with the linear
+index ``((k * res + ix) * res + iy) * res + iz`` (C order). With one cascade (K = 1, every scene
+of aabb_scale 1) ``bitfield`` is [res, res, res], indexed ``[ix, iy, iz]``; with K > 1 it is
+[K, res, res, res]; both are what :func:`nerfmine.ops.march.march_rays` expects.
+
+Cascades follow instant-ngp (testbed_nerf.cu): K = 1 + ceil(log2(aabb_scale)), at most 8; every
+cascade is updated like the single grid (same threshold, in density units of the finest step);
+then each cascade's bitfield is OR-ed with the 2x2x2 max-pool of the next finer cascade's bitfield
+in the central half it covers, so a coarse cell is never empty where a finer one is occupied.
+K x res^3 bits plus two float/bool buffers: at res 128, 2 MiB of bitfield and 8 MiB of density
+per cascade, negligible beside a training step.
 
 Initial state: ``density`` is 0 and ``bitfield`` is True in every visible cell, so marching
 before the first update (which happens at step 0) samples the whole cube.
@@ -17,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from nerfmine.ops.march import MAX_CASCADES, aabb_bounds, cascades_for_aabb_scale
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,10 @@ class OccupancyConfig:
     chunk_size: int = 2**16
     """Points per density evaluation during an update, so the update never sets the memory peak
     (with 2^18 it did: the same peak for mining and the baseline)."""
+    cascades: int | None = None
+    """Cascades K, each of resolution^3 cells, cascade k covering [0.5 - 2^(k-1), 0.5 + 2^(k-1)]^3.
+    None: instant-ngp's 1 + ceil(log2(aabb_scale)) (1 for aabb_scale 1); a run records the value
+    it used. More than needed is allowed (at most 8), fewer cannot cover the scene's box."""
 
 
 class OccupancyGrid(nn.Module):
@@ -50,43 +65,81 @@ class OccupancyGrid(nn.Module):
     ``visible`` [res^3] bool (cells some training camera sees; invisible cells stay empty).
     """
 
-    def __init__(self, config: OccupancyConfig | None = None) -> None:
+    def __init__(self, config: OccupancyConfig | None = None, aabb_scale: float = 1.0) -> None:
         super().__init__()
         self.config = config if config is not None else OccupancyConfig()
         res = self.config.resolution
-        self.register_buffer("density", torch.zeros(res**3))
-        self.register_buffer("bitfield", torch.ones(res, res, res, dtype=torch.bool))
-        self.register_buffer("visible", torch.ones(res**3, dtype=torch.bool))
+        needed = cascades_for_aabb_scale(aabb_scale)
+        k = self.config.cascades if self.config.cascades is not None else needed
+        if not needed <= k <= MAX_CASCADES:
+            raise ValueError(f"occupancy cascades {k}: aabb_scale {aabb_scale:g} needs at least "
+                             f"{needed} (and at most {MAX_CASCADES})")
+        if k > 1 and res % 4:
+            raise ValueError(f"occupancy resolution {res}: cascades need a multiple of 4")
+        self.n_cascades = k
+        self.aabb_scale = float(aabb_scale)
+        shape = (res, res, res) if k == 1 else (k, res, res, res)
+        self.register_buffer("density", torch.zeros(k * res**3))
+        self.register_buffer("bitfield", torch.ones(shape, dtype=torch.bool))
+        self.register_buffer("visible", torch.ones(k * res**3, dtype=torch.bool))
 
     @property
     def resolution(self) -> int:
         return self.config.resolution
+
+    @property
+    def n_cells(self) -> int:
+        """Cells of all cascades, K * res^3."""
+        return self.n_cascades * self.resolution**3
 
     def should_update(self, step: int) -> bool:
         """True on the steps the training loop should call :meth:`update`."""
         return step % self.config.update_interval == 0
 
     def set_visible(self, mask: Tensor) -> None:
-        """Mark the cells training cameras see ([res^3] bool); others are emptied now."""
-        res = self.resolution
-        mask = mask.to(device=self.visible.device, dtype=torch.bool).reshape(res**3)
+        """Mark the cells training cameras see ([K * res^3] bool); others are emptied now, and so
+        are cells of coarse cascades that lie wholly outside the scene's box (never marched)."""
+        mask = mask.to(device=self.visible.device, dtype=torch.bool).reshape(self.n_cells)
+        mask = mask & self._cells_in_aabb()
         self.visible.copy_(mask)
         self.density.mul_(mask)
-        self.bitfield.logical_and_(mask.view(res, res, res))
+        self.bitfield.logical_and_(mask.view(self.bitfield.shape))
+
+    def _cells_in_aabb(self) -> Tensor:
+        """[K * res^3] bool: the cell overlaps the box 0.5 +- aabb_scale / 2. All True for K = 1
+        and aabb_scale >= 1."""
+        lo, hi = aabb_bounds(self.aabb_scale)
+        index = torch.arange(self.n_cells, device=self.density.device)
+        cell_lo = self._positions(index, torch.zeros(self.n_cells, 3, device=index.device))
+        cell_hi = self._positions(index, torch.ones(self.n_cells, 3, device=index.device))
+        return ((cell_hi > lo) & (cell_lo < hi)).all(dim=-1)
 
     def _cell_coords(self, index: Tensor) -> Tensor:
-        """Integer (ix, iy, iz) of linear cell indices. # [N, 3] int64"""
+        """Integer (ix, iy, iz) of linear cell indices (any cascade). # [N, 3] int64"""
         res = self.resolution
-        return torch.stack([index // (res * res), (index // res) % res, index % res], dim=-1)
+        return torch.stack([(index // (res * res)) % res, (index // res) % res, index % res],
+                           dim=-1)
+
+    def _positions(self, index: Tensor, offsets: Tensor) -> Tensor:
+        """Points at ``offsets`` in [0, 1)^3 inside cells ``index`` (any cascade). # [N, 3]
+
+        Cascade 0 computes ``(i + offset) / res`` exactly as a single grid does."""
+        res = self.resolution
+        base = (self._cell_coords(index).float() + offsets) / res  # [N, 3]
+        if self.n_cascades == 1:
+            return base
+        level = index // res**3  # [N]
+        scale = torch.ldexp(torch.ones_like(base[:, :1]), level[:, None])  # [N, 1], 2^k
+        return torch.where(level[:, None] > 0, (base - 0.5) * scale + 0.5, base)
 
     def cell_centers(self) -> Tensor:
-        """Centres of all cells in linear-index order. # [res^3, 3]"""
-        index = torch.arange(self.resolution**3, device=self.density.device)
-        return (self._cell_coords(index).float() + 0.5) / self.resolution
+        """Centres of all cells (every cascade) in linear-index order. # [K * res^3, 3]"""
+        index = torch.arange(self.n_cells, device=self.density.device)
+        return self._positions(index, torch.full((self.n_cells, 3), 0.5, device=index.device))
 
     def _cells_to_update(self, step: int, generator: torch.Generator) -> Tensor:
         """Linear indices of the cells re-evaluated at ``step``, a static count. # [N] int64"""
-        n_cells = self.resolution**3
+        n_cells = self.n_cells
         device = self.density.device
         if step < self.config.warmup_steps:
             return torch.arange(n_cells, device=device)
@@ -111,9 +164,13 @@ class OccupancyGrid(nn.Module):
     ) -> None:
         """Decay every cell, then raise updated cells to a fresh density sample; refresh bitfield.
 
-        ``density_fn`` maps [N, 3] unit-cube positions to [N] densities sigma (>= 0); it is
-        called under ``torch.no_grad`` on chunks of at most ``chunk_size`` points, at one
-        uniformly random position inside each updated cell. No host synchronisation.
+        ``density_fn`` maps [N, 3] positions (unit-cube coordinates, outside [0, 1] in coarse
+        cascades) to [N] densities sigma (>= 0); it is called under ``torch.no_grad`` on chunks
+        of at most ``chunk_size`` points, at one uniformly random position inside each updated
+        cell. No host synchronisation.
+
+        Every cascade uses the same threshold (instant-ngp splats the optical thickness of the
+        finest step, whatever the cascade), and the mean that may lower it is cascade 0's.
         """
         cfg = self.config
         res = self.resolution
@@ -121,7 +178,7 @@ class OccupancyGrid(nn.Module):
         offsets = torch.rand(
             cells.shape[0], 3, generator=generator, device=self.density.device
         )  # [N, 3]
-        positions = (self._cell_coords(cells).float() + offsets) / res  # [N, 3]
+        positions = self._positions(cells, offsets)  # [N, 3]
         fresh = torch.cat(
             [
                 density_fn(positions[lo : lo + cfg.chunk_size]).reshape(-1).float()
@@ -133,6 +190,24 @@ class OccupancyGrid(nn.Module):
         density = torch.maximum(self.density * cfg.decay, new)  # [res^3]
         density = torch.where(self.visible, density, 0.0)  # [res^3]
         self.density.copy_(density)
-        # Occupied: sigma * step > min(threshold, mean optical thickness).
-        limit = torch.clamp(density.mean(), max=cfg.threshold / cfg.step_size)  # []
-        self.bitfield.copy_((density > limit).view(res, res, res))
+        # Occupied: sigma * step > min(threshold, mean optical thickness of cascade 0).
+        limit = torch.clamp(density[: res**3].mean(), max=cfg.threshold / cfg.step_size)  # []
+        occupied = density > limit  # [K * res^3]
+        if self.n_cascades > 1:
+            occupied = _pool_into_coarser(occupied.view(self.n_cascades, res, res, res))
+        self.bitfield.copy_(occupied.view(self.bitfield.shape))
+
+
+def _pool_into_coarser(bits: Tensor) -> Tensor:
+    """instant-ngp's ``bitfield_max_pool``: cascade k's central half (cells res/4 .. 3res/4 per
+    axis, the region cascade k-1 covers) is OR-ed with the 2x2x2 max-pool of cascade k-1's
+    (already pooled) bits, for k = 1 .. K-1. # [K, res, res, res] bool"""
+    n, res = bits.shape[0], bits.shape[1]
+    h, q = res // 2, res // 4
+    levels = [bits[0]]
+    for k in range(1, n):
+        pooled = levels[-1].view(h, 2, h, 2, h, 2).any(dim=5).any(dim=3).any(dim=1)  # [h, h, h]
+        level = bits[k].clone()
+        level[q:q + h, q:q + h, q:q + h] |= pooled
+        levels.append(level)
+    return torch.stack(levels)
