@@ -30,6 +30,8 @@ _CANDIDATES_PER_CHUNK = 1 << 22
 MAX_CASCADES = 8
 # instant-ngp's cone angle for aabb_scale > 1 (testbed: 1/256; 0 for aabb_scale <= 1).
 LARGE_SCENE_CONE_ANGLE = 1.0 / 256.0
+# Distance to a cell boundary along an axis the ray does not move on (Triton uses the same).
+_NO_BOUNDARY = 3.0e38
 
 
 def cascades_for_aabb_scale(aabb_scale: float) -> int:
@@ -331,6 +333,11 @@ def march_rays(
     )
 
 
+def _fp32(value: float) -> float:
+    """``value`` rounded to float32 (what a Triton kernel receives for a Python float)."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
 def _step(t: Tensor, cone_angle: float, min_step: float, max_step: float) -> Tensor:
     """instant-ngp's ``calc_dt``: clamp(t * cone_angle, min_step, max_step). # like t"""
     return (t * cone_angle).clamp(min=min_step, max=max_step)
@@ -348,7 +355,7 @@ def _distance_to_next_voxel(px, py, pz, dx, dy, dz, ix, iy, iz, mip, res: int) -
         q = cell * (p - 0.5)
         half = torch.where(d > 0, 0.5, torch.where(d < 0, -0.5, 0.0))
         axis = ((q + 0.5 + half).floor() - q) * inv
-        axis = torch.where(d == 0, math.inf, axis)
+        axis = torch.where(d == 0, _NO_BOUNDARY, axis)
         dist = axis if dist is None else torch.minimum(dist, axis)
     return (dist * inv_cell).clamp(min=0.0)
 
@@ -359,6 +366,8 @@ def _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat, n_c
     candidate per iteration; kept samples are gathered, then packed in ray order."""
     device = origins.device
     n_rays = origins.shape[0]
+    # The kernel receives fp32 scalars: clamp to the same values.
+    step_size, cone_angle, max_step = (_fp32(v) for v in (step_size, cone_angle, max_step))
     safe = torch.where(directions == 0, 1.0, directions)
     inv_dir = 1.0 / safe  # [R, 3]; unused where the direction is 0
     t = t_near + jitter * _step(t_near, cone_angle, step_size, max_step)  # [R]
