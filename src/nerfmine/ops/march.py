@@ -54,6 +54,13 @@ class PackedSamples:
         return self.positions.shape[0]
 
 
+def ray_slots_active(n_rays: int, n_active: Tensor | None, device) -> Tensor | None:
+    """[R] bool, True for ray slots ``r < n_active`` (None when every slot is active)."""
+    if n_active is None:
+        return None
+    return torch.arange(n_rays, device=device) < n_active.to(device)
+
+
 def _march_chunk(
     origins: Tensor,
     directions: Tensor,
@@ -84,6 +91,7 @@ def march_rays(
     capacity: int | None = None,
     jitter: Tensor | None = None,
     backend: str = "torch",
+    n_active: Tensor | None = None,
 ) -> PackedSamples:
     """March rays through the unit cube, keeping candidates in occupied cells.
 
@@ -102,6 +110,9 @@ def march_rays(
             host synchronisation, for evaluation).
         jitter: [R] offsets in [0, 1) of the first candidate, or None for 0.5.
         backend: "torch" (reference) or "triton".
+        n_active: optional 0-dim integer device tensor: only rays ``r < n_active`` are
+            marched; the others get no samples and ``ray_valid`` False. It lets a caller with
+            a fixed number of ray slots (a captured CUDA graph) choose the ray count on device.
     """
     if backend == "triton":
         from nerfmine.ops._triton.march import march_rays_triton
@@ -114,6 +125,7 @@ def march_rays(
             max_steps=max_steps,
             capacity=capacity,
             jitter=jitter,
+            n_active=n_active,
         )
     if backend != "torch":
         raise ValueError(f"march_rays: unknown backend {backend!r}; use 'torch' or 'triton'")
@@ -132,6 +144,9 @@ def march_rays(
     hit = t_far > t_near  # [R]
     t_near = torch.where(hit, t_near, 0.0).float()  # [R]
     t_far = torch.where(hit, t_far, 0.0).float()  # [R]
+    active = ray_slots_active(n_rays, n_active, device)  # [R] bool or None
+    if active is not None:
+        t_far = torch.where(active, t_far, t_near)  # an inactive ray has an empty segment
     chunk = max(1, _CANDIDATES_PER_CHUNK // max(1, max_steps))
 
     def candidates(lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -196,6 +211,8 @@ def march_rays(
     n_samples = ray_counts.sum()  # [] int64
     ray_starts = torch.where(fits, starts, n_samples)  # [R]
     ray_valid = fits | (counts == 0)  # [R]; an empty ray always fits: it sees the background
+    if active is not None:
+        ray_valid = ray_valid & active
     return PackedSamples(
         positions=positions[:capacity],
         directions=sample_dirs[:capacity],

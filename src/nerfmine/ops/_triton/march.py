@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nerfmine.ops.march import PackedSamples
+from nerfmine.ops.march import PackedSamples, ray_slots_active
 
 # Candidates examined at once by one program. 128 candidates x 3 coordinates fit in registers of
 # two warps; a ray through the unit cube has up to sqrt(3) / step_size (1024) candidates.
@@ -185,6 +185,7 @@ def march_rays_triton(
     capacity: int | None = None,
     jitter: torch.Tensor | None = None,
     block: int = DEFAULT_BLOCK,
+    n_active: torch.Tensor | None = None,
 ) -> PackedSamples:
     """Triton twin of ``march_rays(..., backend="torch")``; see that function for the contract.
 
@@ -203,6 +204,9 @@ def march_rays_triton(
     jitter = jitter.float().contiguous()
     t_near, t_far = _ray_box(origins, directions)
     t_near = t_near.float().contiguous()
+    active = ray_slots_active(n_rays, n_active, device)  # [R] bool or None
+    if active is not None:
+        t_far = torch.where(active, t_far, t_near)  # an inactive ray has an empty segment
     t_far = t_far.float().contiguous()
     occ = occupancy.contiguous().reshape(-1)
     occ = occ.view(torch.uint8) if occ.dtype == torch.bool else (occ != 0).view(torch.uint8)
@@ -226,6 +230,8 @@ def march_rays_triton(
     n_samples = ray_counts.sum()  # [] int64
     ray_starts = torch.where(fits, starts, n_samples)  # [R]
     ray_valid = fits | (counts == 0)  # [R]; an empty ray always fits: it sees the background
+    if active is not None:
+        ray_valid = ray_valid & active
 
     positions = torch.empty((capacity, 3), dtype=torch.float32, device=device)
     sample_dirs = torch.empty((capacity, 3), dtype=torch.float32, device=device)
