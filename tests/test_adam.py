@@ -106,3 +106,18 @@ def test_skipped_step_leaves_table_and_mlp_untouched_even_with_inf_gradients():
     weight.grad = torch.tensor([[1.0, 1.0]])
     opt.step(skip=torch.tensor(False))
     assert table[0, 0] < before[0][0, 0] and torch.equal(table[1], before[0][1])
+
+
+def test_lr_tensor_equals_float():
+    g = torch.Generator().manual_seed(3)
+    p, grad = torch.randn(57, generator=g), torch.randn(57, generator=g)
+    grad[::5] = 0.0
+    a = [p.clone(), torch.zeros(57), torch.zeros(57)]
+    b = [p.clone(), torch.zeros(57), torch.zeros(57)]
+    for step in (1, 2, 3):
+        adam_step(a[0], grad, a[1], a[2], step, lr=3e-3, skip_zero_grad=True)
+        adam_step(b[0], grad, b[1], b[2], torch.tensor(step), lr=torch.tensor(3e-3),
+                  skip_zero_grad=True)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=0.0)
+    assert not torch.equal(a[0], p)  # the step moved something

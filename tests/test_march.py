@@ -296,3 +296,27 @@ def test_unknown_backend():
     origins, directions = _rays(1, seed=0)
     with pytest.raises(ValueError, match="backend"):
         march_rays(origins, directions, _occupancy(0), backend="cuda")
+
+
+@pytest.mark.parametrize("n_active", [0, 1, 17, 40])
+def test_n_active_marches_only_the_leading_rays(n_active):
+    """Slots >= n_active get no samples and are invalid; the leading rays are marched as a
+    call with exactly those rays marches them (same samples, same starts)."""
+    origins, directions = _rays(40, seed=5)
+    occupancy = _occupancy(6)
+    jitter = torch.rand(40, generator=torch.Generator().manual_seed(7))
+    out = march_rays(origins, directions, occupancy, STEP, MAX_STEPS, capacity=4000,
+                     jitter=jitter, n_active=torch.tensor(n_active))
+    ref = march_rays(origins[:n_active], directions[:n_active], occupancy, STEP, MAX_STEPS,
+                     capacity=4000, jitter=jitter[:n_active])
+    assert out.n_rays == 40
+    assert int(out.n_samples) == int(ref.n_samples)
+    assert torch.equal(out.ray_counts[:n_active], ref.ray_counts)
+    assert torch.equal(out.ray_starts[:n_active], ref.ray_starts)
+    assert torch.equal(out.ray_valid[:n_active], ref.ray_valid)
+    assert not out.ray_valid[n_active:].any()
+    assert (out.ray_counts[n_active:] == 0).all()
+    n = int(ref.n_samples)
+    assert torch.equal(out.positions[:n], ref.positions[:n])
+    assert torch.equal(out.ray_ids[:n], ref.ray_ids[:n])
+    assert (out.dt[n:] == 0).all()

@@ -77,3 +77,17 @@ def test_fp16_copy_of_2d_table(device):
     h = torch.empty(50, 2, dtype=torch.float16, device=device)
     adam_step(p, grad, m, v, 1, lr=1e-2, param_fp16=h, backend="triton")
     assert torch.equal(h, p.half())
+
+
+@pytest.mark.parametrize("n", [5, 1030])
+def test_lr_tensor_matches_reference(device, n):
+    p, grad, m, v = _state(n, device, seed=n + 1, zero_frac=0.2)
+    ref = [t.clone() for t in (p, m, v)]
+    lr = torch.tensor(7e-3, device=device)
+    for step in (1, 4):
+        adam_step(ref[0], grad, ref[1], ref[2], step, lr=7e-3, skip_zero_grad=True,
+                  backend="torch")
+        adam_step(p, grad, m, v, torch.tensor(step, device=device), lr=lr, skip_zero_grad=True,
+                  backend="triton")
+    torch.testing.assert_close(p, ref[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m, ref[1], rtol=1e-5, atol=1e-8)

@@ -127,3 +127,17 @@ def test_no_rays(device):
         ref = march_rays(empty, empty, occupancy, 0.05, 10, capacity)
         out = march_rays(empty, empty, occupancy, 0.05, 10, capacity, backend="triton")
         _assert_identical(out, ref)
+
+
+@pytest.mark.parametrize("n_active", [0, 5, 33])
+def test_n_active_matches_reference(device, n_active):
+    origins, directions, jitter = _rays(33, seed=11)
+    grid = _grid(16, 0.4, seed=11)
+    kw = dict(step_size=0.02, max_steps=96, capacity=1500,
+              n_active=torch.tensor(n_active, device=device))
+    args = [t.to(device) for t in (origins, directions, grid)]
+    out = march_rays(*args, jitter=jitter.to(device), backend="triton", **kw)
+    ref = march_rays(origins, directions, grid, jitter=jitter, backend="torch",
+                     **(kw | {"n_active": torch.tensor(n_active)}))
+    _assert_identical(out, ref)
+    assert not out.ray_valid[n_active:].any()

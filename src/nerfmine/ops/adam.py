@@ -12,7 +12,8 @@ Semantics (shared by both backends):
 * ``param_fp16``: when given, receives ``param.half()`` after the update (all elements), which
   keeps the fp16 lookup copy of a hash table in sync for free.
 
-``step`` may be a Python int or a 0-dim tensor on the parameter's device (no host sync).
+``step`` may be a Python int or a 0-dim tensor on the parameter's device (no host sync); so may
+``lr`` (a 0-dim float32 tensor), which lets a captured CUDA graph follow a learning-rate schedule.
 All tensors are updated in place.
 """
 
@@ -41,7 +42,7 @@ def adam_step_torch(
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     step: int | Tensor,
-    lr: float,
+    lr: float | Tensor,
     beta1: float = 0.9,
     beta2: float = 0.99,
     eps: float = 1e-15,
@@ -57,6 +58,8 @@ def adam_step_torch(
     v = exp_avg_sq * beta2 + (1.0 - beta2) * (g * g)
     bc1, bc2_sqrt = _bias_corrections(step, beta1, beta2, param)
     denom = v.sqrt() / bc2_sqrt + eps
+    if isinstance(lr, Tensor):
+        lr = lr.to(device=param.device, dtype=torch.float32)
     new_param = param - (lr / bc1) * m / denom
     if skip_zero_grad:
         keep = grad == 0
@@ -76,7 +79,7 @@ def adam_step(
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     step: int | Tensor,
-    lr: float,
+    lr: float | Tensor,
     beta1: float = 0.9,
     beta2: float = 0.99,
     eps: float = 1e-15,

@@ -131,6 +131,13 @@ class PackedSamples:
         return self.positions.shape[0]
 
 
+def ray_slots_active(n_rays: int, n_active: Tensor | None, device) -> Tensor | None:
+    """[R] bool, True for ray slots ``r < n_active`` (None when every slot is active)."""
+    if n_active is None:
+        return None
+    return torch.arange(n_rays, device=device) < n_active.to(device)
+
+
 def _march_chunk(
     origins: Tensor,
     directions: Tensor,
@@ -165,6 +172,7 @@ def march_rays(
     capacity: int | None = None,
     jitter: Tensor | None = None,
     backend: str = "torch",
+    n_active: Tensor | None = None,
     *,
     aabb_scale: float = 1.0,
     cone_angle: float = 0.0,
@@ -210,6 +218,9 @@ def march_rays(
             uses 1/256 for aabb_scale > 1).
         max_step_size: the largest step with ``cone_angle > 0``; None for instant-ngp's
             :func:`default_max_step_size` of the occupancy resolution.
+        n_active: optional 0-dim integer device tensor: only rays ``r < n_active`` are
+            marched; the others get no samples and ``ray_valid`` False. It lets a caller with
+            a fixed number of ray slots (a captured CUDA graph) choose the ray count on device.
     """
     if backend not in ("torch", "triton"):
         raise ValueError(f"march_rays: unknown backend {backend!r}; use 'torch' or 'triton'")
@@ -229,6 +240,7 @@ def march_rays(
             aabb_scale=aabb_scale,
             cone_angle=cone_angle,
             max_step_size=max_step_size,
+            n_active=n_active,
         )
 
     occ_flat, n_cascades, res = _flat_occupancy(occupancy)
@@ -247,12 +259,15 @@ def march_rays(
     hit = t_far > t_near  # [R]
     t_near = torch.where(hit, t_near, 0.0).float()  # [R]
     t_far = torch.where(hit, t_far, 0.0).float()  # [R]
+    active = ray_slots_active(n_rays, n_active, device)  # [R] bool or None
+    if active is not None:
+        t_far = torch.where(active, t_far, t_near)  # an inactive ray has an empty segment
     if cone_angle > 0:
         if max_step_size is None:
             max_step_size = default_max_step_size(res)
         return _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat,
                                   n_cascades, res, float(step_size), float(cone_angle),
-                                  float(max_step_size), int(max_steps), capacity)
+                                  float(max_step_size), int(max_steps), capacity, active)
     chunk = max(1, _CANDIDATES_PER_CHUNK // max(1, max_steps))
 
     def candidates(lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -319,6 +334,8 @@ def march_rays(
     n_samples = ray_counts.sum()  # [] int64
     ray_starts = torch.where(fits, starts, n_samples)  # [R]
     ray_valid = fits | (counts == 0)  # [R]; an empty ray always fits: it sees the background
+    if active is not None:
+        ray_valid = ray_valid & active
     return PackedSamples(
         positions=positions[:capacity],
         directions=sample_dirs[:capacity],
@@ -361,7 +378,8 @@ def _distance_to_next_voxel(px, py, pz, dx, dy, dz, ix, iy, iz, mip, res: int) -
 
 
 def _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat, n_cascades, res,
-                       step_size, cone_angle, max_step, max_steps, capacity) -> PackedSamples:
+                       step_size, cone_angle, max_step, max_steps, capacity,
+                       active=None) -> PackedSamples:
     """The ``cone_angle > 0`` walk of :func:`march_rays` (reference): every live ray advances one
     candidate per iteration; kept samples are gathered, then packed in ray order."""
     device = origins.device
@@ -413,6 +431,8 @@ def _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat, n_c
     n_samples = ray_counts.sum()
     ray_starts = torch.where(fits, starts, n_samples)
     ray_valid = fits | (counts == 0)
+    if active is not None:
+        ray_valid = ray_valid & active
 
     trash = capacity
     positions = torch.full((capacity + 1, 3), 0.5, device=device)

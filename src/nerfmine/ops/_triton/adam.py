@@ -20,9 +20,9 @@ _BLOCK = 1024
 
 @triton.jit
 def _adam_kernel(
-    p_ptr, g_ptr, m_ptr, v_ptr, h_ptr, step_ptr,
-    n, step_f, lr, beta1, beta2, log2_beta1, log2_beta2, eps, wd,
-    STEP_FROM_PTR: tl.constexpr, SKIP_ZERO: tl.constexpr, WRITE_FP16: tl.constexpr,
+    p_ptr, g_ptr, m_ptr, v_ptr, h_ptr, step_ptr, lr_ptr,
+    n, step_f, lr_f, beta1, beta2, log2_beta1, log2_beta2, eps, wd,
+    STEP_FROM_PTR: tl.constexpr, LR_FROM_PTR: tl.constexpr, SKIP_ZERO: tl.constexpr, WRITE_FP16: tl.constexpr,
     HAS_WD: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -32,6 +32,10 @@ def _adam_kernel(
         t = tl.load(step_ptr).to(tl.float32)
     else:
         t = step_f
+    if LR_FROM_PTR:
+        lr = tl.load(lr_ptr).to(tl.float32)
+    else:
+        lr = lr_f
     bc1 = 1.0 - tl.exp2(t * log2_beta1)
     bc2_sqrt = tl.sqrt(1.0 - tl.exp2(t * log2_beta2))
     p0 = tl.load(p_ptr + offs, mask=inb, other=0.0)
@@ -72,7 +76,7 @@ def fused_adam_step(
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     step_tensor_or_int: int | Tensor,
-    lr: float,
+    lr: float | Tensor,
     beta1: float,
     beta2: float,
     eps: float,
@@ -101,14 +105,22 @@ def fused_adam_step(
         if int(step) < 1:
             raise ValueError(f"adam step must count this update (>= 1), got {step}")
         step_ptr, step_f = param, float(step)  # step_ptr unused
+    lr_from_ptr = isinstance(lr, Tensor)
+    if lr_from_ptr:
+        if lr.numel() != 1 or lr.device != param.device:
+            raise ValueError("fused_adam_step: an lr tensor must hold one value on the param's "
+                             f"device ({param.device}); got {tuple(lr.shape)} on {lr.device}")
+        lr_ptr, lr_f = lr, 0.0
+    else:
+        lr_ptr, lr_f = param, float(lr)  # lr_ptr unused
     grid = (triton.cdiv(n, _BLOCK),)
     _adam_kernel[grid](
         param, grad, exp_avg, exp_avg_sq,
-        param_fp16 if param_fp16 is not None else param, step_ptr,
-        n, step_f, float(lr), float(beta1), float(beta2),
+        param_fp16 if param_fp16 is not None else param, step_ptr, lr_ptr,
+        n, step_f, lr_f, float(beta1), float(beta2),
         math.log2(beta1) if beta1 > 0 else -1e30, math.log2(beta2) if beta2 > 0 else -1e30,
         float(eps), float(weight_decay_l2),
-        STEP_FROM_PTR=from_ptr, SKIP_ZERO=bool(skip_zero_grad),
+        STEP_FROM_PTR=from_ptr, LR_FROM_PTR=lr_from_ptr, SKIP_ZERO=bool(skip_zero_grad),
         WRITE_FP16=param_fp16 is not None, HAS_WD=weight_decay_l2 != 0.0,
         BLOCK=_BLOCK, num_warps=4,
     )

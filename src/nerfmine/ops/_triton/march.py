@@ -40,6 +40,7 @@ from nerfmine.ops.march import (
     _flat_occupancy,
     aabb_bounds,
     default_max_step_size,
+    ray_slots_active,
 )
 
 # Candidates examined at once by one program. 128 candidates x 3 coordinates fit in registers of
@@ -319,6 +320,7 @@ def march_rays_triton(
     capacity: int | None = None,
     jitter: torch.Tensor | None = None,
     block: int = DEFAULT_BLOCK,
+    n_active: torch.Tensor | None = None,
     aabb_scale: float = 1.0,
     cone_angle: float = 0.0,
     max_step_size: float | None = None,
@@ -338,6 +340,9 @@ def march_rays_triton(
     jitter = jitter.float().contiguous()
     t_near, t_far = _ray_box(origins, directions, *aabb_bounds(aabb_scale))
     t_near = t_near.float().contiguous()
+    active = ray_slots_active(n_rays, n_active, device)  # [R] bool or None
+    if active is not None:
+        t_far = torch.where(active, t_far, t_near)  # an inactive ray has an empty segment
     t_far = t_far.float().contiguous()
     occ = occ.contiguous()
     occ = occ.view(torch.uint8) if occ.dtype == torch.bool else (occ != 0).view(torch.uint8)
@@ -376,6 +381,8 @@ def march_rays_triton(
     n_samples = ray_counts.sum()  # [] int64
     ray_starts = torch.where(fits, starts, n_samples)  # [R]
     ray_valid = fits | (counts == 0)  # [R]; an empty ray always fits: it sees the background
+    if active is not None:
+        ray_valid = ray_valid & active
 
     positions = torch.empty((capacity, 3), dtype=torch.float32, device=device)
     sample_dirs = torch.empty((capacity, 3), dtype=torch.float32, device=device)
