@@ -42,6 +42,11 @@ class DataConfig:
     exports read it here."""
     offset: tuple[float, float, float] = (0.5, 0.5, 0.5)
     """World-to-unit-cube offset per axis, recorded from the scene like ``scale``."""
+    aabb_scale: float | None = None
+    """Size of the modelled box, 0.5 +- aabb_scale / 2 in unit-cube coordinates (instant-ngp's
+    aabb_scale, at most 128): above 1 the occupancy grid gets 1 + ceil(log2 aabb_scale)
+    cascades and marching steps grow with distance. None: the scene's (a transforms.json's
+    aabb_scale, 1 for NeRF-synthetic); a run records the value it used."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ class ModelConfig:
     base_resolution: int = 16
     """Coarsest grid resolution Nmin."""
     max_resolution: int = 2048
-    """Finest grid resolution Nmax (2048 x aabb_scale)."""
+    """Finest grid resolution Nmax over the unit cube; the field uses max_resolution x
+    aabb_scale over the scene's box (instant-ngp), the same cell size."""
     hidden_dim: int = 64
     """Width of the density and colour MLPs' hidden layers."""
     geo_feature_dim: int = 16
@@ -105,7 +111,11 @@ class TrainConfig:
     max_steps_per_ray: int = 1024
     """Most marching steps per ray (instant-ngp)."""
     step_size: float = math.sqrt(3) / 1024
-    """Marching step in the unit cube (instant-ngp: sqrt(3)/1024)."""
+    """Marching step in the unit cube (instant-ngp: sqrt(3)/1024); the smallest step when the
+    steps grow (cone_angle > 0)."""
+    cone_angle: float | None = None
+    """Exponential stepping: dt = clamp(t * cone_angle, step_size, max step). None: instant-ngp's
+    choice, 0 (constant steps) for aabb_scale 1 and 1/256 above; a run records the value."""
     min_transmittance: float = 1e-4
     """A sample is composited while the transmittance before it is at least this."""
     first_pass_chunk: int = 1 << 17
@@ -301,6 +311,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"train.checkpoint_every must be positive, got {t.checkpoint_every}")
     if t.first_pass_chunk < 1 or t.eval_rays_per_chunk < 1:
         raise ConfigError("train.first_pass_chunk and train.eval_rays_per_chunk must be >= 1")
+    if config.data.aabb_scale is not None and not config.data.aabb_scale > 0:
+        raise ConfigError(f"data.aabb_scale must be positive, got {config.data.aabb_scale}")
+    if t.cone_angle is not None and not t.cone_angle >= 0:
+        raise ConfigError(f"train.cone_angle must be >= 0, got {t.cone_angle}")
     if t.target_samples < 256:
         raise ConfigError(f"train.target_samples must be at least 256, got {t.target_samples}")
     m = config.miner

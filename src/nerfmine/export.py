@@ -388,7 +388,21 @@ def occupied_bbox(occupancy_bitfield: torch.Tensor, pad_cells: int = 1) -> tuple
                                                                                  np.ndarray]:
     """Unit-cube box of the occupied cells, padded by ``pad_cells`` cells and clipped to the cube.
 
-    The whole cube when no cell is occupied."""
+    The whole cube when no cell is occupied. With cascades ([K, res, res, res]) the box of the
+    occupied cells of every cascade, each padded by ``pad_cells`` of its own cells, clipped to
+    the coarsest cascade."""
+    if occupancy_bitfield.dim() == 4:
+        from nerfmine.occupancy import grid_extent, occupied_cell_boxes
+
+        ext_lo, ext_hi = grid_extent(occupancy_bitfield)
+        lo_t, size = occupied_cell_boxes(occupancy_bitfield.detach().cpu())
+        if lo_t.shape[0] == 0:
+            return np.full(3, ext_lo), np.full(3, ext_hi)
+        lo_c = lo_t.double().numpy()
+        size_c = size.double().numpy()[:, None]
+        lo = (lo_c - pad_cells * size_c).min(0)
+        hi = (lo_c + (1 + pad_cells) * size_c).max(0)
+        return np.clip(lo, ext_lo, ext_hi), np.clip(hi, ext_lo, ext_hi)
     occ = occupancy_bitfield.detach().cpu().numpy().astype(bool)
     res = np.asarray(occ.shape, dtype=np.float64)
     if not occ.any():
@@ -399,10 +413,13 @@ def occupied_bbox(occupancy_bitfield: torch.Tensor, pad_cells: int = 1) -> tuple
     return np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
 
 
-def clip_to_unit_cube(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """The box intersected with [0, 1]^3 (the field is only defined there), and whether it was
-    cut. Raises :class:`NerfmineError` when nothing is left."""
-    c_lo, c_hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+def clip_to_unit_cube(lo: np.ndarray, hi: np.ndarray,
+                      bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[np.ndarray, np.ndarray,
+                                                                          bool]:
+    """The box intersected with the scene's box ``bounds`` per axis ([0, 1]^3 for aabb_scale 1;
+    the field is only defined there), and whether it was cut. Raises :class:`NerfmineError` when
+    nothing is left."""
+    c_lo, c_hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
     if np.any(c_lo >= c_hi):
         raise NerfmineError(
             "the bounding box lies outside the scene's unit cube, where the field is not "
@@ -468,8 +485,18 @@ def sample_occupied_points(
     """``n`` points uniform inside the occupied cells (inside ``bbox`` if given). # [n', 3]
 
     Fewer than ``n`` (possibly none) when some fall outside the box."""
-    res = bitfield.shape[0]
+    res = bitfield.shape[-1]
     device = bitfield.device
+    if bitfield.dim() == 4:  # cascades: cells of every cascade, each of its own size
+        from nerfmine.occupancy import occupied_cell_boxes
+
+        lo_c, size = occupied_cell_boxes(bitfield)  # [K, 3], [K]
+        if size.numel() == 0:
+            return torch.empty(0, 3, device=device)
+        pick = torch.randint(0, size.numel(), (n,), generator=generator, device=device)
+        offsets = torch.rand(n, 3, generator=generator, device=device)
+        points = lo_c[pick] + offsets * size[pick, None]  # [n, 3]
+        return _inside_box(points, bbox)
     cells = torch.nonzero(bitfield.reshape(-1)).reshape(-1)  # [K]
     if cells.numel() == 0:
         return torch.empty(0, 3, device=device)
@@ -477,6 +504,12 @@ def sample_occupied_points(
     ijk = torch.stack([pick // (res * res), (pick // res) % res, pick % res], dim=-1)
     offsets = torch.rand(n, 3, generator=generator, device=device)
     points = (ijk.float() + offsets) / res  # [n, 3]
+    return _inside_box(points, bbox)
+
+
+def _inside_box(points: torch.Tensor, bbox) -> torch.Tensor:
+    """The points inside ``bbox`` (all of them when it is None). # [n', 3]"""
+    device = points.device
     if bbox is not None:
         lo = torch.tensor(bbox[0], dtype=torch.float32, device=device)
         hi = torch.tensor(bbox[1], dtype=torch.float32, device=device)
@@ -539,7 +572,13 @@ def export_point_cloud(
     unit = points.cpu().numpy().astype(np.float64)
     world = _world(trainer, unit)
     out = write_ply(path, world, None, colours)
-    lo, hi = box if box is not None else (np.zeros(3), np.ones(3))
+    if box is not None:
+        lo, hi = box
+    else:
+        from nerfmine.ops.march import aabb_bounds
+
+        b_lo, b_hi = aabb_bounds(getattr(trainer, "aabb_scale", 1.0))
+        lo, hi = np.full(3, b_lo), np.full(3, b_hi)
     return ExportResult(path=out, kind="points", n_vertices=len(world), n_faces=0,
                         bbox_min_world=_world(trainer, lo), bbox_max_world=_world(trainer, hi),
                         threshold=float(threshold), extent_min_world=world.min(0),

@@ -138,8 +138,11 @@ def run(args: argparse.Namespace) -> int:
     data = trainer.config.data
     if args.bbox is not None:
         lo_w, hi_w = np.asarray(args.bbox[:3]), np.asarray(args.bbox[3:])
+        from nerfmine.ops.march import aabb_bounds
+
         lo, hi, cut = clip_to_unit_cube(world_to_unit(lo_w, data.scale, data.offset),
-                                        world_to_unit(hi_w, data.scale, data.offset))
+                                        world_to_unit(hi_w, data.scale, data.offset),
+                                        aabb_bounds(trainer.aabb_scale))
         if cut:
             print(f"note: --bbox cut to the scene's unit cube, world "
                   f"{_fmt_vec(unit_to_world(lo, data.scale, data.offset))} to "

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from nerfmine.config import ModelConfig
 from nerfmine.ops.hash_grid import HashGridSpec, hash_grid_encode, init_hash_table
+from nerfmine.ops.march import aabb_bounds
 from nerfmine.ops.sh import sh_encode
 
 
@@ -27,16 +28,25 @@ class NGPField(nn.Module):
     compositor applies trunc_exp and sigmoid. Directions get no gradient.
     """
 
-    def __init__(self, config: ModelConfig, backend: str = "torch", seed: int = 0):
+    def __init__(self, config: ModelConfig, backend: str = "torch", seed: int = 0,
+                 aabb_scale: float = 1.0):
         super().__init__()
         self.config = config
         self.backend = backend
+        # The encoding's domain is the scene's box 0.5 +- aabb_scale / 2 (instant-ngp's
+        # warp_position), and its finest level max_resolution x aabb_scale (instant-ngp's
+        # per-level scale), so a cell of the finest level keeps its size in the unit cube.
+        self.aabb_scale = float(aabb_scale)
+        self.aabb_min, self.aabb_max = aabb_bounds(self.aabb_scale)
+        finest = config.max_resolution
+        if self.aabb_scale != 1.0:
+            finest = int(round(config.max_resolution * min(self.aabb_scale, 128.0)))
         self.spec = HashGridSpec(
             n_levels=config.n_levels,
             n_features=config.n_features,
             log2_table_size=config.log2_table_size,
             base_resolution=config.base_resolution,
-            max_resolution=config.max_resolution,
+            max_resolution=finest,
         )
         gen = torch.Generator().manual_seed(seed)
         self.table = nn.Parameter(init_hash_table(self.spec, generator=gen))  # [T_all, F]
@@ -52,13 +62,23 @@ class NGPField(nn.Module):
         """The MLP weights (L2-regularised); the hash table is not among them."""
         return [self.density_w1, self.density_w2, self.color_w1, self.color_w2, self.color_w3]
 
+    def encoding_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """Unit-cube positions [N, 3] -> the hash grid's [0, 1]^3 over the scene's box (clamped).
+        The identity (the same tensor) for aabb_scale 1."""
+        if self.aabb_scale == 1.0:
+            return positions
+        size = self.aabb_max - self.aabb_min
+        return ((positions - self.aabb_min) / size).clamp(0.0, 1.0)
+
     def _geo(self, positions: torch.Tensor) -> torch.Tensor:
-        enc = hash_grid_encode(positions, self.table, self.spec, backend=self.backend)  # [N, L*F]
+        x = self.encoding_positions(positions)
+        enc = hash_grid_encode(x, self.table, self.spec, backend=self.backend)  # [N, L*F]
         hidden = torch.relu(F.linear(enc, self.density_w1))  # [N, hid]; fp16 under autocast
         return F.linear(hidden, self.density_w2)  # [N, geo]
 
     def forward(self, positions: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-        """Raw outputs [N, 4] at positions [N, 3] (unit cube) seen from directions [N, 3].
+        """Raw outputs [N, 4] at positions [N, 3] (unit-cube coordinates; inside the scene's box
+        0.5 +- aabb_scale / 2) seen from directions [N, 3].
 
         float32 (float64 for a float64 field, as in gradient checks)."""
         geo = self._geo(positions)  # [N, geo]

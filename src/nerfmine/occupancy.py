@@ -211,3 +211,29 @@ def _pool_into_coarser(bits: Tensor) -> Tensor:
         level[q:q + h, q:q + h, q:q + h] |= pooled
         levels.append(level)
     return torch.stack(levels)
+
+
+def occupied_cell_boxes(bitfield: Tensor) -> tuple[Tensor, Tensor]:
+    """Occupied cells as boxes in unit-cube coordinates: corners lo [N, 3] float32 and edge
+    lengths [N] float32, for a [res, res, res] or [K, res, res, res] bitfield.
+
+    A coarse cascade's cells inside the region of the next finer cascade are left out (their
+    bits are the max-pool of the finer cells, which describe the same space more tightly)."""
+    bits = bitfield if bitfield.dim() == 4 else bitfield[None]
+    n, res = bits.shape[0], bits.shape[1]
+    keep = bits.clone()
+    h, q = res // 2, res // 4
+    for k in range(1, n):
+        keep[k, q:q + h, q:q + h, q:q + h] = False
+    idx = torch.nonzero(keep)  # [N, 4]
+    level = idx[:, 0]
+    scale = torch.ldexp(torch.ones(idx.shape[0], device=idx.device), level)  # [N], 2^k
+    lo = (idx[:, 1:].float() / res - 0.5) * scale[:, None] + 0.5  # [N, 3]
+    return lo, scale / res
+
+
+def grid_extent(bitfield: Tensor) -> tuple[float, float]:
+    """Per-axis extent of the coarsest cascade of a bitfield (the unit cube for one cascade)."""
+    n = bitfield.shape[0] if bitfield.dim() == 4 else 1
+    half = 0.5 * 2.0 ** (n - 1)
+    return 0.5 - half, 0.5 + half

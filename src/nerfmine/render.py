@@ -8,7 +8,7 @@ import torch
 
 from nerfmine.field import NGPField
 from nerfmine.ops.composite import composite
-from nerfmine.ops.march import march_rays
+from nerfmine.ops.march import aabb_bounds, march_rays
 from nerfmine.ops.rays import image_rays, ray_aabb
 
 
@@ -21,6 +21,10 @@ class RenderSettings:
     samples_per_chunk: int = 1 << 20
     """Network evaluations per batch, which bounds the activation memory."""
     backend: str = "torch"
+    aabb_scale: float = 1.0
+    """The scene's box 0.5 +- aabb_scale / 2 (the unit cube by default)."""
+    cone_angle: float = 0.0
+    """0: constant steps; above 0, exponential stepping (see march_rays)."""
 
 
 @torch.no_grad()
@@ -32,7 +36,9 @@ def render_rays(
     background: torch.Tensor,
     settings: RenderSettings,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Colour [R, 3], opacity [R] and depth [R] of rays in unit-cube coordinates."""
+    """Colour [R, 3], opacity [R] and depth [R] of rays in unit-cube coordinates.
+
+    ``occupancy``: the grid's bitfield, [res, res, res] or [K, res, res, res] (cascades)."""
     colours, opacities, depths = [], [], []
     for start in range(0, origins.shape[0], settings.rays_per_chunk):
         stop = start + settings.rays_per_chunk
@@ -55,10 +61,14 @@ def _render_chunk(field, occupancy, origins, directions, background, settings):
     past the ray's T < min_transmittance point can still add, together, less than
     min_transmittance of colour; rays stop at the end of the segment in which T drops below it.
     """
+    if settings.cone_angle > 0:
+        return _render_whole(field, occupancy, origins, directions, background, settings)
     n_rays = origins.shape[0]
     device = origins.device
     step = settings.step_size
-    t_near, t_far = ray_aabb(origins, directions, origins.new_zeros(3), origins.new_ones(3))
+    lo, hi = aabb_bounds(settings.aabb_scale)
+    t_near, t_far = ray_aabb(origins, directions, origins.new_full((3,), lo),
+                             origins.new_full((3,), hi))
     transmittance = torch.ones(n_rays, device=device)  # [R], T before the next segment
     colour = torch.zeros(n_rays, 3, device=device)  # [R, 3]
     depth = torch.zeros(n_rays, device=device)  # [R]
@@ -69,12 +79,9 @@ def _render_chunk(field, occupancy, origins, directions, background, settings):
         offset = t_near[active] + k0 * step  # [A], where this segment starts
         seg_origins = origins[active] + offset[:, None] * directions[active]
         samples = march_rays(seg_origins, directions[active], occupancy, step_size=step,
-                             max_steps=steps, capacity=None, backend=settings.backend)
-        n = samples.positions.shape[0]
-        raw = torch.empty(n, 4, device=device, dtype=torch.float32)  # [S, 4]
-        for s0 in range(0, n, settings.samples_per_chunk):
-            s1 = min(n, s0 + settings.samples_per_chunk)
-            raw[s0:s1] = field(samples.positions[s0:s1], samples.directions[s0:s1])
+                             max_steps=steps, capacity=None, backend=settings.backend,
+                             aabb_scale=settings.aabb_scale)
+        raw = _evaluate(field, samples, settings)  # [S, 4]
         zeros = torch.zeros(active.numel(), 3, device=device)
         seg_rgb, seg_opacity, seg_depth = composite(
             raw, samples, zeros, backend=settings.backend,
@@ -90,6 +97,28 @@ def _render_chunk(field, occupancy, origins, directions, background, settings):
         segment = min(segment * 2, 256)
     opacity = 1.0 - transmittance
     return colour + transmittance[:, None] * background, opacity, depth
+
+
+def _evaluate(field, samples, settings) -> torch.Tensor:
+    """Raw network outputs of every sample, in batches of samples_per_chunk. # [S, 4]"""
+    n = samples.positions.shape[0]
+    raw = torch.empty(n, 4, device=samples.positions.device, dtype=torch.float32)  # [S, 4]
+    for s0 in range(0, n, settings.samples_per_chunk):
+        s1 = min(n, s0 + settings.samples_per_chunk)
+        raw[s0:s1] = field(samples.positions[s0:s1], samples.directions[s0:s1])
+    return raw
+
+
+def _render_whole(field, occupancy, origins, directions, background, settings):
+    """Exponential stepping: one march of the whole ray (the walk's empty-cell skipping carries
+    state along the ray, so it is not cut into segments), the training marcher's samples without
+    jitter, then compositing with early termination."""
+    samples = march_rays(origins, directions, occupancy, step_size=settings.step_size,
+                         max_steps=settings.max_steps, capacity=None, backend=settings.backend,
+                         aabb_scale=settings.aabb_scale, cone_angle=settings.cone_angle)
+    raw = _evaluate(field, samples, settings)
+    return composite(raw, samples, background, backend=settings.backend,
+                     min_transmittance=settings.min_transmittance)
 
 
 @torch.no_grad()

@@ -257,8 +257,17 @@ def _build_path(args, trainer, cams: TrainCameras | None) -> tuple[str, cp.Camer
 def _depth_range(c2w_unit: torch.Tensor, bitfield: torch.Tensor) -> tuple[float, float]:
     """Nearest and farthest distance (unit cube) from the cameras to the occupied cells' box."""
     occupied = torch.nonzero(bitfield)
-    res = bitfield.shape[0]
-    if occupied.numel() == 0:
+    res = bitfield.shape[-1]
+    if bitfield.dim() == 4:  # cascades
+        from nerfmine.occupancy import grid_extent, occupied_cell_boxes
+
+        boxes, size = occupied_cell_boxes(bitfield)
+        if size.numel() == 0:
+            lo, hi = np.full(3, grid_extent(bitfield)[0]), np.full(3, grid_extent(bitfield)[1])
+        else:
+            lo = boxes.min(0).values.cpu().double().numpy()
+            hi = (boxes + size[:, None]).max(0).values.cpu().double().numpy()
+    elif occupied.numel() == 0:
         lo, hi = np.zeros(3), np.ones(3)
     else:
         lo = occupied.min(0).values.cpu().numpy() / res

@@ -42,7 +42,13 @@ from nerfmine.miner import HardSampleMiner
 from nerfmine.occupancy import OccupancyGrid
 from nerfmine.ops.composite import composite, composite_output_grads
 from nerfmine.ops.distortion import camera_rays
-from nerfmine.ops.march import PackedSamples, march_rays
+from nerfmine.ops.march import (
+    MAX_CASCADES,
+    PackedSamples,
+    cascades_for_aabb_scale,
+    default_cone_angle,
+    march_rays,
+)
 from nerfmine.ops.rays import camera_frustum_mask, pixel_rays
 from nerfmine.optim import DeviceLossScaler, NGPAdam
 from nerfmine.provenance import device_name, git_commit
@@ -106,15 +112,15 @@ class Trainer:
                 config.data, scale=float(self.train_data.scale),
                 offset=tuple(float(v) for v in self.train_data.offset))
             self.config = config = dataclasses.replace(config, data=applied)
-            if self.train_data.aabb_scale > 1:
-                self.notes.append(
-                    f"aabb_scale {self.train_data.aabb_scale:g}: occupancy cascades are not "
-                    "implemented yet, so only the unit cube around the scene centre is modelled")
+        self.config = config = self._resolve_scene_box(config)
+        self.aabb_scale = float(config.data.aabb_scale)
         self._eval_data: SceneData | None = None
 
         torch.manual_seed(t.seed)
-        self.field = NGPField(config.model, backend=self.backend, seed=t.seed).to(self.device)
-        self.occupancy = OccupancyGrid(config.occupancy).to(self.device)
+        self.field = NGPField(config.model, backend=self.backend, seed=t.seed,
+                              aabb_scale=self.aabb_scale).to(self.device)
+        self.occupancy = OccupancyGrid(config.occupancy, aabb_scale=self.aabb_scale).to(
+            self.device)
         self.miner = HardSampleMiner(config.miner).to(self.device)
         self.optimizer = NGPAdam([self.field.table], self.field.mlp_parameters(), lr=t.lr,
                                  betas=t.betas, eps=t.eps, l2_reg=t.l2_reg, backend=self.backend)
@@ -142,6 +148,30 @@ class Trainer:
             self._mark_visible_cells()
 
     # ------------------------------------------------------------------ setup
+    def _resolve_scene_box(self, config: RunConfig) -> RunConfig:
+        """Fill in the scene's box, cascades and cone angle (instant-ngp's choices unless the
+        config sets them); config.json records the values used.
+
+        aabb_scale: the config's, else the training data's (transforms.json), else 1 (a run
+        loaded without data whose config predates the field: it modelled the unit cube), capped
+        at 128 as instant-ngp does."""
+        d, t, o = config.data, config.train, config.occupancy
+        aabb_scale = d.aabb_scale
+        if aabb_scale is None:
+            aabb_scale = float(self.train_data.aabb_scale) if self.train_data is not None else 1.0
+        aabb_scale = min(float(aabb_scale), float(2 ** (MAX_CASCADES - 1)))
+        cascades = o.cascades if o.cascades is not None else cascades_for_aabb_scale(aabb_scale)
+        cone = t.cone_angle if t.cone_angle is not None else default_cone_angle(aabb_scale)
+        if (self.train_data is not None and d.aabb_scale is None
+                and self.train_data.aabb_scale > 1):
+            self.notes.append(
+                f"aabb_scale {aabb_scale:g}: {cascades} occupancy cascades, exponential "
+                f"stepping with cone angle {cone:g}")
+        return dataclasses.replace(
+            config, data=dataclasses.replace(d, aabb_scale=aabb_scale),
+            occupancy=dataclasses.replace(o, cascades=cascades),
+            train=dataclasses.replace(t, cone_angle=float(cone)))
+
     def _mark_visible_cells(self) -> None:
         d = self.train_data
         centers = self.occupancy.cell_centers().to(self.device)
@@ -197,7 +227,8 @@ class Trainer:
         t = self.config.train
         return march_rays(origins, directions, self.occupancy.bitfield, step_size=t.step_size,
                           max_steps=t.max_steps_per_ray, capacity=t.target_samples,
-                          jitter=jitter, backend=self.backend)
+                          jitter=jitter, backend=self.backend, aabb_scale=self.aabb_scale,
+                          cone_angle=t.cone_angle)
 
     def _autocast(self):
         if self.use_amp:
@@ -337,7 +368,8 @@ class Trainer:
         t = self.config.train
         return RenderSettings(step_size=t.step_size, max_steps=t.max_steps_per_ray,
                               min_transmittance=t.min_transmittance,
-                              rays_per_chunk=t.eval_rays_per_chunk, backend=self.backend)
+                              rays_per_chunk=t.eval_rays_per_chunk, backend=self.backend,
+                              aabb_scale=self.aabb_scale, cone_angle=t.cone_angle)
 
     @torch.no_grad()
     def evaluate(self, save_dir: Path | None = None) -> EvalResult:
@@ -465,6 +497,9 @@ class Trainer:
         if not run_dir.is_dir():
             raise ConfigError(f"{run_dir}: no such run folder")
         state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        if state["config"].get("data", {}).get("aabb_scale") is None:
+            # Written before cascades: such a run modelled the unit cube whatever the data said.
+            state["config"].setdefault("data", {})["aabb_scale"] = 1.0
         saved = config_from_dict(state["config"])
         config = saved
         if overrides:

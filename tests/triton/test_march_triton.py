@@ -141,3 +141,71 @@ def test_n_active_matches_reference(device, n_active):
                      **(kw | {"n_active": torch.tensor(n_active)}))
     _assert_identical(out, ref)
     assert not out.ray_valid[n_active:].any()
+
+
+def _large_scene(n_rays, seed, aabb_scale):
+    """Rays through the box 0.5 +- aabb_scale / 2: from outside, from inside, axis-parallel."""
+    gen = torch.Generator().manual_seed(seed)
+    half = aabb_scale / 2
+    origins = 0.5 + half * 1.4 * torch.nn.functional.normalize(
+        torch.randn(n_rays, 3, generator=gen), dim=-1)
+    inside = torch.rand(n_rays, generator=gen) < 0.3
+    origins[inside] = 0.5 + (torch.rand(int(inside.sum()), 3, generator=gen) - 0.5) * 2 * half
+    targets = 0.5 + (torch.rand(n_rays, 3, generator=gen) - 0.5) * half
+    directions = torch.nn.functional.normalize(targets - origins + 1e-3, dim=-1)
+    if n_rays >= 3:
+        origins[0] = torch.tensor([0.3, 0.6, 0.5 - half - 0.4])
+        directions[0] = torch.tensor([0.0, 0.0, 1.0])
+        origins[1] = torch.tensor([0.5 + half + 1, 0.7, 0.2])
+        directions[1] = torch.tensor([-1.0, 0.0, 0.0])
+    return origins, directions, torch.rand(n_rays, generator=gen)
+
+
+def _cascade_grid(n_cascades, res, frac, seed):
+    gen = torch.Generator().manual_seed(seed + 200)
+    blocks = torch.rand(n_cascades, res // 4, res // 4, res // 4, generator=gen) < frac
+    grid = blocks.repeat_interleave(4, 1).repeat_interleave(4, 2).repeat_interleave(4, 3)
+    return grid | (torch.rand(grid.shape, generator=gen) < frac / 4)  # plus lone cells
+
+
+@pytest.mark.parametrize(("n_rays", "aabb_scale", "cone", "capacity"), [
+    (1, 2.0, 0.03, None),
+    (13, 4.0, 0.03, None),
+    (13, 4.0, 0.03, 150),
+    (67, 3.0, 0.05, 400),  # more rays than one program's lanes (EXP_BLOCK = 64)
+    (13, 4.0, 0.0, None),  # cascades with constant steps
+    (13, 4.0, 0.0, 90),
+    (13, 16.0, 0.05, None),
+])
+def test_cascades_and_exponential_steps_match_reference(device, n_rays, aabb_scale, cone,
+                                                        capacity):
+    from nerfmine.ops.march import cascades_for_aabb_scale
+
+    origins, directions, jitter = _large_scene(n_rays, seed=n_rays, aabb_scale=aabb_scale)
+    grid = _cascade_grid(cascades_for_aabb_scale(aabb_scale), 12, 0.3, seed=n_rays)
+    # Interpreted walks are slow: coarse steps, and cone angles above instant-ngp's 1/256 (the
+    # value does not change the code path), keep them short.
+    kw = dict(step_size=0.06, max_steps=40, capacity=capacity, jitter=jitter,
+              aabb_scale=aabb_scale, cone_angle=cone, max_step_size=0.4)
+    ref = march_rays(origins, directions, grid, **kw, backend="torch")
+    kw["jitter"] = jitter.to(device)
+    out = march_rays(origins.to(device), directions.to(device), grid.to(device), **kw,
+                     backend="triton")
+    _assert_identical(out, ref)
+    assert ref.n_samples.item() > 0
+    if cone > 0 and n_rays > 1:
+        n = ref.n_samples.item()
+        assert (ref.dt[:n] > ref.dt[:n].min()).any()  # the steps did grow
+
+
+def test_exponential_steps_with_n_active(device):
+    origins, directions, jitter = _large_scene(20, seed=5, aabb_scale=4.0)
+    grid = _cascade_grid(3, 8, 0.4, seed=5)
+    kw = dict(step_size=0.06, max_steps=30, capacity=300, aabb_scale=4.0, cone_angle=1 / 256)
+    ref = march_rays(origins, directions, grid, jitter=jitter, n_active=torch.tensor(7), **kw)
+    out = march_rays(origins.to(device), directions.to(device), grid.to(device),
+                     jitter=jitter.to(device), n_active=torch.tensor(7, device=device),
+                     backend="triton", **kw)
+    _assert_identical(out, ref)
+    assert not ref.ray_valid[7:].any() and (ref.ray_counts[7:] == 0).all()
+    assert ref.ray_counts[:7].sum() > 0

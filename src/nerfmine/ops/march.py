@@ -391,7 +391,7 @@ def _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat, n_c
     t = t_near + jitter * _step(t_near, cone_angle, step_size, max_step)  # [R]
     target = t_near.clone()  # [R]; candidates before it are skipped
     count = torch.zeros(n_rays, dtype=torch.int64, device=device)  # kept samples so far
-    alive_idx = torch.arange(n_rays, device=device)
+    alive_idx = torch.arange(n_rays, device=device)[t < t_far]  # [A], rays still walking
     kept_ray, kept_rank, kept_t, kept_dt, kept_pos = [], [], [], [], []
     while max_steps > 0 and alive_idx.numel() > 0:
         r = alive_idx
