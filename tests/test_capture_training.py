@@ -3,6 +3,7 @@ on the CPU at a high downscale: the CI smoke run of the real-capture path."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import shared_data_dir
 
 from nerfmine.config import make_config
@@ -22,16 +24,35 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_fox_trains_with_the_every_eighth_holdout(tmp_path):
-    config = make_config("cpu", {"data": {"path": str(SHARED / "fox"), "downscale": 8},
+    # Small enough for a CPU: 3 cascades of 32^3 cells, at most 256 samples per ray.
+    config = make_config("cpu", {"data": {"path": str(SHARED / "fox"), "downscale": 16},
                                  "model": {"log2_table_size": 12, "n_levels": 8},
-                                 "train": {"max_steps": 20, "target_samples": 4096,
-                                           "eval_max_images": 2, "save_renders": False}})
+                                 "occupancy": {"resolution": 32},
+                                 "train": {"max_steps": 17, "target_samples": 4096,
+                                           "max_steps_per_ray": 256,
+                                           "eval_max_images": 1, "save_renders": False}})
     trainer = Trainer(config, tmp_path)
     assert len(trainer.train_data) == 43 and len(trainer.eval_data) == 7
     assert trainer.train_data.camera_model == "opencv"
-    assert any("aabb_scale" in note for note in trainer.notes)
+    # The fox's aabb_scale 4: the box [-1.5, 2.5]^3, 3 cascades, instant-ngp's cone angle 1/256.
+    assert any("aabb_scale 4: 3 occupancy cascades" in note for note in trainer.notes)
+    assert trainer.occupancy.bitfield.shape == (3, 32, 32, 32)
+    assert trainer.field.aabb_scale == 4.0
     metrics = trainer.train()
-    assert metrics["steps"] == 20 and math.isfinite(metrics["psnr"])
+    assert metrics["steps"] == 17 and math.isfinite(metrics["psnr"])
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["data"]["aabb_scale"] == 4.0 and saved["occupancy"]["cascades"] == 3
+    assert saved["train"]["cone_angle"] == 1 / 256
+    # Samples of a training batch lie in the box and their steps grow with distance.
+    origins, directions, _, _, jitter = trainer._draw_rays(256)
+    samples = trainer._march(origins, directions, jitter)
+    n = int(samples.n_samples)
+    assert n > 0 and ((samples.positions[:n] >= -1.5) & (samples.positions[:n] <= 2.5)).all()
+    assert samples.dt[:n].max() > samples.dt[:n].min()
+    # A run loads back for rendering with the same box and cascades.
+    loaded = Trainer.from_run_dir(tmp_path)
+    assert loaded.aabb_scale == 4.0 and loaded.occupancy.n_cascades == 3
+    assert torch.equal(loaded.occupancy.bitfield, trainer.occupancy.bitfield)
 
 
 def test_missing_frames_are_reported_and_can_be_skipped(tmp_path):

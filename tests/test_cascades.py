@@ -271,3 +271,50 @@ def test_exponential_walk_misses_inactive_rays_and_capacity():
     assert int(small.n_samples) == int(full.ray_counts[1])
     n = int(small.n_samples)
     assert torch.equal(small.t[:n], full.t[:n]) and small.dt[n:].eq(0).all()
+
+
+def test_segmented_walk_continues_one_long_walk():
+    """t_start = t + dt of the last sample resumes the walk exactly: the segments' samples are
+    those of one march (what the renderer relies on)."""
+    occ = _blobby_cascades(3, 16, seed=1)
+    origins, directions, _ = _large_scene_rays(7, seed=2, aabb_scale=4.0)
+    kw = dict(step_size=math.sqrt(3) / 256, capacity=None, aabb_scale=4.0, cone_angle=1 / 64)
+    whole = march_rays(origins, directions, occ, max_steps=90, **kw)
+    first = march_rays(origins, directions, occ, max_steps=30, **kw)
+    last = first.ray_starts + first.ray_counts - 1
+    rest = march_rays(origins, directions, occ, max_steps=60,
+                      t_start=first.t[last] + first.dt[last], **kw)
+    for r in range(7):
+        a = whole.t[whole.ray_starts[r]:whole.ray_starts[r] + whole.ray_counts[r]]
+        b = first.t[first.ray_starts[r]:first.ray_starts[r] + first.ray_counts[r]]
+        if int(first.ray_counts[r]) == 30:
+            c = rest.t[rest.ray_starts[r]:rest.ray_starts[r] + rest.ray_counts[r]]
+            b = torch.cat([b, c])
+        assert torch.equal(a, b), r
+    assert int(whole.n_samples) > int(first.n_samples)
+
+
+def test_render_with_exponential_steps_matches_one_march():
+    """The segmented renderer equals compositing one whole march (no early termination hit)."""
+    from nerfmine.ops.composite import composite
+    from nerfmine.render import RenderSettings, render_rays
+
+    occ = _blobby_cascades(3, 16, seed=5)
+    origins, directions, _ = _large_scene_rays(11, seed=6, aabb_scale=4.0)
+
+    class Faint(torch.nn.Module):
+        def forward(self, p, d):
+            s = torch.full((p.shape[0], 1), -3.0) + 0.3 * p[:, :1]  # thin: T stays high
+            return torch.cat([s, p.sin()], dim=-1)
+
+    settings = RenderSettings(step_size=math.sqrt(3) / 256, max_steps=200, min_transmittance=0,
+                              rays_per_chunk=5, aabb_scale=4.0, cone_angle=1 / 128)
+    bg = torch.rand(11, 3, generator=torch.Generator().manual_seed(0))
+    rgb, opacity, depth = render_rays(Faint(), occ, origins, directions, bg, settings)
+    s = march_rays(origins, directions, occ, step_size=settings.step_size, max_steps=200,
+                   capacity=None, aabb_scale=4.0, cone_angle=1 / 128)
+    want_rgb, want_opacity, want_depth = composite(Faint()(s.positions, s.directions), s, bg,
+                                                   min_transmittance=0)
+    assert torch.allclose(rgb, want_rgb, atol=1e-5) and torch.allclose(depth, want_depth,
+                                                                      atol=1e-4)
+    assert torch.allclose(opacity, want_opacity, atol=1e-5) and (opacity > 0.01).any()

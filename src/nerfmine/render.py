@@ -110,15 +110,49 @@ def _evaluate(field, samples, settings) -> torch.Tensor:
 
 
 def _render_whole(field, occupancy, origins, directions, background, settings):
-    """Exponential stepping: one march of the whole ray (the walk's empty-cell skipping carries
-    state along the ray, so it is not cut into segments), the training marcher's samples without
-    jitter, then compositing with early termination."""
-    samples = march_rays(origins, directions, occupancy, step_size=settings.step_size,
-                         max_steps=settings.max_steps, capacity=None, backend=settings.backend,
-                         aabb_scale=settings.aabb_scale, cone_angle=settings.cone_angle)
-    raw = _evaluate(field, samples, settings)
-    return composite(raw, samples, background, backend=settings.backend,
-                     min_transmittance=settings.min_transmittance)
+    """Exponential stepping, in segments of growing sample counts that retire opaque rays.
+
+    The first segment starts each walk as the training marcher does (no jitter); a ray whose
+    segment was full continues at ``t + dt`` of its last sample, exactly the next candidate of
+    one long walk (after a kept sample no empty-cell skip is pending), so the samples are those
+    of one march of at most ``max_steps`` samples. Segments are chained by transmittance as in
+    :func:`_render_chunk`.
+    """
+    n_rays = origins.shape[0]
+    device = origins.device
+    transmittance = torch.ones(n_rays, device=device)  # [R]
+    colour = torch.zeros(n_rays, 3, device=device)  # [R, 3]
+    depth = torch.zeros(n_rays, device=device)  # [R]
+    t_next = torch.zeros(n_rays, device=device)  # [R], where a continued walk resumes
+    active = torch.arange(n_rays, device=device)  # [A]
+    k0, segment, first = 0, 32, True
+    while active.numel() > 0 and k0 < settings.max_steps:
+        steps = min(segment, settings.max_steps - k0)
+        samples = march_rays(origins[active], directions[active], occupancy,
+                             step_size=settings.step_size, max_steps=steps, capacity=None,
+                             backend=settings.backend, aabb_scale=settings.aabb_scale,
+                             cone_angle=settings.cone_angle,
+                             t_start=None if first else t_next[active])
+        raw = _evaluate(field, samples, settings)
+        zeros = torch.zeros(active.numel(), 3, device=device)
+        seg_rgb, seg_opacity, seg_depth = composite(
+            raw, samples, zeros, backend=settings.backend,
+            min_transmittance=settings.min_transmittance)
+        t_run = transmittance[active]  # [A]
+        colour[active] += t_run[:, None] * seg_rgb
+        depth[active] += t_run * seg_depth  # t is measured from the same origins
+        transmittance[active] = t_run * (1.0 - seg_opacity)
+        counts = samples.ray_counts  # [A]
+        last = (samples.ray_starts + counts - 1).clamp(min=0)  # [A]
+        if samples.capacity > 0:
+            t_next[active] = samples.t[last] + samples.dt[last]
+        k0 += steps
+        first = False
+        alive = (counts == steps) & (transmittance[active] >= settings.min_transmittance)
+        active = active[alive]
+        segment = min(segment * 2, 256)
+    opacity = 1.0 - transmittance
+    return colour + transmittance[:, None] * background, opacity, depth
 
 
 @torch.no_grad()

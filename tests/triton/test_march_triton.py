@@ -209,3 +209,15 @@ def test_exponential_steps_with_n_active(device):
     _assert_identical(out, ref)
     assert not ref.ray_valid[7:].any() and (ref.ray_counts[7:] == 0).all()
     assert ref.ray_counts[:7].sum() > 0
+
+
+def test_exponential_walk_continued_from_t_start(device):
+    origins, directions, _ = _large_scene(13, seed=8, aabb_scale=4.0)
+    grid = _cascade_grid(3, 8, 0.4, seed=8)
+    t_start = torch.rand(13, generator=torch.Generator().manual_seed(1)) * 3
+    kw = dict(step_size=0.06, max_steps=25, capacity=None, aabb_scale=4.0, cone_angle=0.03)
+    ref = march_rays(origins, directions, grid, t_start=t_start, **kw)
+    out = march_rays(origins.to(device), directions.to(device), grid.to(device),
+                     t_start=t_start.to(device), backend="triton", **kw)
+    _assert_identical(out, ref)
+    assert ref.n_samples.item() > 0

@@ -177,6 +177,7 @@ def march_rays(
     aabb_scale: float = 1.0,
     cone_angle: float = 0.0,
     max_step_size: float | None = None,
+    t_start: Tensor | None = None,
 ) -> PackedSamples:
     """March rays through the scene's box, keeping candidates in occupied cells.
 
@@ -218,6 +219,9 @@ def march_rays(
             uses 1/256 for aabb_scale > 1).
         max_step_size: the largest step with ``cone_angle > 0``; None for instant-ngp's
             :func:`default_max_step_size` of the occupancy resolution.
+        t_start: [R] float32, ``cone_angle > 0`` only: the first candidate of each walk instead
+            of ``t_near + u dt(t_near)``. ``t + dt`` of a ray's last sample continues its walk
+            exactly where a call with ``max_steps`` samples stopped (segmented rendering).
         n_active: optional 0-dim integer device tensor: only rays ``r < n_active`` are
             marched; the others get no samples and ``ray_valid`` False. It lets a caller with
             a fixed number of ray slots (a captured CUDA graph) choose the ray count on device.
@@ -226,6 +230,8 @@ def march_rays(
         raise ValueError(f"march_rays: unknown backend {backend!r}; use 'torch' or 'triton'")
     if not cone_angle >= 0:
         raise ValueError(f"march_rays: cone_angle must be >= 0, got {cone_angle}")
+    if t_start is not None and not cone_angle > 0:
+        raise ValueError("march_rays: t_start continues an exponential walk (cone_angle > 0)")
     if backend == "triton":
         from nerfmine.ops._triton.march import march_rays_triton
 
@@ -241,6 +247,7 @@ def march_rays(
             cone_angle=cone_angle,
             max_step_size=max_step_size,
             n_active=n_active,
+            t_start=t_start,
         )
 
     occ_flat, n_cascades, res = _flat_occupancy(occupancy)
@@ -267,7 +274,8 @@ def march_rays(
             max_step_size = default_max_step_size(res)
         return _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat,
                                   n_cascades, res, float(step_size), float(cone_angle),
-                                  float(max_step_size), int(max_steps), capacity, active)
+                                  float(max_step_size), int(max_steps), capacity, active,
+                                  t_start)
     chunk = max(1, _CANDIDATES_PER_CHUNK // max(1, max_steps))
 
     def candidates(lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -360,6 +368,16 @@ def _step(t: Tensor, cone_angle: float, min_step: float, max_step: float) -> Ten
     return (t * cone_angle).clamp(min=min_step, max=max_step)
 
 
+def walk_start(t_near: Tensor, jitter: Tensor, step_size: float, cone_angle: float,
+               max_step: float, t_start: Tensor | None = None) -> Tensor:
+    """First candidate of each exponential walk: ``t_near + u * dt(t_near)`` (instant-ngp's
+    jittered start), or ``t_start``. Both backends take it from here. # [R] float32"""
+    step_size, cone_angle, max_step = (_fp32(v) for v in (step_size, cone_angle, max_step))
+    if t_start is not None:
+        return t_start.to(device=t_near.device, dtype=torch.float32).clone()
+    return t_near + jitter * _step(t_near, cone_angle, step_size, max_step)
+
+
 def _distance_to_next_voxel(px, py, pz, dx, dy, dz, ix, iy, iz, mip, res: int) -> Tensor:
     """instant-ngp's ``distance_to_next_voxel`` in the cells of cascade ``mip`` (DDA): the ray
     distance to the nearest cell boundary ahead, >= 0. ``i*`` are 1 / direction; axes with a zero
@@ -379,7 +397,7 @@ def _distance_to_next_voxel(px, py, pz, dx, dy, dz, ix, iy, iz, mip, res: int) -
 
 def _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat, n_cascades, res,
                        step_size, cone_angle, max_step, max_steps, capacity,
-                       active=None) -> PackedSamples:
+                       active=None, t_start=None) -> PackedSamples:
     """The ``cone_angle > 0`` walk of :func:`march_rays` (reference): every live ray advances one
     candidate per iteration; kept samples are gathered, then packed in ray order."""
     device = origins.device
@@ -388,7 +406,7 @@ def _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat, n_c
     step_size, cone_angle, max_step = (_fp32(v) for v in (step_size, cone_angle, max_step))
     safe = torch.where(directions == 0, 1.0, directions)
     inv_dir = 1.0 / safe  # [R, 3]; unused where the direction is 0
-    t = t_near + jitter * _step(t_near, cone_angle, step_size, max_step)  # [R]
+    t = walk_start(t_near, jitter, step_size, cone_angle, max_step, t_start)  # [R]
     target = t_near.clone()  # [R]; candidates before it are skipped
     count = torch.zeros(n_rays, dtype=torch.int64, device=device)  # kept samples so far
     alive_idx = torch.arange(n_rays, device=device)[t < t_far]  # [A], rays still walking

@@ -41,6 +41,7 @@ from nerfmine.ops.march import (
     aabb_bounds,
     default_max_step_size,
     ray_slots_active,
+    walk_start,
 )
 
 # Candidates examined at once by one program. 128 candidates x 3 coordinates fit in registers of
@@ -201,7 +202,7 @@ def _axis_distance(p, d, inv, cell):
 
 @triton.jit
 def _exponential_walk_kernel(
-    origins_ptr, directions_ptr, inv_dir_ptr, t_near_ptr, t_far_ptr, jitter_ptr, occ_ptr,
+    origins_ptr, directions_ptr, inv_dir_ptr, t_start_ptr, t_far_ptr, t_near_ptr, occ_ptr,
     counts_ptr, ray_starts_ptr, ray_fits_ptr,
     positions_ptr, sample_dirs_ptr, ts_ptr, dts_ptr, ray_ids_ptr,
     n_rays, max_steps, step_size, cone_angle, max_step, inv_res,
@@ -222,9 +223,8 @@ def _exponential_walk_kernel(
     iz = tl.load(inv_dir_ptr + rays * 3 + 2, mask=valid, other=1.0)
     t_near = tl.load(t_near_ptr + rays, mask=valid, other=0.0)
     t_far = tl.load(t_far_ptr + rays, mask=valid, other=0.0)
-    u = tl.load(jitter_ptr + rays, mask=valid, other=0.0)
+    t = tl.load(t_start_ptr + rays, mask=valid, other=0.0)  # march.walk_start, from torch
     fres = RES * 1.0
-    t = t_near + u * _step(t_near, cone_angle, step_size, max_step)
     target = t_near
     count = tl.zeros([BLOCK], dtype=tl.int32)
     alive = valid & (t < t_far) & (count < max_steps)
@@ -324,6 +324,7 @@ def march_rays_triton(
     aabb_scale: float = 1.0,
     cone_angle: float = 0.0,
     max_step_size: float | None = None,
+    t_start: torch.Tensor | None = None,
 ) -> PackedSamples:
     """Triton twin of ``march_rays(..., backend="torch")``; see that function for the contract.
 
@@ -353,6 +354,7 @@ def march_rays_triton(
         max_step = default_max_step_size(res) if max_step_size is None else float(max_step_size)
         safe = torch.where(directions == 0, 1.0, directions)
         inv_dir = (1.0 / safe).contiguous()  # [R, 3], as the reference computes it
+        t0 = walk_start(t_near, jitter, step_size, cone_angle, max_step, t_start).contiguous()
         walk_args = (n_rays, max_steps, step_size, float(cone_angle), max_step, 1.0 / res)
         grid = (triton.cdiv(n_rays, EXP_BLOCK),)
         walk = dict(RES=res, N_CASCADES=n_cascades, BLOCK=EXP_BLOCK,
@@ -364,7 +366,7 @@ def march_rays_triton(
     counts = torch.empty(n_rays, dtype=torch.int64, device=device)  # [R]
     if n_rays > 0 and exponential:
         _exponential_walk_kernel[grid](
-            origins, directions, inv_dir, t_near, t_far, jitter, occ, counts, counts, counts,
+            origins, directions, inv_dir, t0, t_far, t_near, occ, counts, counts, counts,
             origins, origins, t_near, t_near, counts, *walk_args, WRITE=False, **walk,
         )
     elif n_rays > 0:
@@ -391,7 +393,7 @@ def march_rays_triton(
     ray_ids = torch.empty(capacity, dtype=torch.int64, device=device)
     if n_rays > 0 and capacity > 0 and exponential:
         _exponential_walk_kernel[grid](
-            origins, directions, inv_dir, t_near, t_far, jitter, occ, counts, ray_starts, fits,
+            origins, directions, inv_dir, t0, t_far, t_near, occ, counts, ray_starts, fits,
             positions, sample_dirs, ts, dts, ray_ids, *walk_args, WRITE=True, **walk,
         )
     elif n_rays > 0 and capacity > 0:
