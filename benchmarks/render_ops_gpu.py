@@ -159,6 +159,26 @@ def main() -> int:
     timings["march_triton_ms"] = bench(
         lambda: march_rays_triton(origins, directions, occupancy, **march_kw)
     )
+    # Cascades and exponential stepping (aabb_scale 4: 3 cascades, cone angle 1/256), rays from
+    # the same cameras; a subset of the rays keeps the torch reference's walk affordable.
+    cascades = (torch.rand(3, args.res, args.res, args.res, generator=gen) < args.occupied)
+    cascades = cascades.to(device)
+    n_large = min(args.rays, 1 << 14)
+    large_kw = dict(step_size=step_size, max_steps=args.max_steps, capacity=args.capacity,
+                    jitter=jitter[:n_large], aabb_scale=4.0, cone_angle=1.0 / 256.0)
+    large_args = (origins[:n_large], directions[:n_large], cascades)
+    ref_large = march_rays(*large_args, **large_kw, backend="torch")
+    out_large = march_rays(*large_args, **large_kw, backend="triton")
+    checks["march_cascades_exponential"] = {
+        "pass": all(bool(torch.equal(getattr(out_large, f), getattr(ref_large, f))) for f in (
+            "positions", "directions", "t", "dt", "ray_ids", "ray_starts", "ray_counts",
+            "ray_valid", "n_samples")),
+        "rays": n_large,
+        "n_samples": int(ref_large.n_samples.item()),
+    }
+    timings["march_cascades_exponential_triton_ms"] = bench(
+        lambda: march_rays(*large_args, **large_kw, backend="triton")
+    )
     timings["march_torch_ms"] = bench(
         lambda: march_rays(origins, directions, occupancy, **march_kw, backend="torch")
     )
