@@ -58,6 +58,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, default=None,
                        help="JSON file of config overrides (nested like config.json)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--no-cuda-graphs", action="store_true",
+                       help="launch each step's kernels one by one instead of replaying a "
+                            "captured CUDA graph (for profiling and debugging)")
 
     bench = sub.add_parser(
         "bench", help="train the baseline (--mining none) and hard sample mining side by side")
@@ -74,6 +77,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                        help="combine metrics.json / bench.json files of arms run separately")
     bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--no-cuda-graphs", action="store_true",
+                       help="launch each step's kernels one by one (no CUDA graphs)")
 
     from nerfmine import export_cli, render_cli
 
@@ -130,6 +135,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["mining"] = args.mining
     if args.backend is not None:
         overrides["backend"] = args.backend
+    if getattr(args, "no_cuda_graphs", False):
+        overrides["train"]["cuda_graphs"] = False
     return overrides
 
 

@@ -119,6 +119,10 @@ class TrainConfig:
     """Evaluate only the first N images of the evaluation split (None: all, as the protocol)."""
     save_renders: bool = True
     """Write the final evaluation's renders as PNG."""
+    cuda_graphs: bool = True
+    """Replay each training step as a captured CUDA graph (CUDA with the triton backend only):
+    one launch instead of hundreds. The ray count and the mining buffer then live on fixed,
+    bucketed sizes; see docs/design.md, "CUDA graphs"."""
 
 
 @dataclass(frozen=True)
@@ -319,6 +323,7 @@ RESUMABLE_CHANGES = {
     ("train", "eval_max_images"),
     ("train", "save_renders"),
     ("train", "eval_rays_per_chunk"),
+    ("train", "cuda_graphs"),
 }
 
 
