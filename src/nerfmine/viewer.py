@@ -35,8 +35,11 @@ browser is moving the camera.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import errno
+import io
 import math
 import socket
 import threading
@@ -177,11 +180,19 @@ class FieldRenderer:
     loads the latest one into the copy.
     """
 
-    def __init__(self, trainer, background=(1.0, 1.0, 1.0), rays_per_chunk: int | None = None):
+    def __init__(self, trainer, background=(1.0, 1.0, 1.0), rays_per_chunk: int | None = None,
+                 coarse_factor: float | None = None):
         self.device = trainer.device
         self.field = copy.deepcopy(trainer.field)
         self.field.requires_grad_(False)
         self.settings = trainer.render_settings()
+        # Frames of a moving camera march with steps this many times longer (fewer network
+        # evaluations; 4 on a CPU, 1 on a GPU); a still camera's frame uses the run's step.
+        if coarse_factor is None:
+            coarse_factor = 4.0 if self.device.type == "cpu" else 1.0
+        self.coarse_settings = dataclasses.replace(
+            self.settings, step_size=self.settings.step_size * coarse_factor,
+            max_steps=max(1, math.ceil(self.settings.max_steps / coarse_factor)))
         if rays_per_chunk is None:  # small chunks on a CPU, so a moved camera aborts quickly
             rays_per_chunk = 4096 if self.device.type == "cpu" else 1 << 16
         self.rays_per_chunk = int(rays_per_chunk)
@@ -219,10 +230,12 @@ class FieldRenderer:
         return True
 
     @torch.no_grad()
-    def render(self, camera: ViewCamera, width: int, height: int,
-               should_abort=None) -> np.ndarray | None:
+    def render(self, camera: ViewCamera, width: int, height: int, should_abort=None,
+               coarse: bool = False) -> np.ndarray | None:
         """RGB uint8 [height, width, 3] of ``camera``; None if ``should_abort()`` turned true
-        between two chunks of rays."""
+        between two chunks of rays. ``coarse``: march with the longer steps of a moving
+        camera."""
+        settings = self.coarse_settings if coarse else self.settings
         from nerfmine.ops.rays import image_rays
         from nerfmine.render import render_rays
 
@@ -237,7 +250,7 @@ class FieldRenderer:
             stop = start + self.rays_per_chunk
             rgb, _, _ = render_rays(self.field, self.bitfield, origins[start:stop],
                                     directions[start:stop],
-                                    bg.expand(origins[start:stop].shape[0], 3), self.settings)
+                                    bg.expand(origins[start:stop].shape[0], 3), settings)
             parts.append(rgb)
             if should_abort is not None and should_abort():
                 return None
@@ -319,7 +332,7 @@ class Viewer:
         self.title = title
         self.trainer = trainer
         self.frames_sent = 0
-        self.last_frame_size: tuple[int, int] | None = None
+        self.last_frame: np.ndarray | None = None  # the last image sent to a browser
         self.pixels_per_second = 2.0e4 if cpu else 2.0e6  # refined by every render
         self.server = None
         self._states: dict[int, _ClientState] = {}
@@ -341,7 +354,8 @@ class Viewer:
     def start(self) -> Viewer:
         viser = import_viser()
         check_port(self.host, self.port)
-        server = viser.ViserServer(host=self.host, port=self.port, verbose=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # viser's own banner: we print ours
+            server = viser.ViserServer(host=self.host, port=self.port, verbose=False)
         if server.get_port() != self.port:  # viser moves on to the next port when it is taken
             server.stop()
             raise NerfmineError(f"port {self.port} is already in use on {self.host}; choose a "
@@ -365,8 +379,9 @@ class Viewer:
             self._thread.join(timeout=30.0)
             self._thread = None
         if self.server is not None:
-            self.server.stop()
-            self.server = None
+            server, self.server = self.server, None
+            with contextlib.redirect_stdout(io.StringIO()):  # "(viser) Server stopped"
+                server.stop()
 
     def __enter__(self) -> Viewer:
         return self.start()
@@ -390,7 +405,8 @@ class Viewer:
         if self.cameras is not None and len(self.cameras.c2w):
             params = cp.default_path_params(self.cameras.c2w, center)
             up = params.up
-            eye = self.cameras.c2w[0, :3, 3]
+            # Behind the first training camera, so its frustum does not fill the view.
+            eye = center + 1.5 * (self.cameras.c2w[0, :3, 3] - center)
             fov = self.cameras.fov_y
             distance = float(np.linalg.norm(self.cameras.c2w[:, :3, 3] - center, axis=-1).mean())
             idx = np.unique(np.round(np.linspace(0, len(self.cameras.c2w) - 1,
@@ -399,8 +415,8 @@ class Viewer:
                 wxyz, pos = c2w_to_viser(self.cameras.c2w[i])
                 server.scene.add_camera_frustum(
                     f"/training_cameras/{i:05d}", fov=self.cameras.fov_y,
-                    aspect=self.cameras.aspect, scale=0.08 * distance,
-                    thickness=0.004 * distance, color=(40, 90, 200), wxyz=wxyz, position=pos)
+                    aspect=self.cameras.aspect, scale=0.06 * distance, thickness=1.5,
+                    thickness_units="screen", color=(40, 90, 200), wxyz=wxyz, position=pos)
         server.scene.set_up_direction(tuple(float(v) for v in up))
         server.initial_camera.up = tuple(float(v) for v in up)
         server.initial_camera.position = tuple(float(v) for v in eye)
@@ -502,28 +518,29 @@ class Viewer:
         view = ViewCamera.from_viser(camera)
         still = now - state.moved_at >= STILL_SECONDS
         if state.long_side == 0:
-            long_side = self._moving_side(view)
+            still = False  # a first, quick frame for a new camera
         elif still and state.long_side < self.max_res:
-            long_side = self.max_res
-        elif state.version != self.renderer.version:
-            long_side = self.max_res if still else self._moving_side(view)
-        else:
+            pass
+        elif state.version == self.renderer.version:
             return  # the loop polls again shortly, to refine once the camera is still
+        long_side = self.max_res if still else self._moving_side(view)
         width, height = view.size(long_side)
         t0 = time.perf_counter()
         image = self.renderer.render(view, width, height,
                                      should_abort=lambda: self._camera_key(camera) != key
-                                     or self._stop.is_set())
+                                     or self._stop.is_set(), coarse=not still)
         seconds = time.perf_counter() - t0
         if image is None:
             self._wake.set()
             return
-        rate = width * height / max(seconds, 1e-4)
-        self.pixels_per_second = 0.5 * self.pixels_per_second + 0.5 * rate
+        if not still:
+            rate = width * height / max(seconds, 1e-4)
+            self.pixels_per_second = 0.5 * self.pixels_per_second + 0.5 * rate
         client.scene.set_background_image(image, format="jpeg", jpeg_quality=90)
-        state.long_side, state.version = long_side, self.renderer.version
+        state.long_side = long_side if still else min(long_side, self.max_res - 1)
+        state.version = self.renderer.version
         self.frames_sent += 1
-        self.last_frame_size = (width, height)
+        self.last_frame = image
         if self._render_info is not None:
             self._render_info.content = (f"render: {width}x{height} in {seconds * 1000:.0f} ms "
                                          f"(weights of step {self.renderer.step})")
