@@ -406,7 +406,7 @@ class Viewer:
             params = cp.default_path_params(self.cameras.c2w, center)
             up = params.up
             # Behind the first training camera, so its frustum does not fill the view.
-            eye = center + 1.5 * (self.cameras.c2w[0, :3, 3] - center)
+            eye = center + 1.25 * (self.cameras.c2w[0, :3, 3] - center)
             fov = self.cameras.fov_y
             distance = float(np.linalg.norm(self.cameras.c2w[:, :3, 3] - center, axis=-1).mean())
             idx = np.unique(np.round(np.linspace(0, len(self.cameras.c2w) - 1,
