@@ -326,7 +326,7 @@ class Viewer:
         self.renderer = renderer
         self.cameras = cameras
         self.host, self.port = host, int(port)
-        self.max_res = int(max_res) if max_res else (256 if cpu else 1024)
+        self.max_res = int(max_res) if max_res else (128 if cpu else 1024)
         self.target_seconds = target_seconds or (0.25 if cpu else 0.05)
         self.refresh_seconds = float(refresh_seconds)
         self.title = title
@@ -415,7 +415,7 @@ class Viewer:
                 wxyz, pos = c2w_to_viser(self.cameras.c2w[i])
                 server.scene.add_camera_frustum(
                     f"/training_cameras/{i:05d}", fov=self.cameras.fov_y,
-                    aspect=self.cameras.aspect, scale=0.06 * distance, thickness=1.5,
+                    aspect=self.cameras.aspect, scale=0.04 * distance, thickness=1.5,
                     thickness_units="screen", color=(40, 90, 200), wxyz=wxyz, position=pos)
         server.scene.set_up_direction(tuple(float(v) for v in up))
         server.initial_camera.up = tuple(float(v) for v in up)
@@ -564,7 +564,7 @@ def add_parser(subparsers):
     p.add_argument("run_dir", type=Path, help="run folder holding checkpoint.pt")
     add_server_args(p, prefix="")
     p.add_argument("--max-res", type=int, default=None,
-                   help="long side in pixels of a still view's render (default 256 on a CPU, "
+                   help="long side in pixels of a still view's render (default 128 on a CPU, "
                         "1024 on a GPU)")
     p.add_argument("--background", default="white",
                    help="white (default), black, or r,g,b with each value in [0, 1]")
