@@ -32,8 +32,14 @@ def _find(*names: str) -> str | None:
     return None
 
 
-CHROMIUM = os.environ.get("NERFMINE_CHROMIUM") or _find("chromium", "chromium-browser")
-CHROMEDRIVER = os.environ.get("NERFMINE_CHROMEDRIVER") or _find("chromedriver")
+def _from_env(name: str) -> str | None:
+    """A path from the environment, if it names an existing file (overrides the PATH search)."""
+    path = os.environ.get(name)
+    return path if path and os.path.isfile(path) else None
+
+
+CHROMIUM = _from_env("NERFMINE_CHROMIUM") or _find("chromium", "chromium-browser")
+CHROMEDRIVER = _from_env("NERFMINE_CHROMEDRIVER") or _find("chromedriver")
 _missing = [what for what, ok in (
     ("chromium (apt-get install chromium)", CHROMIUM),
     ("chromedriver (apt-get install chromium-driver)", CHROMEDRIVER),
