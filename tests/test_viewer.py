@@ -175,6 +175,27 @@ def test_cpu_render_is_quick(block_trainer):
     assert time.process_time() - t0 < 3.0
 
 
+def test_share_step_lock_excludes_renders_from_training_steps(block_trainer, monkeypatch):
+    """On CUDA, training steps and render work take turns (a step may be captured as a CUDA
+    graph); checked here on the CPU with the same wrapping."""
+    trainer = block_trainer
+    held = []
+    monkeypatch.setattr(trainer, "train_step", lambda: held.append(lock.locked()) or "stats")
+    renderer = viewer.FieldRenderer(trainer)
+    lock = renderer.share_step_lock(trainer)
+    assert trainer.train_step() == "stats" and held == [True] and not lock.locked()
+    seen = []
+
+    def abort():
+        seen.append(lock.locked())
+        return False
+
+    _set_block(trainer, (0.5, 0.5, 0.5))
+    cam = viewer.ViewCamera(np.eye(4), 0.8, 1.0)
+    assert renderer.render(cam, 8, 8, should_abort=abort) is not None
+    assert seen == [False]  # released between chunks, so steps go on while a frame renders
+
+
 # --------------------------------------------------------------------------- ports, messages
 def test_port_in_use_is_named():
     with socket.socket() as busy:

@@ -28,9 +28,11 @@ bitfield at most every ``refresh_seconds`` and only while a browser is connected
 thread copies that snapshot into its field before its next frame. No lock is shared with the
 training step, no EMA swap happens (``Trainer.ema_weights`` swaps in place and would race), and
 with no browser connected the training loop does nothing extra. On a GPU the clone is
-enqueued on the training thread's stream without a host synchronisation; renders share the
-device (and on a CPU the cores) with training, so they slow the training clock while a
-browser is moving the camera.
+enqueued on the training thread's stream without a host synchronisation, and training steps
+and render chunks take turns through a lock (:meth:`FieldRenderer.share_step_lock`), since a
+step may be captured as a CUDA graph and work from another thread during a capture would break
+it. Renders share the device (and on a CPU the cores) with training, so they slow the
+training clock while a browser is moving the camera.
 """
 
 from __future__ import annotations
@@ -203,6 +205,9 @@ class FieldRenderer:
         self.step = int(trainer.step)
         self.version = 0
         self._lock = threading.Lock()  # guards only the hand-over of a snapshot
+        # Held around every piece of device work of a render; share_step_lock makes training
+        # steps take it too (CUDA: no render work may be enqueued while a step is captured).
+        self.device_lock: Any = contextlib.nullcontext()
         self._pending = None
         self.publish(trainer)
         self.take_pending()
@@ -222,7 +227,7 @@ class FieldRenderer:
         if snapshot is None:
             return False
         ema, bitfield, step = snapshot
-        with torch.no_grad():
+        with torch.no_grad(), self.device_lock:
             for p, e in zip(self.field.parameters(), ema, strict=True):
                 p.copy_(e)
         self.bitfield, self.step = bitfield, step
@@ -241,21 +246,45 @@ class FieldRenderer:
 
         c2w = torch.as_tensor(camera.c2w, dtype=torch.float64).clone()
         c2w[:3, 3] = c2w[:3, 3] * self.scale + torch.from_numpy(self.offset.copy())
-        c2w = c2w.float().to(self.device)
         fy = 0.5 * height / math.tan(0.5 * camera.fov_y)
-        origins, directions = image_rays(c2w, fy, fy, 0.5 * width, 0.5 * height, width, height)
-        bg = torch.tensor(self.background, dtype=torch.float32, device=self.device)
+        with self.device_lock:
+            c2w = c2w.float().to(self.device)
+            origins, directions = image_rays(c2w, fy, fy, 0.5 * width, 0.5 * height, width,
+                                             height)
+            bg = torch.tensor(self.background, dtype=torch.float32, device=self.device)
         parts = []
         for start in range(0, origins.shape[0], self.rays_per_chunk):
             stop = start + self.rays_per_chunk
-            rgb, _, _ = render_rays(self.field, self.bitfield, origins[start:stop],
-                                    directions[start:stop],
-                                    bg.expand(origins[start:stop].shape[0], 3), settings)
+            with self.device_lock:
+                rgb, _, _ = render_rays(self.field, self.bitfield, origins[start:stop],
+                                        directions[start:stop],
+                                        bg.expand(origins[start:stop].shape[0], 3), settings)
             parts.append(rgb)
             if should_abort is not None and should_abort():
                 return None
-        rgb = torch.cat(parts).view(height, width, 3).clamp(0, 1)
-        return (rgb.cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        with self.device_lock:
+            rgb = torch.cat(parts).view(height, width, 3).clamp(0, 1)
+            return (rgb.cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+    def share_step_lock(self, trainer) -> threading.Lock:
+        """Make ``trainer``'s training steps and this renderer's device work exclude each other.
+
+        For CUDA training: a step may be captured as a CUDA graph (nerfmine.graphs), and work
+        that another thread enqueues or a synchronisation it makes during a capture breaks it.
+        The step is wrapped on this trainer instance only; an uncontended lock costs no device
+        synchronisation, so the step stays free of host syncs. Not used on a CPU, where a render
+        chunk takes long enough to stall training and there is nothing to capture.
+        """
+        lock = threading.Lock()
+        step = trainer.train_step
+
+        def locked_step(*args, **kwargs):
+            with lock:
+                return step(*args, **kwargs)
+
+        trainer.train_step = locked_step
+        self.device_lock = lock
+        return lock
 
 
 # --------------------------------------------------------------------------- training cameras
@@ -587,6 +616,8 @@ def make_viewer(trainer, *, host: str, port: int, max_res: int | None = None,
                 background=(1.0, 1.0, 1.0), training: bool = False) -> Viewer:
     """A :class:`Viewer` of ``trainer`` (not started); with ``training`` it follows the run."""
     renderer = FieldRenderer(trainer, background=background)
+    if training and trainer.device.type == "cuda":
+        renderer.share_step_lock(trainer)
     cameras, note = load_cameras(trainer)
     if note:
         print(f"note: {note}", flush=True)
