@@ -61,6 +61,12 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-cuda-graphs", action="store_true",
                        help="launch each step's kernels one by one instead of replaying a "
                             "captured CUDA graph (for profiling and debugging)")
+    train.add_argument("--view", action="store_true",
+                       help="serve the web viewer while training (needs viser: pip install "
+                            "'nerfmine[view]'); it keeps serving after training until Ctrl-C")
+    from nerfmine import viewer as _viewer
+
+    _viewer.add_server_args(train, prefix="view-")
 
     bench = sub.add_parser(
         "bench", help="train the baseline (--mining none) and hard sample mining side by side")
@@ -84,6 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     render_cli.add_parser(sub)
     export_cli.add_parser(sub)
+    _viewer.add_parser(sub)
 
     ev = sub.add_parser("eval", help="re-evaluate a run's checkpoint")
     ev.add_argument("run_dir", type=Path)
@@ -200,6 +207,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nerfmine.trainer import Trainer
 
     overrides = _train_overrides(args)
+    if args.view:  # fail before loading anything if the viewer cannot start
+        from nerfmine import viewer as _viewer
+
+        _viewer.import_viser()
+        _viewer.check_port(args.view_host, args.view_port)
     if args.resume is not None:
         # Only what the user typed overrides the checkpoint's config; the budget and the
         # evaluation points may change, anything else must match (checked by resume).
@@ -231,11 +243,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     t = trainer.config.train
     unit = "s" if t.max_seconds else "steps"
     progress = _Progress(t.max_seconds or t.max_steps, unit, args.quiet or not sys.stdout.isatty())
+    if not args.view:
+        try:
+            metrics = trainer.train(progress=progress)
+        finally:
+            progress.close()
+        _print_summary(trainer.run_dir, metrics)
+        return 0
+    return _train_with_viewer(args, trainer, progress)
+
+
+def _train_with_viewer(args: argparse.Namespace, trainer, progress: _Progress) -> int:
+    """Train with the web viewer in background threads; serve on after training until Ctrl-C."""
+    from nerfmine import viewer as _viewer
+
+    viewer = _viewer.make_viewer(trainer, host=args.view_host, port=args.view_port,
+                                 training=True)
+    viewer.start()
     try:
-        metrics = trainer.train(progress=progress)
+        print(viewer.banner(), flush=True)
+
+        def both(info: dict[str, Any]) -> None:
+            progress(info)
+            viewer.on_progress(info)
+
+        try:
+            metrics = trainer.train(progress=both)
+        finally:
+            progress.close()
+        viewer.set_status(state="training done")
+        _print_summary(trainer.run_dir, metrics)
+        print(f"viewer: still serving {viewer.url}; Ctrl-C stops it", flush=True)
+        _viewer.wait_for_interrupt(viewer)
     finally:
-        progress.close()
-    _print_summary(trainer.run_dir, metrics)
+        viewer.stop()
+    print("viewer stopped", flush=True)
     return 0
 
 
@@ -320,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
             from nerfmine import export_cli
 
             return export_cli.run(args)
+        if args.command == "view":
+            from nerfmine import viewer
+
+            return viewer.run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

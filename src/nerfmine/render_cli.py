@@ -184,6 +184,23 @@ def load_train_cameras(data_root: Path, split: str, downscale: int) -> TrainCame
 
 
 # --------------------------------------------------------------------------- the command
+def load_run(run_dir: Path, data: Path | None = None):
+    """A run's trainer from its last checkpoint (``render`` and ``view``); ``data`` replaces
+    the scene folder recorded in its config, if the scene moved since training."""
+    from nerfmine.trainer import Trainer
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder; pass the folder a 'nerfmine train' "
+                          "wrote (it holds checkpoint.pt).")
+
+    def update(values: dict[str, Any]) -> None:
+        if data:
+            values["data"]["path"] = str(Path(data).resolve())
+
+    return Trainer.from_run_dir(run_dir, update)
+
+
 def _resolve_size(args, cams: TrainCameras | None, file_path: cp.CameraPath | None):
     width, height = args.width, args.height
     if file_path is not None:
@@ -292,7 +309,6 @@ def render(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from nerfmine.render import render_image
-    from nerfmine.trainer import Trainer
 
     # Checks that need no run first, so a typo fails fast.
     check_size(getattr(args, "width", None), getattr(args, "height", None))
@@ -313,15 +329,7 @@ def render(args: argparse.Namespace) -> int:
     want_video = can_video if args.video is None else bool(args.video)
 
     run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run folder; pass the folder a 'nerfmine train' "
-                          "wrote (it holds checkpoint.pt).")
-
-    def update(values: dict[str, Any]) -> None:
-        if getattr(args, "data", None):
-            values["data"]["path"] = str(Path(args.data).resolve())
-
-    trainer = Trainer.from_run_dir(run_dir, update)
+    trainer = load_run(run_dir, getattr(args, "data", None))
     config = trainer.config
 
     cams = None
