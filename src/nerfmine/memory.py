@@ -370,14 +370,11 @@ def _refusal(current: MemoryEstimate, config: RunConfig, host_option, down_optio
         lines.append("  --auto-fit: apply the first of these automatically "
                      "(data.memory_fit = \"auto\")")
     else:
+        tried = "--downscale" if current.device_type == "cpu" else "--downscale or --images-on-host"
         lines.append(
-            "no --downscale or --images-on-host makes it fit: the model and a step's buffers "
-            "alone are too large. Reduce train.target_samples, train.max_rays or "
-            "model.log2_table_size (--config FILE, or --preset cpu), or free memory."
-            if not auto else
-            "--auto-fit found no --downscale or --images-on-host that fits: the model and a "
-            "step's buffers alone are too large. Reduce train.target_samples, train.max_rays or "
-            "model.log2_table_size (--config FILE, or --preset cpu), or free memory.")
+            f"{'--auto-fit found no' if auto else 'no'} {tried} that makes it fit: the model and "
+            "a step's buffers alone are too large. Reduce train.target_samples, train.max_rays "
+            "or model.log2_table_size (--config FILE, or --preset cpu), or free memory.")
     lines.append("  --no-memory-check: run anyway (data.memory_fit = \"off\"; the estimate is "
                  "deliberately generous)")
     return "\n".join(lines)
