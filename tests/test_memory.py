@@ -149,3 +149,28 @@ def test_cli_refuses_then_auto_fits(tmp_path, monkeypatch, capsys):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data"]["downscale"] == 2 and saved["data"]["memory_fit"] == "auto"
     assert saved["data"]["memory_estimate"]["fits"]
+
+
+@pytest.mark.parametrize("kind", ["blender", "transforms", "colmap"])
+def test_header_scan_matches_the_full_load(tmp_path, kind):
+    """decode=False gives the same cameras and shapes as loading, for every scene format."""
+    if kind == "blender":
+        root, split = DEMO, "test"
+    elif kind == "transforms":
+        from test_capture_render import write_capture
+
+        root, split = tmp_path, "train"
+        write_capture(root)
+    else:
+        pytest.importorskip("pycolmap", reason="pycolmap is optional")
+        from test_colmap import _write_project
+
+        root, split = tmp_path, "all"
+        _write_project(root)
+    full = load_capture(root, split, 2)
+    scan = load_capture(root, split, 2, decode=False)
+    assert scan.images.device.type == "meta" and scan.images.shape == full.images.shape
+    assert torch.equal(scan.c2w, full.c2w) and scan.image_paths == full.image_paths
+    assert (scan.fx, scan.fy, scan.cx, scan.cy) == (full.fx, full.fy, full.cx, full.cy)
+    for a, b in ((scan.intrinsics, full.intrinsics), (scan.distortion, full.distortion)):
+        assert (a is None and b is None) or torch.equal(a, b)
