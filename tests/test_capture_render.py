@@ -127,3 +127,23 @@ def test_fox_eval_pairs_and_render(tmp_path, capsys):
                      "--output", str(tmp_path / "orbit")]) == 0
     frame = np.asarray(Image.open(tmp_path / "orbit" / "rgb" / "frame_00000.png"))
     assert frame.shape == (960 // 16, 540 // 16, 3)
+
+
+def test_moved_scene_asks_for_data(capture_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(capture_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["path"] = str(tmp_path / "gone")
+    from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(run / CHECKPOINT_NAME)
+    state["config"]["data"]["path"] = str(tmp_path / "gone")
+    save_checkpoint(run / CHECKPOINT_NAME, state)
+    for argv in (["eval", str(run)], ["render", str(run), "--frames", "1", "--no-video"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "--data" in err and "gone" in err and "Traceback" not in err
+    scene = capture_run.parent / "scene"
+    assert cli.main(["eval", str(run), "--data", str(scene), "--no-renders"]) == 0

@@ -115,6 +115,8 @@ def test_check_off_records_and_runs_on():
 def test_bad_memory_fit_value():
     with pytest.raises(ConfigError, match="data.memory_fit"):
         _config(memory_fit="sometimes")
+    with pytest.raises(ConfigError, match="data.images_on_host"):
+        _config(images_on_host="yes")
 
 
 def test_header_scan_decodes_no_pixels(tmp_path):

@@ -309,6 +309,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir, config = args.run_dir, trainer.config
     split = config.data.eval_split
     save_dir = None if args.no_renders else run_dir / "renders" / split
+    from nerfmine.render_cli import check_scene_exists
+
+    check_scene_exists(trainer.data_root, run_dir)
     result = trainer.evaluate(save_dir=save_dir)
     if args.side_by_side:
         from nerfmine.render_cli import write_side_by_side

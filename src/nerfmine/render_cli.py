@@ -170,6 +170,14 @@ def load_train_cameras(data_root: Path, split: str, downscale: int, holdout_ever
                         data.height)
 
 
+def check_scene_exists(data_root: Path, run_dir: Path) -> None:
+    """A run's scene must still be where it was trained (or be given with --data)."""
+    if not Path(data_root).exists():
+        raise NerfmineError(
+            f"{data_root}: the scene {run_dir} was trained on is not there any more (it is "
+            "read for the cameras and photographs); pass its new location with --data PATH.")
+
+
 # --------------------------------------------------------------------------- eval pairs
 SIDE_BY_SIDE_GAP = 4  # white pixels between a render and its photograph
 
@@ -354,6 +362,7 @@ def render(args: argparse.Namespace) -> int:
 
     cams = None
     if str(args.path) in PATH_KINDS:  # a file brings its own size and field of view
+        check_scene_exists(trainer.data_root, run_dir)
         cams = load_train_cameras(trainer.data_root, config.data.train_split,
                                   config.data.downscale, config.data.holdout_every,
                                   config.data.skip_missing)
