@@ -31,6 +31,8 @@ R = train.max_rays):
   reference 479 MiB, less the table's gradient (46.5 MiB), the fp16 table copy (23 MiB), the
   packed buffers (10 MiB) and, for the reference row, the Adam moments (98 MiB) it still
   allocated in the step: about 670 and 1200 B per sample, rounded up to 768 and 1280.
+  ``FP32_ACTIVATION_FACTOR`` (1.5, for runs without fp16 autocast, e.g. on a CPU) is an
+  allowance, not a measurement.
 
 Available memory: the device's free memory (``torch.cuda.mem_get_info``) and the host's
 ``MemAvailable`` (/proc/meminfo; ``os.sysconf`` elsewhere). A run fits when each total is at
