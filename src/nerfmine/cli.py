@@ -47,6 +47,16 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-missing", action="store_true",
                        help="train on the frames whose images exist when a transforms.json "
                             "names missing ones")
+    train.add_argument("--images-on-host", action="store_true",
+                       help="keep the training images in host memory (pinned on a GPU) and copy "
+                            "each step's pixels to the device: frees their GPU memory")
+    fit = train.add_mutually_exclusive_group()
+    fit.add_argument("--auto-fit", action="store_true",
+                     help="when the memory estimate made before loading says the run will not "
+                          "fit, apply --images-on-host or the smallest --downscale that fits "
+                          "(default: stop and list the options)")
+    fit.add_argument("--no-memory-check", action="store_true",
+                     help="run even when the memory estimate says it will not fit")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--eval-images", type=int, default=None,
                        help="evaluate only the first N images of the evaluation split")
@@ -99,6 +109,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="scene folder, if it moved since training")
     ev.add_argument("--eval-images", type=int, default=None)
     ev.add_argument("--no-renders", action="store_true", help="do not write the renders")
+    ev.add_argument("--side-by-side", action="store_true",
+                    help="also write renders/<split>/<name>_vs_photo.png: each render (left) "
+                         "next to its photograph over white (right)")
     return parser
 
 
@@ -128,6 +141,12 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["data"]["downscale"] = args.downscale
     if getattr(args, "skip_missing", False):
         overrides["data"]["skip_missing"] = True
+    if getattr(args, "images_on_host", False):
+        overrides["data"]["images_on_host"] = True
+    if getattr(args, "auto_fit", False):
+        overrides["data"]["memory_fit"] = "auto"
+    if getattr(args, "no_memory_check", False):
+        overrides["data"]["memory_fit"] = "off"
     if args.steps is not None:
         overrides["train"].update(max_steps=args.steps, max_seconds=None)
     if args.seconds is not None:
@@ -225,6 +244,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if overrides["data"]:
             resume_over["data"] = overrides["data"]
         trainer = Trainer.resume(args.resume, resume_over)
+        for note in trainer.notes:
+            print(f"note: {note}", flush=True)
         print(f"resuming {args.resume} at step {trainer.step} "
               f"({trainer.clock:.1f} s of training clock)", flush=True)
     else:
@@ -330,11 +351,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.eval_images is not None:
             values["train"]["eval_max_images"] = args.eval_images
 
+    if args.side_by_side and args.no_renders:
+        raise NerfmineError("--side-by-side writes renders next to their photographs; it cannot "
+                            "be combined with --no-renders (drop one of them)")
     trainer = Trainer.from_run_dir(args.run_dir, update)
     run_dir, config = args.run_dir, trainer.config
     split = config.data.eval_split
     save_dir = None if args.no_renders else run_dir / "renders" / split
+    from nerfmine.render_cli import check_scene_exists
+
+    check_scene_exists(trainer.data_root, run_dir)
     result = trainer.evaluate(save_dir=save_dir)
+    if args.side_by_side:
+        from nerfmine.render_cli import write_side_by_side
+
+        pairs = write_side_by_side(save_dir, trainer.eval_data,
+                                   [r["name"] for r in result.per_image])
+        print(f"wrote {len(pairs)} render/photograph pairs to {save_dir} (*_vs_photo.png)")
     out = {"split": split, "psnr": result.psnr, "ssim": result.ssim, "step": result.step,
            "clock": result.clock, "per_image": result.per_image}
     path = run_dir / f"eval_{split}.json"

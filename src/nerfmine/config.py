@@ -42,6 +42,18 @@ class DataConfig:
     exports read it here."""
     offset: tuple[float, float, float] = (0.5, 0.5, 0.5)
     """World-to-unit-cube offset per axis, recorded from the scene like ``scale``."""
+    images_on_host: bool = False
+    """Keep the training images in host memory (pinned on CUDA) instead of on the device: each
+    step gathers its pixels on the host and copies them over without blocking (--images-on-host).
+    Frees the images' device memory for a small cost per step."""
+    memory_fit: str = "check"
+    """What to do when the memory estimate made before the images are decoded
+    (nerfmine.memory) exceeds the memory available: "check" stops with the figures and the
+    options, "auto" applies them (--auto-fit: images on the host, else the smallest
+    --downscale that fits), "off" skips the check (--no-memory-check)."""
+    memory_estimate: dict | None = None
+    """Recorded when a run starts: the estimate of host and device bytes, the memory available
+    and what was done about it (see nerfmine.memory). Not read back."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,7 @@ _SECTIONS = {
     "miner": MinerConfig,
 }
 _TOP_LEVEL = {"preset", "backend", "device", "mining"}
+MEMORY_FIT_MODES = ("check", "auto", "off")
 
 
 def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -296,6 +309,12 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"train.max_seconds must be positive, got {t.max_seconds}")
     if any(not (p > 0) for p in t.eval_at):
         raise ConfigError(f"train.eval_at points must be positive, got {list(t.eval_at)}")
+    if config.data.memory_fit not in MEMORY_FIT_MODES:
+        raise ConfigError(f"data.memory_fit must be one of {', '.join(MEMORY_FIT_MODES)}, got "
+                          f"{config.data.memory_fit!r}")
+    if not isinstance(config.data.images_on_host, bool):
+        raise ConfigError(f"data.images_on_host must be true or false, got "
+                          f"{config.data.images_on_host!r}")
     if config.data.downscale < 1:
         raise ConfigError(f"data.downscale must be an integer >= 1, got {config.data.downscale}")
     if t.eval_max_images is not None and t.eval_max_images < 1:
@@ -316,6 +335,9 @@ def validate(config: RunConfig) -> None:
 # Fields whose change alters tensor shapes or the meaning of the state: a resumed run must keep
 # them. The budget, evaluation points and checkpoint cadence may change on resume.
 RESUMABLE_CHANGES = {
+    ("data", "images_on_host"),  # where the images live, not what is learnt
+    ("data", "memory_fit"),
+    ("data", "memory_estimate"),  # a record of the machine the run started on
     ("train", "max_steps"),
     ("train", "max_seconds"),
     ("train", "eval_at"),

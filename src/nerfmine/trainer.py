@@ -34,10 +34,12 @@ from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoin
 from nerfmine.config import RunConfig, check_resume_compatible, config_from_dict
 from nerfmine.data.blender import SceneData
 from nerfmine.data.demo import demo_scene_path
+from nerfmine.data.host_pixels import HostPixels
 from nerfmine.data.transforms import load_capture
 from nerfmine.errors import ConfigError, NerfmineError
 from nerfmine.field import NGPField
 from nerfmine.graphs import StepGraphs
+from nerfmine.memory import fit_memory
 from nerfmine.metrics import LPIPS_NOT_MEASURED, psnr, ssim
 from nerfmine.miner import BUFFER_MULTIPLE, HardSampleMiner
 from nerfmine.occupancy import OccupancyGrid
@@ -101,7 +103,11 @@ class Trainer:
         self.data_root = resolve_data_path(config)
         self.train_data: SceneData | None = None
         self.notes: list[str] = []
+        self._host_pixels: HostPixels | None = None
         if load_train:
+            # Memory estimate from the image headers; may stop, or (--auto-fit) change where
+            # the images live or their downscale. Recorded in config.data.memory_estimate.
+            self.config = config = fit_memory(config, self.data_root, self.notes)
             self.train_data = self._load(config.data.train_split)
             self.notes += self.train_data.notes
             # Record the world-to-unit-cube transform the data applied, for renders and exports.
@@ -127,10 +133,12 @@ class Trainer:
         self.scaler = DeviceLossScaler(self.device, enabled=self.use_amp)
         self.generator = torch.Generator(self.device).manual_seed(t.seed)
         # CUDA-graph steps (see train_step); their random numbers come from the default CUDA
-        # generator, seeded by torch.manual_seed above and checkpointed with the run.
+        # generator, seeded by torch.manual_seed above and checkpointed with the run. Pixels
+        # streamed from the host (--images-on-host) are gathered on the host each step, which
+        # a graph cannot replay: those runs launch their steps eagerly.
         self._graphs = None
         if (t.cuda_graphs and self.device.type == "cuda" and self.backend == "triton"
-                and load_train):
+                and load_train and not config.data.images_on_host):
             self._graphs = StepGraphs(self.device)
         self._lr_tensor = torch.full((), t.lr, dtype=torch.float32, device=self.device)
         self._lr_host = t.lr
@@ -154,8 +162,14 @@ class Trainer:
         # Benchmarks replace this with a recorder of CUDA events between named stages.
         self.stage_marker: Callable[[str], None] = _no_mark
 
-        if self.train_data is not None:
+        if self.train_data is not None and config.data.images_on_host:
+            self._images = None  # pixels are gathered on the host each step
+            self._host_pixels = HostPixels(self.train_data.images, self.device, t.seed)
+            self.train_data.images = self._host_pixels.images  # the pinned copy only
+            self.notes += [self._host_pixels.note] if self._host_pixels.note else []
+        elif self.train_data is not None:
             self._images = self.train_data.images.to(self.device)  # [N, H, W, 4] uint8
+        if self.train_data is not None:
             self._c2w = self.train_data.c2w_unit().to(self.device)  # [N, 4, 4]
             self._mark_visible_cells()
 
@@ -198,13 +212,17 @@ class Trainer:
 
     def _draw_rays(self, n_rays: int, gen: torch.Generator | None) -> tuple[torch.Tensor, ...]:
         d, dev = self.train_data, self.device
-        cam = torch.randint(0, d.images.shape[0], (n_rays,), generator=gen, device=dev)
-        col = torch.randint(0, d.width, (n_rays,), generator=gen, device=dev)
-        row = torch.randint(0, d.height, (n_rays,), generator=gen, device=dev)
+        if self._host_pixels is not None:  # --images-on-host: indices from a CPU generator
+            cam, col, row, pixels = self._host_pixels.draw(n_rays, self.step)
+        else:
+            cam = torch.randint(0, d.images.shape[0], (n_rays,), generator=gen, device=dev)
+            col = torch.randint(0, d.width, (n_rays,), generator=gen, device=dev)
+            row = torch.randint(0, d.height, (n_rays,), generator=gen, device=dev)
+            pixels = self._images[cam, row, col]  # [R, 4] uint8
         sub = torch.rand(n_rays, 2, generator=gen, device=dev)
         px, py = col.float() + sub[:, 0], row.float() + sub[:, 1]
         origins, directions = self._rays(d, self._c2w, px, py, cam)
-        rgba = self._images[cam, row, col].float() / 255.0  # [R, 4]
+        rgba = pixels.float() / 255.0  # [R, 4]
         background = torch.rand(n_rays, 3, generator=gen, device=dev)
         alpha = rgba[:, 3:4]
         target = rgba[:, :3] * alpha + background * (1.0 - alpha)  # [R, 3]
