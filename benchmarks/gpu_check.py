@@ -1,8 +1,9 @@
 """End-to-end GPU check: both backends train the same scene from one seed.
 
-For each backend (torch reference, triton) and mining mode, train the bundled demo scene (or
+For each backend (torch reference, triton with each step launched kernel by kernel, triton
+with each step replayed as a CUDA graph) and mining mode, train the bundled demo scene (or
 DATA) for --steps steps from the same seed and config, record the loss curve and the test PSNR,
-and compare the backends. Run through the device tool; the JSON is committed under
+and compare them. Run through the device tool; the JSON is committed under
 benchmarks/results/.
 
     PYTHONPATH=src python benchmarks/gpu_check.py --steps 1500 --out results/gpu_check.json
@@ -20,12 +21,14 @@ from pathlib import Path
 import torch
 
 
-def train(backend: str, mining: str, data: str | None, steps: int, run_dir: Path) -> dict:
+def train(backend: str, mining: str, data: str | None, steps: int, run_dir: Path,
+          graphs: bool = False) -> dict:
     from nerfmine.config import make_config
     from nerfmine.trainer import Trainer
 
     overrides = {"backend": backend, "mining": mining, "data": {"path": data},
-                 "train": {"max_steps": steps, "seed": 0, "save_renders": False}}
+                 "train": {"max_steps": steps, "seed": 0, "save_renders": False,
+                           "cuda_graphs": graphs}}
     trainer = Trainer(make_config("gpu", overrides), run_dir)
     losses = []
     torch.cuda.synchronize()
@@ -37,7 +40,12 @@ def train(backend: str, mining: str, data: str | None, steps: int, run_dir: Path
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     result = trainer.evaluate()
-    return {"backend": backend, "mining": mining, "steps": steps, "seconds": seconds,
+    graph_info = None
+    if trainer._graphs is not None:
+        graph_info = {"captures": trainer._graphs.captures, "replays": trainer._graphs.replays,
+                      "disabled_reason": trainer._graphs.disabled_reason}
+    return {"backend": backend, "mining": mining, "cuda_graphs": trainer.uses_cuda_graphs(),
+            "graphs": graph_info, "steps": steps, "seconds": seconds,
             "psnr": result.psnr, "ssim": result.ssim, "loss_curve": losses,
             "mean_hard_fraction": trainer.mean_hard_fraction()}
 
@@ -56,18 +64,22 @@ def main() -> int:
               "data": args.data or "demo lego_100", "runs": []}
     for mining in args.mining.split(","):
         pair = {}
-        for backend in ("torch", "triton"):
-            r = train(backend, mining, args.data, args.steps, Path(f"/tmp/gpu-check-{backend}"))
-            pair[backend] = r
+        for backend, graphs in (("torch", False), ("triton", False), ("triton", True)):
+            name = backend + ("+graphs" if graphs else "")
+            r = train(backend, mining, args.data, args.steps, Path(f"/tmp/gpu-check-{name}"),
+                      graphs=graphs)
+            pair[name] = r
             report["runs"].append(r)
-            print(f"{report['gpu']} {backend:6s} mining={mining}: {args.steps} steps in "
+            print(f"{report['gpu']} {name:13s} mining={mining}: {args.steps} steps in "
                   f"{r['seconds']:.1f} s, PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "
-                  f"final loss {r['loss_curve'][-1][1]:.5f}", flush=True)
+                  f"final loss {r['loss_curve'][-1][1]:.5f}, graphs {r['graphs']}", flush=True)
         report.setdefault("psnr_difference_triton_minus_torch", {})[mining] = (
             pair["triton"]["psnr"] - pair["torch"]["psnr"])
+        report.setdefault("psnr_difference_graphs_minus_eager", {})[mining] = (
+            pair["triton+graphs"]["psnr"] - pair["triton"]["psnr"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["psnr_difference_triton_minus_torch"]))
+    print(json.dumps({k: v for k, v in report.items() if k.startswith("psnr_difference")}))
     return 0
 
 

@@ -1,12 +1,16 @@
 """Milliseconds per training step and per stage, on a CUDA GPU (benchmark-protocol.md).
 
-For each backend and mining mode: warm up (default 2000 steps, so the occupancy grid and the ray
-count reach their steady state), then time steps with CUDA events: the whole step (median over
---steps, without stage events) and each stage (median, with events between stages). Writes one
-JSON with the GPU name and the commit.
+For each backend, mining mode and CUDA-graph setting: warm up (default 2000 steps, so the
+occupancy grid and the ray count reach their steady state), then time steps: the whole step with
+CUDA events (median over --steps, without stage events), the wall-clock time per step over the
+same steps (host included: what a run gets), and each stage (median, with events between
+stages; inside a CUDA graph there are no stages, so graph runs report the stages of the same
+step run eagerly). Writes one JSON with the GPU name and the commit.
 
     PYTHONPATH=src python benchmarks/step_time.py DATA --backends torch,triton \
-        --mining none,hsm --out benchmarks/results/step_time.json
+        --mining none,hsm --graphs on,off --out benchmarks/results/step_time.json
+
+CUDA graphs apply to the triton backend only; torch runs are always eager.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import datetime
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -49,12 +54,14 @@ class StageEvents:
                 for name, v in per_stage.items()}
 
 
-def measure(data: str, backend: str, mining: str, warmup: int, steps: int) -> dict:
+def measure(data: str, backend: str, mining: str, warmup: int, steps: int,
+            graphs: bool = False) -> dict:
     from nerfmine.config import make_config
     from nerfmine.trainer import Trainer
 
     config = make_config("gpu", {"backend": backend, "mining": mining,
-                                 "data": {"path": data}, "train": {"max_steps": 10**9}})
+                                 "data": {"path": data},
+                                 "train": {"max_steps": 10**9, "cuda_graphs": graphs}})
     trainer = Trainer(config, Path("/tmp/nerfmine-step-time"))
     for _ in range(warmup):
         trainer.train_step()
@@ -63,6 +70,7 @@ def measure(data: str, backend: str, mining: str, warmup: int, steps: int) -> di
     torch.cuda.reset_peak_memory_stats()
     starts, ends = [], []
     samples = []
+    wall0 = time.perf_counter()
     for _ in range(steps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
@@ -72,10 +80,18 @@ def measure(data: str, backend: str, mining: str, warmup: int, steps: int) -> di
         ends.append(b)
         samples.append(stats.n_samples)
     torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - wall0) * 1e3 / steps
     step_ms = [a.elapsed_time(b) for a, b in zip(starts, ends)]
     peak = torch.cuda.max_memory_allocated()
+    uses_graphs = trainer.uses_cuda_graphs()
+    graph_info = None
+    if trainer._graphs is not None:
+        graph_info = {"captures": trainer._graphs.captures, "replays": trainer._graphs.replays,
+                      "disabled_reason": trainer._graphs.disabled_reason}
     events = StageEvents()
     trainer.stage_marker = events
+    if uses_graphs:
+        trainer._graphs.disabled_reason = "stage timing runs eagerly"
     for _ in range(steps):
         trainer.train_step()
     stages = events.medians()
@@ -83,6 +99,9 @@ def measure(data: str, backend: str, mining: str, warmup: int, steps: int) -> di
     return {
         "backend": backend,
         "mining": mining,
+        "cuda_graphs": uses_graphs,
+        "graphs": graph_info,
+        "wall_ms_per_step": wall_ms,
         "warmup_steps": warmup,
         "timed_steps": steps,
         "median_step_ms": statistics.median(step_ms),
@@ -101,6 +120,7 @@ def main() -> int:
     parser.add_argument("data")
     parser.add_argument("--backends", default="torch,triton")
     parser.add_argument("--mining", default="none,hsm")
+    parser.add_argument("--graphs", default="on,off", help="on, off or both (triton only)")
     parser.add_argument("--warmup", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--out", type=Path, required=True)
@@ -112,11 +132,19 @@ def main() -> int:
                "torch": torch.__version__, "data": args.data, "runs": []}
     for backend in args.backends.split(","):
         for mining in args.mining.split(","):
-            r = measure(args.data, backend, mining, args.warmup, args.steps)
-            results["runs"].append(r)
-            stages = " ".join(f"{k}={v:.3f}" for k, v in r["stage_ms"].items())
-            print(f"{results['gpu']} {backend:6s} {mining:4s} median {r['median_step_ms']:.3f} ms"
-                  f"/step ({r['mean_samples_per_step']:.0f} samples) | {stages}", flush=True)
+            for graphs in args.graphs.split(","):
+                if backend != "triton" and graphs == "on":
+                    continue
+                if backend != "triton" and "off" not in args.graphs.split(","):
+                    graphs = "off"
+                r = measure(args.data, backend, mining, args.warmup, args.steps,
+                            graphs=graphs == "on")
+                results["runs"].append(r)
+                stages = " ".join(f"{k}={v:.3f}" for k, v in r["stage_ms"].items())
+                print(f"{results['gpu']} {backend:6s} {mining:4s} graphs {graphs:3s} median "
+                      f"{r['median_step_ms']:.3f} ms/step, wall {r['wall_ms_per_step']:.3f} ms "
+                      f"({r['mean_samples_per_step']:.0f} samples, {r['rays_per_step']} rays, "
+                      f"graphs {r['graphs']}) | {stages}", flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -47,6 +47,16 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-missing", action="store_true",
                        help="train on the frames whose images exist when a transforms.json "
                             "names missing ones")
+    train.add_argument("--images-on-host", action="store_true",
+                       help="keep the training images in host memory (pinned on a GPU) and copy "
+                            "each step's pixels to the device: frees their GPU memory")
+    fit = train.add_mutually_exclusive_group()
+    fit.add_argument("--auto-fit", action="store_true",
+                     help="when the memory estimate made before loading says the run will not "
+                          "fit, apply --images-on-host or the smallest --downscale that fits "
+                          "(default: stop and list the options)")
+    fit.add_argument("--no-memory-check", action="store_true",
+                     help="run even when the memory estimate says it will not fit")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--eval-images", type=int, default=None,
                        help="evaluate only the first N images of the evaluation split")
@@ -58,6 +68,15 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, default=None,
                        help="JSON file of config overrides (nested like config.json)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--no-cuda-graphs", action="store_true",
+                       help="launch each step's kernels one by one instead of replaying a "
+                            "captured CUDA graph (for profiling and debugging)")
+    train.add_argument("--view", action="store_true",
+                       help="serve the web viewer while training (needs viser: pip install "
+                            "'nerfmine[view]'); it keeps serving after training until Ctrl-C")
+    from nerfmine import viewer as _viewer
+
+    _viewer.add_server_args(train, prefix="view-")
 
     bench = sub.add_parser(
         "bench", help="train the baseline (--mining none) and hard sample mining side by side")
@@ -74,11 +93,14 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                        help="combine metrics.json / bench.json files of arms run separately")
     bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--no-cuda-graphs", action="store_true",
+                       help="launch each step's kernels one by one (no CUDA graphs)")
 
     from nerfmine import export_cli, render_cli
 
     render_cli.add_parser(sub)
     export_cli.add_parser(sub)
+    _viewer.add_parser(sub)
 
     ev = sub.add_parser("eval", help="re-evaluate a run's checkpoint")
     ev.add_argument("run_dir", type=Path)
@@ -87,6 +109,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="scene folder, if it moved since training")
     ev.add_argument("--eval-images", type=int, default=None)
     ev.add_argument("--no-renders", action="store_true", help="do not write the renders")
+    ev.add_argument("--side-by-side", action="store_true",
+                    help="also write renders/<split>/<name>_vs_photo.png: each render (left) "
+                         "next to its photograph over white (right)")
     return parser
 
 
@@ -116,6 +141,12 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["data"]["downscale"] = args.downscale
     if getattr(args, "skip_missing", False):
         overrides["data"]["skip_missing"] = True
+    if getattr(args, "images_on_host", False):
+        overrides["data"]["images_on_host"] = True
+    if getattr(args, "auto_fit", False):
+        overrides["data"]["memory_fit"] = "auto"
+    if getattr(args, "no_memory_check", False):
+        overrides["data"]["memory_fit"] = "off"
     if args.steps is not None:
         overrides["train"].update(max_steps=args.steps, max_seconds=None)
     if args.seconds is not None:
@@ -130,6 +161,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["mining"] = args.mining
     if args.backend is not None:
         overrides["backend"] = args.backend
+    if getattr(args, "no_cuda_graphs", False):
+        overrides["train"]["cuda_graphs"] = False
     return overrides
 
 
@@ -193,6 +226,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nerfmine.trainer import Trainer
 
     overrides = _train_overrides(args)
+    if args.view:  # fail before loading anything if the viewer cannot start
+        from nerfmine import viewer as _viewer
+
+        _viewer.import_viser()
+        _viewer.check_port(args.view_host, args.view_port)
     if args.resume is not None:
         # Only what the user typed overrides the checkpoint's config; the budget and the
         # evaluation points may change, anything else must match (checked by resume).
@@ -206,6 +244,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if overrides["data"]:
             resume_over["data"] = overrides["data"]
         trainer = Trainer.resume(args.resume, resume_over)
+        for note in trainer.notes:
+            print(f"note: {note}", flush=True)
         print(f"resuming {args.resume} at step {trainer.step} "
               f"({trainer.clock:.1f} s of training clock)", flush=True)
     else:
@@ -224,11 +264,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     t = trainer.config.train
     unit = "s" if t.max_seconds else "steps"
     progress = _Progress(t.max_seconds or t.max_steps, unit, args.quiet or not sys.stdout.isatty())
+    if not args.view:
+        try:
+            metrics = trainer.train(progress=progress)
+        finally:
+            progress.close()
+        _print_summary(trainer.run_dir, metrics)
+        return 0
+    return _train_with_viewer(args, trainer, progress)
+
+
+def _train_with_viewer(args: argparse.Namespace, trainer, progress: _Progress) -> int:
+    """Train with the web viewer in background threads; serve on after training until Ctrl-C."""
+    from nerfmine import viewer as _viewer
+
+    viewer = _viewer.make_viewer(trainer, host=args.view_host, port=args.view_port,
+                                 training=True)
+    viewer.start()
     try:
-        metrics = trainer.train(progress=progress)
+        print(viewer.banner(), flush=True)
+
+        def both(info: dict[str, Any]) -> None:
+            progress(info)
+            viewer.on_progress(info)
+
+        try:
+            metrics = trainer.train(progress=both)
+        finally:
+            progress.close()
+        viewer.set_status(state="training done")
+        _print_summary(trainer.run_dir, metrics)
+        print(f"viewer: still serving {viewer.url}; Ctrl-C stops it", flush=True)
+        _viewer.wait_for_interrupt(viewer)
     finally:
-        progress.close()
-    _print_summary(trainer.run_dir, metrics)
+        viewer.stop()
+    print("viewer stopped", flush=True)
     return 0
 
 
@@ -281,11 +351,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.eval_images is not None:
             values["train"]["eval_max_images"] = args.eval_images
 
+    if args.side_by_side and args.no_renders:
+        raise NerfmineError("--side-by-side writes renders next to their photographs; it cannot "
+                            "be combined with --no-renders (drop one of them)")
     trainer = Trainer.from_run_dir(args.run_dir, update)
     run_dir, config = args.run_dir, trainer.config
     split = config.data.eval_split
     save_dir = None if args.no_renders else run_dir / "renders" / split
+    from nerfmine.render_cli import check_scene_exists
+
+    check_scene_exists(trainer.data_root, run_dir)
     result = trainer.evaluate(save_dir=save_dir)
+    if args.side_by_side:
+        from nerfmine.render_cli import write_side_by_side
+
+        pairs = write_side_by_side(save_dir, trainer.eval_data,
+                                   [r["name"] for r in result.per_image])
+        print(f"wrote {len(pairs)} render/photograph pairs to {save_dir} (*_vs_photo.png)")
     out = {"split": split, "psnr": result.psnr, "ssim": result.ssim, "step": result.step,
            "clock": result.clock, "per_image": result.per_image}
     path = run_dir / f"eval_{split}.json"
@@ -313,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
             from nerfmine import export_cli
 
             return export_cli.run(args)
+        if args.command == "view":
+            from nerfmine import viewer
+
+            return viewer.run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -42,6 +42,18 @@ class DataConfig:
     exports read it here."""
     offset: tuple[float, float, float] = (0.5, 0.5, 0.5)
     """World-to-unit-cube offset per axis, recorded from the scene like ``scale``."""
+    images_on_host: bool = False
+    """Keep the training images in host memory (pinned on CUDA) instead of on the device: each
+    step gathers its pixels on the host and copies them over without blocking (--images-on-host).
+    Frees the images' device memory for a small cost per step."""
+    memory_fit: str = "check"
+    """What to do when the memory estimate made before the images are decoded
+    (nerfmine.memory) exceeds the memory available: "check" stops with the figures and the
+    options, "auto" applies them (--auto-fit: images on the host, else the smallest
+    --downscale that fits), "off" skips the check (--no-memory-check)."""
+    memory_estimate: dict | None = None
+    """Recorded when a run starts: the estimate of host and device bytes, the memory available
+    and what was done about it (see nerfmine.memory). Not read back."""
     aabb_scale: float | None = None
     """Size of the modelled box, 0.5 +- aabb_scale / 2 in unit-cube coordinates (instant-ngp's
     aabb_scale, at most 128): above 1 the occupancy grid gets 1 + ceil(log2 aabb_scale)
@@ -129,6 +141,10 @@ class TrainConfig:
     """Evaluate only the first N images of the evaluation split (None: all, as the protocol)."""
     save_renders: bool = True
     """Write the final evaluation's renders as PNG."""
+    cuda_graphs: bool = True
+    """Replay each training step as a captured CUDA graph (CUDA with the triton backend only):
+    one launch instead of hundreds. The ray count and the mining buffer then live on fixed,
+    bucketed sizes; see docs/design.md, "CUDA graphs"."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +201,7 @@ _SECTIONS = {
     "miner": MinerConfig,
 }
 _TOP_LEVEL = {"preset", "backend", "device", "mining"}
+MEMORY_FIT_MODES = ("check", "auto", "off")
 
 
 def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -302,6 +319,12 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"train.max_seconds must be positive, got {t.max_seconds}")
     if any(not (p > 0) for p in t.eval_at):
         raise ConfigError(f"train.eval_at points must be positive, got {list(t.eval_at)}")
+    if config.data.memory_fit not in MEMORY_FIT_MODES:
+        raise ConfigError(f"data.memory_fit must be one of {', '.join(MEMORY_FIT_MODES)}, got "
+                          f"{config.data.memory_fit!r}")
+    if not isinstance(config.data.images_on_host, bool):
+        raise ConfigError(f"data.images_on_host must be true or false, got "
+                          f"{config.data.images_on_host!r}")
     if config.data.downscale < 1:
         raise ConfigError(f"data.downscale must be an integer >= 1, got {config.data.downscale}")
     if t.eval_max_images is not None and t.eval_max_images < 1:
@@ -326,6 +349,9 @@ def validate(config: RunConfig) -> None:
 # Fields whose change alters tensor shapes or the meaning of the state: a resumed run must keep
 # them. The budget, evaluation points and checkpoint cadence may change on resume.
 RESUMABLE_CHANGES = {
+    ("data", "images_on_host"),  # where the images live, not what is learnt
+    ("data", "memory_fit"),
+    ("data", "memory_estimate"),  # a record of the machine the run started on
     ("train", "max_steps"),
     ("train", "max_seconds"),
     ("train", "eval_at"),
@@ -333,6 +359,7 @@ RESUMABLE_CHANGES = {
     ("train", "eval_max_images"),
     ("train", "save_renders"),
     ("train", "eval_rays_per_chunk"),
+    ("train", "cuda_graphs"),
 }
 
 

@@ -240,20 +240,24 @@ class HardSampleMiner(nn.Module):
         self.tau_bar.copy_(torch.where(update.to(old.device), new, old))
         return tau
 
-    def buffer_size(self, capacity: int) -> int:
+    def buffer_size(self, capacity: int, multiple: int = BUFFER_MULTIPLE) -> int:
         """Host size S of the second-pass buffer, from the lagged host copy of ``tau_bar``:
         ``clamp(ceil(capacity / tau_bar_host), ceil(min_fraction capacity),
-        ceil(max_fraction capacity))`` rounded up to a multiple of 256, at most ``capacity``.
+        ceil(max_fraction capacity))`` rounded up to a multiple of ``multiple`` (256 by
+        default; a CUDA-graph step uses coarser buckets so that few graphs are captured), at
+        most ``capacity``.
         """
         capacity = int(capacity)
         if capacity <= 0:
             return 0
+        if multiple < 1:
+            raise ValueError(f"multiple must be >= 1, got {multiple}")
         self._poll_host_copy()
         cfg = self.config
         size = _ceil_host(capacity / self._host_tau)
         size = max(size, _ceil_host(cfg.min_fraction * capacity))
         size = min(size, _ceil_host(cfg.max_fraction * capacity))
-        size = -(-size // BUFFER_MULTIPLE) * BUFFER_MULTIPLE
+        size = -(-size // multiple) * multiple
         return min(size, capacity)
 
     @torch.no_grad()
@@ -310,13 +314,18 @@ class HardSampleMiner(nn.Module):
         n_samples: torch.Tensor | int,
         capacity: int | None = None,
         generator: torch.Generator | None = None,
+        size: int | None = None,
+        host_copy: bool = True,
     ) -> MiningResult:
         """One mining step on the output gradients ``grad_raw`` [C, 4] of the first pass.
 
         ``n_samples`` is ``PackedSamples.n_samples`` (B, [] int64 on device); ``capacity`` the
         host capacity C (defaults to ``grad_raw.shape[0]``); ``generator`` a
         ``torch.Generator`` on ``grad_raw``'s device, for a reproducible draw. Needs no host
-        synchronisation.
+        synchronisation. ``size`` overrides :meth:`buffer_size` (a caller that captures the
+        step in a CUDA graph picks it before the capture); ``host_copy=False`` leaves the host
+        copy of ``tau_bar`` to the caller (:meth:`issue_host_copy` after the graph's replay:
+        event records and host copies cannot be captured).
         """
         n_slots = grad_raw.shape[0]
         capacity = n_slots if capacity is None else int(capacity)
@@ -327,7 +336,9 @@ class HardSampleMiner(nn.Module):
 
         g = self.importance(grad_raw, n)  # [C]
         b = self.hard_batch_size(n, g)  # [] from tau_bar before this step's update
-        size = self.buffer_size(capacity)  # host int, lagged
+        if size is None:
+            size = self.buffer_size(capacity)  # host int, lagged
+        size = min(int(size), n_slots)
         b = b.clamp(max=size)
         indices, mask = self.select(g, b, size, generator)  # [S], [S]
         tau = self.update_tau(g, n)
@@ -336,7 +347,8 @@ class HardSampleMiner(nn.Module):
         self.steps.add_(1)
         self.sum_fraction.add_(fraction.to(self.sum_fraction.device))
         self.last_fraction.copy_(fraction)
-        self._issue_host_copy()
+        if host_copy:
+            self.issue_host_copy()
         return MiningResult(indices=indices, mask=mask, b=b, importance=g, tau=tau)
 
     # ------------------------------------------------------------------ host side
@@ -352,7 +364,8 @@ class HardSampleMiner(nn.Module):
         self._host_event = None
         self._host_tau = float(self.tau_bar.detach().cpu().numpy())
 
-    def _issue_host_copy(self) -> None:
+    def issue_host_copy(self) -> None:
+        """Start the (non-blocking) copy of ``tau_bar`` to the host for :meth:`buffer_size`."""
         tau_bar = self.tau_bar.detach()
         if tau_bar.device.type == "cuda":
             if self._host_buf is None:

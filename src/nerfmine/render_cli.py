@@ -153,37 +153,90 @@ class TrainCameras:
         return cp.focal_to_fov(self.fy, self.height)
 
 
-def load_train_cameras(data_root: Path, split: str, downscale: int) -> TrainCameras:
+def load_train_cameras(data_root: Path, split: str, downscale: int, holdout_every: int = 8,
+                       skip_missing: bool = False) -> TrainCameras:
+    """The training split's poses and the first camera's intrinsics, from any scene format the
+    trainer reads (NeRF-synthetic, transforms.json capture, COLMAP), without decoding images.
+
+    A capture's poses are those it trained on (every ``holdout_every``-th frame held out), in
+    the world the loader returns (a COLMAP model's is normalised); the run's recorded scale and
+    offset map them into the unit cube. Generated paths use a pinhole camera with the first
+    training image's focal lengths (lens distortion is not rendered)."""
+    from nerfmine.data.transforms import load_capture
+
+    data = load_capture(data_root, split, downscale, holdout_every=holdout_every,
+                        skip_missing=skip_missing, decode=False)
+    return TrainCameras(data.c2w.numpy().astype(np.float64), data.fx, data.fy, data.width,
+                        data.height)
+
+
+def check_scene_exists(data_root: Path, run_dir: Path) -> None:
+    """A run's scene must still be where it was trained (or be given with --data)."""
+    if not Path(data_root).exists():
+        raise NerfmineError(
+            f"{data_root}: the scene {run_dir} was trained on is not there any more (it is "
+            "read for the cameras and photographs); pass its new location with --data PATH.")
+
+
+# --------------------------------------------------------------------------- eval pairs
+SIDE_BY_SIDE_GAP = 4  # white pixels between a render and its photograph
+
+
+def side_by_side(render: np.ndarray, photo_rgba: np.ndarray) -> np.ndarray:
+    """[H, 2W + gap, 3] uint8: ``render`` ([H, W, 3] uint8) left, the photograph ([H, W, 4]
+    uint8 RGBA, composited over white as evaluation does) right."""
+    rgb = photo_rgba[..., :3].astype(np.float64)
+    alpha = photo_rgba[..., 3:].astype(np.float64) / 255.0
+    photo = (rgb * alpha + 255.0 * (1.0 - alpha) + 0.5).clip(0, 255).astype(np.uint8)
+    if render.shape != photo.shape:
+        raise NerfmineError(f"a render of {render.shape[1]}x{render.shape[0]} cannot be paired "
+                            f"with a photograph of {photo.shape[1]}x{photo.shape[0]}.")
+    gap = np.full((render.shape[0], SIDE_BY_SIDE_GAP, 3), 255, dtype=np.uint8)
+    return np.concatenate([render, gap, photo], axis=1)
+
+
+def write_side_by_side(folder: Path, data, names: list[str]) -> list[Path]:
+    """Write ``<name>_vs_photo.png`` in ``folder`` for the evaluation renders ``<name>.png``
+    there, pairing each with the photograph of the same name in ``data`` (a SceneData)."""
     from PIL import Image
 
-    from nerfmine.data import blender
-
-    root = blender._check_root(data_root)
-    meta_path = root / f"transforms_{split}.json"
-    meta = blender._read_json(meta_path, root, split)
-    frames = meta.get("frames")
-    if not isinstance(frames, list) or not frames:
-        raise NerfmineError(f"{meta_path}: 'frames' must be a non-empty list of cameras.")
-    angle_x = blender._read_angle(meta, "camera_angle_x", meta_path, required=True)
-    angle_y = blender._read_angle(meta, "camera_angle_y", meta_path, required=False)
-    poses = []
-    for i, frame in enumerate(frames):
-        if not isinstance(frame, dict):
-            raise NerfmineError(f"{meta_path}: frames[{i}] must be an object.")
-        poses.append(blender._read_transform(frame, i, meta_path))
-    first = blender._resolve_image(frames[0], 0, root, meta_path)
-    try:
-        with Image.open(first) as im:
-            w, h = im.size
-    except OSError as exc:
-        raise NerfmineError(f"{first}: cannot read the image size ({exc}).") from None
-    fx = 0.5 * w / math.tan(0.5 * angle_x)
-    fy = fx if angle_y is None else 0.5 * h / math.tan(0.5 * angle_y)
-    ow, oh = max(1, w // downscale), max(1, h // downscale)
-    return TrainCameras(np.stack(poses).astype(np.float64), fx * ow / w, fy * oh / h, ow, oh)
+    index = {p.stem: i for i, p in enumerate(data.image_paths)}
+    written = []
+    for name in names:
+        render_path = Path(folder) / f"{name}.png"
+        if name not in index:
+            raise NerfmineError(f"no photograph named '{name}' in the evaluation split "
+                                f"'{data.split}' to pair with {render_path}.")
+        try:
+            with Image.open(render_path) as im:
+                render = np.asarray(im.convert("RGB"))
+        except OSError as exc:
+            raise NerfmineError(f"{render_path}: cannot read the render ({exc}).") from None
+        photo = data.images[index[name]].cpu().numpy()
+        out = Path(folder) / f"{name}_vs_photo.png"
+        Image.fromarray(side_by_side(render, photo)).save(out)
+        written.append(out)
+    return written
 
 
 # --------------------------------------------------------------------------- the command
+def load_run(run_dir: Path, data: Path | None = None):
+    """A run's trainer from its last checkpoint (``render`` and ``view``); ``data`` replaces
+    the scene folder recorded in its config, if the scene moved since training."""
+    from nerfmine.trainer import Trainer
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder; pass the folder a 'nerfmine train' "
+                          "wrote (it holds checkpoint.pt).")
+
+    def update(values: dict[str, Any]) -> None:
+        if data:
+            values["data"]["path"] = str(Path(data).resolve())
+
+    return Trainer.from_run_dir(run_dir, update)
+
+
 def _resolve_size(args, cams: TrainCameras | None, file_path: cp.CameraPath | None):
     width, height = args.width, args.height
     if file_path is not None:
@@ -301,7 +354,6 @@ def render(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from nerfmine.render import render_image
-    from nerfmine.trainer import Trainer
 
     # Checks that need no run first, so a typo fails fast.
     check_size(getattr(args, "width", None), getattr(args, "height", None))
@@ -322,21 +374,15 @@ def render(args: argparse.Namespace) -> int:
     want_video = can_video if args.video is None else bool(args.video)
 
     run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run folder; pass the folder a 'nerfmine train' "
-                          "wrote (it holds checkpoint.pt).")
-
-    def update(values: dict[str, Any]) -> None:
-        if getattr(args, "data", None):
-            values["data"]["path"] = str(Path(args.data).resolve())
-
-    trainer = Trainer.from_run_dir(run_dir, update)
+    trainer = load_run(run_dir, getattr(args, "data", None))
     config = trainer.config
 
     cams = None
     if str(args.path) in PATH_KINDS:  # a file brings its own size and field of view
+        check_scene_exists(trainer.data_root, run_dir)
         cams = load_train_cameras(trainer.data_root, config.data.train_split,
-                                  config.data.downscale)
+                                  config.data.downscale, config.data.holdout_every,
+                                  config.data.skip_missing)
     name, path, pixel_aspect = _build_path(args, trainer, cams)
 
     out_dir = Path(args.output) if args.output else run_dir / f"render_{name}"

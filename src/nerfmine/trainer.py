@@ -34,11 +34,14 @@ from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoin
 from nerfmine.config import RunConfig, check_resume_compatible, config_from_dict
 from nerfmine.data.blender import SceneData
 from nerfmine.data.demo import demo_scene_path
+from nerfmine.data.host_pixels import HostPixels
 from nerfmine.data.transforms import load_capture
 from nerfmine.errors import ConfigError, NerfmineError
 from nerfmine.field import NGPField
+from nerfmine.graphs import StepGraphs
+from nerfmine.memory import fit_memory
 from nerfmine.metrics import LPIPS_NOT_MEASURED, psnr, ssim
-from nerfmine.miner import HardSampleMiner
+from nerfmine.miner import BUFFER_MULTIPLE, HardSampleMiner
 from nerfmine.occupancy import OccupancyGrid
 from nerfmine.ops.composite import composite, composite_output_grads
 from nerfmine.ops.distortion import camera_rays
@@ -55,6 +58,8 @@ from nerfmine.provenance import device_name, git_commit
 from nerfmine.render import RenderSettings, render_image, render_rays
 
 WHITE = (1.0, 1.0, 1.0)
+# A graph step rounds the mining buffer up to target_samples / this: few graphs, little slack.
+GRAPH_BUFFER_BUCKETS = 64
 
 
 class TrainingInterrupted(NerfmineError):
@@ -104,7 +109,11 @@ class Trainer:
         self.data_root = resolve_data_path(config)
         self.train_data: SceneData | None = None
         self.notes: list[str] = []
+        self._host_pixels: HostPixels | None = None
         if load_train:
+            # Memory estimate from the image headers; may stop, or (--auto-fit) change where
+            # the images live or their downscale. Recorded in config.data.memory_estimate.
+            self.config = config = fit_memory(config, self.data_root, self.notes)
             self.train_data = self._load(config.data.train_split)
             self.notes += self.train_data.notes
             # Record the world-to-unit-cube transform the data applied, for renders and exports.
@@ -129,6 +138,23 @@ class Trainer:
         self.use_amp = bool(t.mixed_precision and self.device.type == "cuda")
         self.scaler = DeviceLossScaler(self.device, enabled=self.use_amp)
         self.generator = torch.Generator(self.device).manual_seed(t.seed)
+        # CUDA-graph steps (see train_step); their random numbers come from the default CUDA
+        # generator, seeded by torch.manual_seed above and checkpointed with the run. Pixels
+        # streamed from the host (--images-on-host) are gathered on the host each step, which
+        # a graph cannot replay: those runs launch their steps eagerly.
+        self._graphs = None
+        if (t.cuda_graphs and self.device.type == "cuda" and self.backend == "triton"
+                and load_train and not config.data.images_on_host):
+            self._graphs = StepGraphs(self.device)
+        self._lr_tensor = torch.full((), t.lr, dtype=torch.float32, device=self.device)
+        self._lr_host = t.lr
+        self._n_active = torch.full((), t.initial_rays, dtype=torch.int64, device=self.device)
+        self._rays_wanted = self._n_active.clone()
+        self._rays_host: torch.Tensor | None = None
+        self._pending_rays = None
+        self._stat_loss = torch.zeros((), dtype=torch.float32, device=self.device)
+        self._stat_samples = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._stat_hard = torch.zeros((), dtype=torch.float32, device=self.device)
 
         self.step = 0
         self.clock = 0.0
@@ -142,8 +168,14 @@ class Trainer:
         # Benchmarks replace this with a recorder of CUDA events between named stages.
         self.stage_marker: Callable[[str], None] = _no_mark
 
-        if self.train_data is not None:
+        if self.train_data is not None and config.data.images_on_host:
+            self._images = None  # pixels are gathered on the host each step
+            self._host_pixels = HostPixels(self.train_data.images, self.device, t.seed)
+            self.train_data.images = self._host_pixels.images  # the pinned copy only
+            self.notes += [self._host_pixels.note] if self._host_pixels.note else []
+        elif self.train_data is not None:
             self._images = self.train_data.images.to(self.device)  # [N, H, W, 4] uint8
+        if self.train_data is not None:
             self._c2w = self.train_data.c2w_unit().to(self.device)  # [N, 4, 4]
             self._mark_visible_cells()
 
@@ -208,51 +240,120 @@ class Trainer:
         passed = sum(1 for m in t.lr_milestones if frac >= m)
         return t.lr_gamma**passed
 
-    def _draw_rays(self, n_rays: int) -> tuple[torch.Tensor, ...]:
-        d, gen, dev = self.train_data, self.generator, self.device
-        cam = torch.randint(0, d.images.shape[0], (n_rays,), generator=gen, device=dev)
-        col = torch.randint(0, d.width, (n_rays,), generator=gen, device=dev)
-        row = torch.randint(0, d.height, (n_rays,), generator=gen, device=dev)
+    def _draw_rays(self, n_rays: int, gen: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+        d, dev = self.train_data, self.device
+        if self._host_pixels is not None:  # --images-on-host: indices from a CPU generator
+            cam, col, row, pixels = self._host_pixels.draw(n_rays, self.step)
+        else:
+            cam = torch.randint(0, d.images.shape[0], (n_rays,), generator=gen, device=dev)
+            col = torch.randint(0, d.width, (n_rays,), generator=gen, device=dev)
+            row = torch.randint(0, d.height, (n_rays,), generator=gen, device=dev)
+            pixels = self._images[cam, row, col]  # [R, 4] uint8
         sub = torch.rand(n_rays, 2, generator=gen, device=dev)
         px, py = col.float() + sub[:, 0], row.float() + sub[:, 1]
         origins, directions = self._rays(d, self._c2w, px, py, cam)
-        rgba = self._images[cam, row, col].float() / 255.0  # [R, 4]
+        rgba = pixels.float() / 255.0  # [R, 4]
         background = torch.rand(n_rays, 3, generator=gen, device=dev)
         alpha = rgba[:, 3:4]
         target = rgba[:, :3] * alpha + background * (1.0 - alpha)  # [R, 3]
         jitter = torch.rand(n_rays, generator=gen, device=dev)
         return origins, directions, background, target, jitter
 
-    def _march(self, origins, directions, jitter) -> PackedSamples:
+    def _march(self, origins, directions, jitter, n_active=None) -> PackedSamples:
         t = self.config.train
         return march_rays(origins, directions, self.occupancy.bitfield, step_size=t.step_size,
                           max_steps=t.max_steps_per_ray, capacity=t.target_samples,
-                          jitter=jitter, backend=self.backend, aabb_scale=self.aabb_scale,
-                          cone_angle=t.cone_angle)
+                          jitter=jitter, backend=self.backend, n_active=n_active,
+                          aabb_scale=self.aabb_scale, cone_angle=t.cone_angle)
 
-    def _autocast(self):
+    def _autocast(self, cache: bool = True):
         if self.use_amp:
-            return torch.autocast("cuda", dtype=torch.float16)
+            # No weight-cast cache while a CUDA graph is captured: the cache would outlive it.
+            return torch.autocast("cuda", dtype=torch.float16, cache_enabled=cache)
         return contextlib.nullcontext()
 
+    def uses_cuda_graphs(self) -> bool:
+        """Whether steps are replayed as CUDA graphs (CUDA, triton backend, not disabled)."""
+        return self._graphs is not None and self._graphs.enabled
+
+    def _ray_slots(self) -> int:
+        """Ray slots of a graph step: the next power of two above the wanted ray count, so
+        that few graphs are captured; the step marches only the first ``_n_active`` slots."""
+        t = self.config.train
+        slots = 1 << max(0, int(self.n_rays - 1).bit_length())
+        return int(min(max(slots, t.ray_granularity), max(t.max_rays, t.ray_granularity)))
+
     def train_step(self) -> StepStats:
-        """One optimisation step; returns device tensors (no host synchronisation needed)."""
-        t, cfg = self.config.train, self.config
+        """One optimisation step; returns device tensors (no host synchronisation needed).
+
+        On CUDA with the triton backend the device work is replayed as a captured CUDA graph
+        (:mod:`nerfmine.graphs`); elsewhere it runs eagerly with host-sized ray counts.
+        """
+        t = self.config.train
         mark = self.stage_marker
         mark("start")
         if self.occupancy.should_update(self.step):
             self.occupancy.update(self.step, self.field.density, self.generator)
         mark("occupancy")
-        n_rays = self.n_rays
-        origins, directions, background, target, jitter = self._draw_rays(n_rays)
-        samples = self._march(origins, directions, jitter)
+        lr = t.lr * self._lr_factor()
+        if self.uses_cuda_graphs():
+            stats = self._graph_step(lr)
+        else:
+            loss, samples, hard_fraction = self._device_step(
+                self.n_rays, None, None, lr, self.generator, mark, capturing=False)
+            self._adapt_ray_count(samples)
+            self.total_samples += samples.n_samples
+            stats = StepStats(loss=loss.detach(), n_samples=samples.n_samples,
+                              hard_fraction=hard_fraction)
+        self.step += 1
+        mark("ema_bookkeeping")
+        return stats
+
+    def _graph_step(self, lr: float) -> StepStats:
+        """The device work as a CUDA graph keyed by (ray slots, mining buffer size)."""
+        t = self.config.train
+        if lr != self._lr_host:
+            self._lr_tensor.fill_(lr)
+            self._lr_host = lr
+        slots = self._ray_slots()
+        size = None
+        if self.config.mining != "none":
+            quantum = max(BUFFER_MULTIPLE, t.target_samples // GRAPH_BUFFER_BUCKETS)
+            size = self.miner.buffer_size(t.target_samples, multiple=quantum)
+
+        def body(capturing: bool) -> None:
+            loss, samples, hard_fraction = self._device_step(
+                slots, self._n_active, size, self._lr_tensor, None, _no_mark, capturing)
+            self._device_ray_count(samples, slots)
+            self.total_samples += samples.n_samples
+            self._stat_loss.copy_(loss.detach())
+            self._stat_samples.copy_(samples.n_samples)
+            if hard_fraction is not None:
+                self._stat_hard.copy_(hard_fraction)
+
+        self._graphs.run((slots, size), body)
+        if self.config.mining != "none":
+            self.miner.issue_host_copy()
+        self._poll_rays_wanted()
+        return StepStats(loss=self._stat_loss, n_samples=self._stat_samples,
+                         hard_fraction=self._stat_hard if self.config.mining != "none" else None)
+
+    def _device_step(self, n_rays: int, n_active: torch.Tensor | None, size: int | None,
+                     lr: float | torch.Tensor, gen: torch.Generator | None,
+                     mark: Callable[[str], None], capturing: bool):
+        """Rays, marching, loss (with or without mining), backward, Adam, EMA: device work
+        only. Returns (loss [], samples, hard fraction [] or None)."""
+        t, cfg = self.config.train, self.config
+        origins, directions, background, target, jitter = self._draw_rays(n_rays, gen)
+        samples = self._march(origins, directions, jitter, n_active)
         mark("rays_march")
         n_valid = samples.ray_valid.sum().clamp(min=1)  # [] device
         self.optimizer.zero_grad(set_to_none=True)
         skip = None
         hard_fraction = None
+        cache = not capturing
         if cfg.mining == "none":
-            with self._autocast():
+            with self._autocast(cache):
                 raw = self.field(samples.positions, samples.directions)  # [C, 4]
             rgb, _, _ = composite(raw, samples, background, backend=self.backend,
                                   min_transmittance=t.min_transmittance)
@@ -261,16 +362,17 @@ class Trainer:
             self.scaler.scale_tensor(loss).backward()
             mark("forward_backward")
         else:
-            raw_all = self._first_forward(samples)  # [C, 4], no graph
+            raw_all = self._first_forward(samples, cache)  # [C, 4], no graph
             mark("first_forward")
             loss_per_ray, grad_raw = composite_output_grads(
                 raw_all, samples, background, target, backend=self.backend,
                 min_transmittance=t.min_transmittance)
             loss = loss_per_ray.sum() / n_valid
-            mined = self.miner.mine(grad_raw, samples.n_samples, t.target_samples, self.generator)
+            mined = self.miner.mine(grad_raw, samples.n_samples, t.target_samples, gen,
+                                    size=size, host_copy=size is None)
             idx = mined.indices  # [b_cap] sorted sample indices
             mark("mining")
-            with self._autocast():
+            with self._autocast(cache):
                 raw_hard = self.field(samples.positions[idx], samples.directions[idx])  # [b_cap, 4]
             injected = mined.injected_grads(grad_raw, 1.0 / n_valid)  # [b_cap, 4], 0 off-mask
             raw_hard.backward(gradient=self.scaler.scale_tensor(injected))
@@ -279,7 +381,7 @@ class Trainer:
             hard_fraction = mined.b.float() / samples.n_samples.clamp(min=1).float()
 
         for group in self.optimizer.param_groups:
-            group["lr"] = t.lr * self._lr_factor()
+            group["lr"] = lr
         found_inf = self.scaler.unscale_(list(self.field.parameters()))
         if found_inf is not None:
             skip = found_inf if skip is None else (skip | found_inf)
@@ -287,19 +389,14 @@ class Trainer:
         self.scaler.update(found_inf)
         mark("optimizer")
         self._update_ema()
-        self._adapt_ray_count(samples)
-        self.total_samples += samples.n_samples
-        self.step += 1
-        mark("ema_bookkeeping")
-        return StepStats(loss=loss.detach(), n_samples=samples.n_samples,
-                         hard_fraction=hard_fraction)
+        return loss, samples, hard_fraction
 
     @torch.no_grad()
-    def _first_forward(self, samples: PackedSamples) -> torch.Tensor:
+    def _first_forward(self, samples: PackedSamples, cache: bool = True) -> torch.Tensor:
         """Mining's inference pass over every slot, in chunks (bounded transient memory)."""
         chunk = self.config.train.first_pass_chunk
         capacity = samples.capacity
-        with self._autocast():
+        with self._autocast(cache):
             if capacity <= chunk:
                 return self.field(samples.positions, samples.directions)
             raw = torch.empty(capacity, 4, device=self.device, dtype=torch.float32)
@@ -339,6 +436,39 @@ class Trainer:
                 self._pending_measured = pending
         else:
             self._set_rays(float(measured))
+
+    @torch.no_grad()
+    def _device_ray_count(self, samples: PackedSamples, slots: int) -> None:
+        """The ray-count rule of :meth:`_adapt_ray_count` on the device, for graph steps: the
+        next step marches ``min(wanted, slots)`` rays; the host reads ``wanted`` (lagged) to
+        pick the number of slots."""
+        t = self.config.train
+        kept = samples.ray_valid.sum()
+        measured = samples.n_samples.double() / kept.clamp(min=1).double()  # samples per ray
+        rays = t.target_samples / measured.clamp(min=1.0 / t.max_rays)
+        rays = torch.where(samples.n_samples > 0, rays, torch.full_like(rays, t.max_rays))
+        rays = torch.ceil(rays / t.ray_granularity) * t.ray_granularity
+        rays = rays.clamp(min=t.ray_granularity, max=t.max_rays).to(torch.int64)
+        self._rays_wanted.copy_(rays)
+        self._n_active.copy_(rays.clamp(max=slots))
+
+    def _poll_rays_wanted(self) -> None:
+        """Pick up the lagged host copy of the wanted ray count; start the next copy."""
+        if self.device.type != "cuda":  # a plain memory read, no device involved
+            self.n_rays = int(self._rays_wanted)
+            return
+        pending = self._pending_rays
+        if pending is not None:
+            if not pending[1].query():
+                return
+            self.n_rays = int(pending[0])
+        buf = self._rays_host if self._rays_host is not None else torch.empty(
+            (), dtype=torch.int64, pin_memory=True)
+        self._rays_host = buf
+        buf.copy_(self._rays_wanted, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._pending_rays = (buf, event)
 
     def _set_rays(self, samples_per_ray: float) -> None:
         t = self.config.train
@@ -440,7 +570,9 @@ class Trainer:
             "peak_train_bytes": self.peak_train_bytes,
             "history": [vars(h) for h in self.history],
             "rng": {"generator": self.generator.get_state(),
-                    "torch": torch.get_rng_state()},
+                    "torch": torch.get_rng_state(),
+                    "cuda": (torch.cuda.get_rng_state(self.device)
+                             if self.device.type == "cuda" else None)},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -463,6 +595,11 @@ class Trainer:
         self.history = [EvalResult(**h) for h in state["history"]]
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
+        cuda_rng = state["rng"].get("cuda")
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+        self._n_active.fill_(self.n_rays)
+        self._rays_wanted.fill_(self.n_rays)
 
     def save(self) -> Path:
         path = self.run_dir / CHECKPOINT_NAME

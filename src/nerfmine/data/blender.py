@@ -65,8 +65,12 @@ def available_splits(root: str | Path) -> list[str]:
     return known + sorted(n for n in names if n not in _SPLIT_ORDER)
 
 
-def load_blender(root: str | Path, split: str, downscale: int = 1) -> SceneData:
-    """Load ``root/transforms_{split}.json`` and its images, optionally downscaled by box filter."""
+def load_blender(root: str | Path, split: str, downscale: int = 1,
+                 decode: bool = True) -> SceneData:
+    """Load ``root/transforms_{split}.json`` and its images, optionally downscaled by box filter.
+
+    ``decode=False`` reads only the image headers: ``images`` is then a placeholder on the
+    ``meta`` device with the right shape (see :func:`placeholder_images`)."""
     root = _check_root(root)
     if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
         raise DataError(
@@ -100,7 +104,8 @@ def load_blender(root: str | Path, split: str, downscale: int = 1) -> SceneData:
     images: np.ndarray | None = None
     full_size: tuple[int, int] | None = None
     for i, path in enumerate(paths):
-        img = _read_image(path, i, meta_path)
+        img = _read_image(path, i, meta_path) if decode else _HeaderOnly(
+            image_size(path, i, meta_path))
         if full_size is None:
             full_size = img.size
             w, h = full_size
@@ -110,24 +115,29 @@ def load_blender(root: str | Path, split: str, downscale: int = 1) -> SceneData:
                     f"({w}x{h}, e.g. {path}); use a value <= {min(w, h)}."
                 )
             out_size = (w // downscale, h // downscale)
-            images = np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8)
+            if decode:
+                images = np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8)
         elif img.size != full_size:
             raise DataError(
                 f"{meta_path}: images of split '{split}' have mixed sizes: {paths[0]} is "
                 f"{full_size[0]}x{full_size[1]} but {path} (frames[{i}]) is "
                 f"{img.size[0]}x{img.size[1]}; all images of a split must share one size."
             )
+        if not decode:
+            continue
         if downscale > 1:
             img = img.resize(out_size, Image.BOX)
         images[i] = np.asarray(img)  # [H, W, 4]
 
-    assert images is not None and full_size is not None
+    assert full_size is not None
+    image_tensor = (torch.from_numpy(images) if decode
+                    else placeholder_images(n, out_size[1], out_size[0]))
     w, h = full_size
     fx = 0.5 * w / math.tan(0.5 * angle_x)
     fy = fx if angle_y is None else 0.5 * h / math.tan(0.5 * angle_y)
     sx, sy = out_size[0] / w, out_size[1] / h
     return SceneData(
-        images=torch.from_numpy(images),
+        images=image_tensor,
         c2w=torch.from_numpy(c2w),
         fx=fx * sx,
         fy=fy * sy,
@@ -232,6 +242,29 @@ def _read_transform(frame: dict, i: int, meta_path: Path) -> np.ndarray:
             f"{meta_path}: frames[{i}] ('{rel}') transform_matrix holds NaN or inf values."
         )
     return m.astype(np.float32)
+
+
+class _HeaderOnly:
+    """Stands in for an image whose header only was read (``size`` is (width, height))."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = size
+
+
+def placeholder_images(n: int, height: int, width: int) -> torch.Tensor:
+    """[n, height, width, 4] uint8 on the ``meta`` device: the shape of a split's images
+    without their pixels (loaders' ``decode=False``; memory estimates and camera paths)."""
+    return torch.empty((n, height, width, 4), dtype=torch.uint8, device="meta")
+
+
+def image_size(path: Path, i: int, meta_path: Path) -> tuple[int, int]:
+    """(width, height) of an image from its header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        _read_image(path, i, meta_path)  # words the error (not an image, corrupt, ...)
+        raise
 
 
 def _read_image(path: Path, i: int, meta_path: Path) -> Image.Image:

@@ -41,7 +41,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nerfmine.data.blender import SceneData, _read_image
+from nerfmine.data.blender import (
+    SceneData,
+    _HeaderOnly,
+    _read_image,
+    image_size,
+    placeholder_images,
+)
 from nerfmine.data.transforms import (
     DEFAULT_OFFSET,
     DEFAULT_SCALE,
@@ -95,13 +101,15 @@ def load_colmap(
     downscale: int = 1,
     holdout_every: int = 8,
     skip_missing: bool = False,
+    decode: bool = True,
 ) -> SceneData:
     """Load a COLMAP sparse model (e.g. ``sparse/0``) and its images (e.g. ``images/``).
 
     Returns the split's images with OpenGL camera-to-world poses in the normalised world (see
     the module docstring), per-image ``intrinsics`` [N, 4] and ``distortion`` [N, 6] (None for
     "pinhole"), ``camera_model``, ``dialect`` "colmap", ``scale`` 0.33, ``offset`` 0.5 and
-    ``notes``. ``SceneData.fx/fy/cx/cy`` hold the first image's intrinsics.
+    ``notes``. ``SceneData.fx/fy/cx/cy`` hold the first image's intrinsics. ``decode=False``
+    reads the image headers only (``images`` is a ``meta`` placeholder of the split's shape).
     """
     model_dir = Path(model_dir).expanduser()
     images_dir = Path(images_dir).expanduser()
@@ -199,7 +207,8 @@ def load_colmap(
     out_size = (w // downscale, h // downscale)
     sx, sy = out_size[0] / w, out_size[1] / h
     n = len(chosen)
-    images = np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8)
+    images = (np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8) if decode
+              else placeholder_images(n, out_size[1], out_size[0]))
     intrinsics = np.empty((n, 4), dtype=np.float64)
     distortion = np.empty((n, 6), dtype=np.float64)
     paths: list[Path] = []
@@ -207,7 +216,8 @@ def load_colmap(
         im = found[i]
         path = images_dir / im.name
         cam = rec.cameras[im.camera_id]
-        img = _read_image(path, i, model_file)
+        img = _read_image(path, i, model_file) if decode else _HeaderOnly(
+            image_size(path, i, model_file))
         if img.size != (int(cam.width), int(cam.height)):
             raise DataError(
                 f"{path} is {img.size[0]}x{img.size[1]} but its COLMAP camera {im.camera_id} "
@@ -219,9 +229,10 @@ def load_colmap(
                 f"{w}x{h} but {path} is {img.size[0]}x{img.size[1]}; all images of a split "
                 "must share one size."
             )
-        if downscale > 1:
-            img = img.resize(out_size, Image.BOX)
-        images[k] = np.asarray(img)  # [H, W, 4]
+        if decode:
+            if downscale > 1:
+                img = img.resize(out_size, Image.BOX)
+            images[k] = np.asarray(img)  # [H, W, 4]
         _, (fx, fy, cx, cy), dist = cams[im.camera_id]
         intrinsics[k] = (fx * sx, fy * sy, cx * sx, cy * sy)
         distortion[k] = dist

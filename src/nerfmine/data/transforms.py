@@ -51,6 +51,7 @@ from nerfmine.data.blender import (
     _read_transform,
     available_splits,
     load_blender,
+    placeholder_images,
 )
 from nerfmine.errors import DataError
 
@@ -72,9 +73,14 @@ def load_capture(
     downscale: int = 1,
     holdout_every: int = 8,
     skip_missing: bool = False,
+    decode: bool = True,
 ) -> SceneData:
     """Load a capture: a transforms.json file, a folder holding one, a Blender folder, or a
     COLMAP project folder (``sparse/0/`` + ``images/``, see :mod:`nerfmine.data.colmap`).
+
+    ``decode=False`` reads poses, intrinsics and image headers only: ``images`` is then a
+    placeholder on the ``meta`` device with the split's shape [N, H, W, 4] (memory estimates,
+    camera paths), and the image files are not decoded.
 
     Returns the split's images with per-image ``intrinsics`` [N, 4] and ``distortion`` [N, 6]
     (None for a pinhole camera), ``camera_model``, ``dialect``, ``aabb_scale``, ``scale``,
@@ -96,14 +102,15 @@ def load_capture(
         from nerfmine.data.colmap import load_colmap  # pycolmap is imported only there
 
         return load_colmap(
-            path / "sparse" / "0", path / "images", split, downscale, holdout_every, skip_missing
+            path / "sparse" / "0", path / "images", split, downscale, holdout_every, skip_missing,
+            decode=decode,
         )
     if path.is_dir():
         if (path / f"transforms_{split}.json").is_file():
-            return load_blender(path, split, downscale)
+            return load_blender(path, split, downscale, decode=decode)
         if not (path / "transforms.json").is_file():
             if available_splits(path):
-                return load_blender(path, split, downscale)  # its error lists the splits
+                return load_blender(path, split, downscale, decode=decode)  # lists the splits
             raise DataError(
                 f"{path} holds neither transforms.json nor transforms_{split}.json; pass the "
                 "capture's transforms.json (instant-ngp or nerfstudio) or a Blender folder."
@@ -111,11 +118,12 @@ def load_capture(
         path = path / "transforms.json"
     check_capture_args(f"{path} is a single transforms file", split, downscale, holdout_every,
                        "frame")
-    return _load_single(path, split, downscale, holdout_every, skip_missing)
+    return _load_single(path, split, downscale, holdout_every, skip_missing, decode)
 
 
 def _load_single(
-    meta_path: Path, split: str, downscale: int, holdout_every: int, skip_missing: bool
+    meta_path: Path, split: str, downscale: int, holdout_every: int, skip_missing: bool,
+    decode: bool = True,
 ) -> SceneData:
     root = meta_path.parent
     meta = _read_json(meta_path, root, split)
@@ -179,7 +187,8 @@ def _load_single(
         )
     out_size = (w // downscale, h // downscale)
     sx, sy = out_size[0] / w, out_size[1] / h
-    images = np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8)
+    images = (np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8) if decode
+              else placeholder_images(n, out_size[1], out_size[0]))
     c2w = np.empty((n, 4, 4), dtype=np.float32)
     intrinsics = np.empty((n, 4), dtype=np.float64)
     distortion = np.empty((n, 6), dtype=np.float64)
@@ -193,10 +202,11 @@ def _load_single(
                 "split must share one size."
             )
         c2w[k] = _read_transform(frames[i], i, meta_path)
-        img = _read_image(image, i, meta_path)
-        if downscale > 1:
-            img = img.resize(out_size, Image.BOX)
-        images[k] = np.asarray(img)  # [H, W, 4]
+        if decode:
+            img = _read_image(image, i, meta_path)
+            if downscale > 1:
+                img = img.resize(out_size, Image.BOX)
+            images[k] = np.asarray(img)  # [H, W, 4]
         fx, fy, cx, cy = intr
         intrinsics[k] = (fx * sx, fy * sy, cx * sx, cy * sy)
         distortion[k] = dist
@@ -398,14 +408,15 @@ def holdout_indices(n: int, split: str, holdout_every: int, where, unit: str) ->
     return chosen
 
 
-def capture_scene(images: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray,
+def capture_scene(images: np.ndarray | torch.Tensor, c2w: np.ndarray, intrinsics: np.ndarray,
                   distortion: np.ndarray, camera_model: str, paths: list[Path], split: str,
                   size: tuple[int, int], scale: float, offset: tuple, aabb_scale: float,
                   dialect: str, notes: list[str]) -> SceneData:
     """A SceneData with per-image intrinsics [N, 4] and distortion [N, 6] (None for a
-    pinhole camera); ``fx/fy/cx/cy`` hold the first image's intrinsics."""
+    pinhole camera); ``fx/fy/cx/cy`` hold the first image's intrinsics. ``images`` may be a
+    tensor already (a ``meta`` placeholder when the loader did not decode)."""
     return SceneData(
-        images=torch.from_numpy(images),
+        images=images if isinstance(images, torch.Tensor) else torch.from_numpy(images),
         c2w=torch.from_numpy(np.ascontiguousarray(c2w, dtype=np.float32)),
         fx=float(intrinsics[0, 0]),
         fy=float(intrinsics[0, 1]),
