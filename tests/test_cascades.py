@@ -318,3 +318,25 @@ def test_render_with_exponential_steps_matches_one_march():
     assert torch.allclose(rgb, want_rgb, atol=1e-5) and torch.allclose(depth, want_depth,
                                                                       atol=1e-4)
     assert torch.allclose(opacity, want_opacity, atol=1e-5) and (opacity > 0.01).any()
+
+
+def test_export_helpers_read_cascaded_bitfields():
+    """occupied_bbox and sample_occupied_points place coarse-cascade cells in unit-cube
+    coordinates; K = 1 bitfields keep their old behaviour (tests/test_export.py)."""
+    from nerfmine.export import occupied_bbox, sample_occupied_points
+    from nerfmine.occupancy import occupied_cell_boxes
+
+    res = 8
+    bits = torch.zeros(2, res, res, res, dtype=torch.bool)
+    bits[0, 3, 4, 5] = True  # unit-cube cell [3/8, 4/8) x [4/8, 5/8) x [5/8, 6/8)
+    bits[1, 3, 4, 5] = True  # covered by cascade 0: left out of the boxes
+    bits[1, 7, 0, 2] = True  # cascade 1: [1.25, 1.5) x [-0.5, -0.25) x [0, 0.25)
+    lo, size = occupied_cell_boxes(bits)
+    assert lo.tolist() == [[0.375, 0.5, 0.625], [1.25, -0.5, 0.0]] and size.tolist() == [
+        0.125, 0.25]
+    b_lo, b_hi = occupied_bbox(bits, pad_cells=0)
+    assert b_lo.tolist() == [0.375, -0.5, 0.0] and b_hi.tolist() == [1.5, 0.625, 0.75]
+    pts = sample_occupied_points(bits, 400, torch.Generator().manual_seed(0))
+    in_fine = ((pts >= lo[0]) & (pts < lo[0] + 0.125)).all(-1)
+    in_coarse = ((pts >= lo[1]) & (pts < lo[1] + 0.25)).all(-1)
+    assert (in_fine | in_coarse).all() and in_fine.any() and in_coarse.any()

@@ -652,7 +652,7 @@ class Trainer:
             raise ConfigError(f"{run_dir} was trained on CUDA; this machine has no CUDA GPU")
         trainer = cls(config, run_dir)
         trainer.load_state_dict(state)
-        config.save(run_dir / "config.json")
+        trainer.config.save(run_dir / "config.json")
         return trainer
 
     # ------------------------------------------------------------------ the loop
