@@ -40,6 +40,7 @@ class StepGraphs:
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[Hashable, torch.cuda.CUDAGraph] = OrderedDict()
         self._pool = None
+        self._stream: torch.cuda.Stream | None = None
         self.captures = 0
         self.replays = 0
         self.disabled_reason: str | None = None
@@ -63,7 +64,12 @@ class StepGraphs:
             graph.replay()
             self.replays += 1
             return
-        stream = torch.cuda.Stream(self.device)
+        # One side stream for every warm-up and capture: cuBLAS keeps a workspace per stream
+        # (64 MiB on Hopper) for the life of the process, so a new stream per key would grow
+        # the memory with each captured graph.
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             fn(False)  # this step's real work; compiles kernels, sets up workspaces
@@ -74,7 +80,7 @@ class StepGraphs:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.graph(graph, pool=self._pool, stream=stream):
                 fn(True)
         except Exception as exc:  # noqa: BLE001 - fall back to eager steps, say why
             self.disabled_reason = f"{type(exc).__name__}: {exc}"

@@ -52,7 +52,7 @@ _PAD_BLOCK = 1024
 # Rays (lanes) per program of the exponential-stepping walk.
 EXP_BLOCK = 64
 # Distance along an axis the ray does not move on (the reference uses the same value).
-_NO_BOUNDARY: tl.constexpr = 3.0e38
+_NO_BOUNDARY = tl.constexpr(3.0e38)  # a global read inside kernels must be a constexpr object
 
 
 @triton.jit
