@@ -44,7 +44,7 @@ def test_fox_trains_with_the_every_eighth_holdout(tmp_path):
     assert saved["data"]["aabb_scale"] == 4.0 and saved["occupancy"]["cascades"] == 3
     assert saved["train"]["cone_angle"] == 1 / 256
     # Samples of a training batch lie in the box and their steps grow with distance.
-    origins, directions, _, _, jitter = trainer._draw_rays(256)
+    origins, directions, _, _, jitter = trainer._draw_rays(256, trainer.generator)
     samples = trainer._march(origins, directions, jitter)
     n = int(samples.n_samples)
     assert n > 0 and ((samples.positions[:n] >= -1.5) & (samples.positions[:n] <= 2.5)).all()
