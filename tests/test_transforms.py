@@ -234,3 +234,28 @@ def test_the_run_records_the_scale_and_offset_it_applied(tmp_path):
     trainer.config.save(tmp_path / "config.json")
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["data"]["scale"] == 0.5 and saved["data"]["offset"] == [0.1, 0.2, 0.3]
+
+
+def test_nerfstudio_file_without_scale_is_centred_from_the_poses(tmp_path):
+    """nerfstudio's files carry no scale/offset: the camera centres' mean goes to the cube's
+    centre and the farthest camera to 0.33 from it, for every split alike."""
+    path = write_capture(tmp_path, {"camera_model": "OPENCV", "fl_x": 9.0, "w": W, "h": H}, 9)
+    meta = json.loads(path.read_text())
+    rng = np.random.default_rng(0)
+    for f in meta["frames"]:
+        m = np.eye(4)
+        m[:3, 3] = rng.normal(size=3) * 5.0 + [10.0, -3.0, 7.0]
+        f["transform_matrix"] = m.tolist()
+    path.write_text(json.dumps(meta))
+    train, test = load_capture(path, "train"), load_capture(path, "test")
+    assert train.scale == test.scale and tuple(train.offset) == tuple(test.offset)
+    everything = torch.cat([train.c2w_unit(), test.c2w_unit()])[:, :3, 3].double()  # [9, 3]
+    torch.testing.assert_close(everything.mean(0), torch.full((3,), 0.5, dtype=torch.float64),
+                               rtol=0, atol=1e-5)
+    assert float((everything - 0.5).norm(dim=-1).max()) == pytest.approx(0.33, abs=1e-5)
+    assert any("centred at the mean camera position" in n for n in train.notes)
+    # A file that gives its own scale and offset keeps them.
+    meta["scale"], meta["offset"] = 0.1, [0.2, 0.3, 0.4]
+    path.write_text(json.dumps(meta))
+    kept = load_capture(path, "all")
+    assert kept.scale == pytest.approx(0.1) and tuple(kept.offset) == pytest.approx((0.2, 0.3, 0.4))

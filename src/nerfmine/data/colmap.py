@@ -55,6 +55,7 @@ from nerfmine.data.transforms import (
     check_capture_args,
     handle_missing,
     holdout_indices,
+    pose_centre_and_radius,
 )
 from nerfmine.errors import DataError
 
@@ -184,10 +185,7 @@ def load_colmap(
     # poses in COLMAP's world, then normalised with every found image
     c2w_all = np.stack([_c2w_opengl(im) for im in found])  # [M, 4, 4] float64
     centres = c2w_all[:, :3, 3]
-    centre = centres.mean(axis=0)
-    radius = float(np.linalg.norm(centres - centre, axis=1).max())
-    if not np.isfinite(radius) or radius < 1e-12:
-        radius = 1.0
+    centre, radius = pose_centre_and_radius(centres)
     c2w_all[:, :3, 3] = (centres - centre) / radius
     notes.append(
         "COLMAP world normalised: centred at the mean camera position "

@@ -22,6 +22,10 @@ Conventions (both dialects, and the same as the Blender loader):
   "pinhole".
 - Unit cube: ``x_unit = x_world * scale + offset`` with the file's ``scale``/``offset`` or
   instant-ngp's defaults 0.33 and (0.5, 0.5, 0.5); ``aabb_scale`` (default 1) is recorded.
+  A nerfstudio file without ``scale``/``offset`` is centred and scaled from its camera poses
+  (nerfstudio's own loader does that): the mean camera position goes to the cube's centre and
+  the cameras to within 0.33 of it (``scale = 0.33 / radius``, ``offset = 0.5 - centre *
+  scale``), as COLMAP models are.
 - Splits: frames are sorted by ``file_path``; split "test" holds every ``holdout_every``-th frame
   (sorted index % holdout_every == 0), "train" the rest, "all" every frame. Frames whose image
   is missing are dropped (with ``skip_missing``) *before* the hold-out, so a file with missing
@@ -224,14 +228,34 @@ def _load_single(
         )
     scale, offset = _scale_offset(meta, meta_path)
     if dialect == "nerfstudio" and "scale" not in meta and "offset" not in meta:
+        # nerfstudio's loader centres and scales the poses itself (its files carry neither):
+        # do the same, from every frame with an image so that all splits share one world.
+        centres = np.stack([_read_transform(frames[i], i, meta_path)[:3, 3] for i, _ in found])
+        centre, radius = pose_centre_and_radius(centres)
+        scale = DEFAULT_SCALE / radius
+        offset = tuple(float(v) for v in DEFAULT_OFFSET - centre * scale)
         notes.append(
-            "nerfstudio file without scale/offset: using instant-ngp's 0.33 and (0.5, 0.5, 0.5); "
-            "check that the scene fits the unit cube."
+            "nerfstudio file without scale/offset: the scene is centred at the mean camera "
+            f"position ({centre[0]:.4g}, {centre[1]:.4g}, {centre[2]:.4g}) and divided by the "
+            f"largest camera distance from it ({radius:.4g}), then mapped with instant-ngp's "
+            f"0.33 and 0.5: scale {scale:.4g}, offset ({offset[0]:.4g}, {offset[1]:.4g}, "
+            f"{offset[2]:.4g}). Give 'scale' and 'offset' in the file to choose them yourself."
         )
     aabb_scale = _number(meta, "aabb_scale", meta_path, default=1.0, positive=True)
 
     return capture_scene(images, c2w, intrinsics, distortion, camera_model, paths, split,
                          out_size, scale, offset, aabb_scale, dialect, notes)
+
+
+def pose_centre_and_radius(centres: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre (mean camera position, [3]) and radius (largest camera distance from it) of
+    camera positions ``centres`` [M, 3]; radius 1 when the cameras coincide."""
+    centres = np.asarray(centres, dtype=np.float64)
+    centre = centres.mean(axis=0)
+    radius = float(np.linalg.norm(centres - centre, axis=1).max())
+    if not np.isfinite(radius) or radius < 1e-12:
+        radius = 1.0
+    return centre, radius
 
 
 def _find_image(root: Path, rel: str) -> Path | None:
