@@ -130,9 +130,13 @@ class TrainConfig:
     choice, 0 (constant steps) for aabb_scale 1 and 1/256 above; a run records the value."""
     min_transmittance: float = 1e-4
     """A sample is composited while the transmittance before it is at least this."""
-    first_pass_chunk: int = 1 << 17
+    first_pass_chunk: int = 1 << 16
     """Samples per chunk of the mining's first forward (no graph): bounds its transient memory,
     so that the mining step's peak is set by its (smaller) graph."""
+    second_pass_chunk: int = 1 << 15
+    """Samples per chunk of the mining's second pass (forward with a graph, then backward):
+    the injected gradients are known from the first pass, so each chunk's backward can run on
+    its own and the graph of at most this many samples is alive at once."""
     checkpoint_every: float = 60.0
     """Seconds of training clock between checkpoints (also written at each evaluation)."""
     eval_rays_per_chunk: int = 1 << 16
@@ -332,8 +336,9 @@ def validate(config: RunConfig) -> None:
                           f"{t.eval_max_images}")
     if not t.checkpoint_every > 0:
         raise ConfigError(f"train.checkpoint_every must be positive, got {t.checkpoint_every}")
-    if t.first_pass_chunk < 1 or t.eval_rays_per_chunk < 1:
-        raise ConfigError("train.first_pass_chunk and train.eval_rays_per_chunk must be >= 1")
+    if t.first_pass_chunk < 1 or t.second_pass_chunk < 1 or t.eval_rays_per_chunk < 1:
+        raise ConfigError("train.first_pass_chunk, train.second_pass_chunk and "
+                          "train.eval_rays_per_chunk must be >= 1")
     if config.data.aabb_scale is not None and not config.data.aabb_scale > 0:
         raise ConfigError(f"data.aabb_scale must be positive, got {config.data.aabb_scale}")
     if t.cone_angle is not None and not t.cone_angle >= 0:
@@ -360,6 +365,8 @@ RESUMABLE_CHANGES = {
     ("train", "save_renders"),
     ("train", "eval_rays_per_chunk"),
     ("train", "cuda_graphs"),
+    ("train", "first_pass_chunk"),
+    ("train", "second_pass_chunk"),
 }
 
 

@@ -57,6 +57,9 @@ class NGPField(nn.Module):
         self.color_w1 = nn.Parameter(_xavier_uniform(hid, geo + sh_dim, gen))
         self.color_w2 = nn.Parameter(_xavier_uniform(hid, hid, gen))
         self.color_w3 = nn.Parameter(_xavier_uniform(3, hid, gen))
+        # A trainer may give the table's gradient a preallocated home: the backward then adds
+        # into it (several backward passes, no dense temporary) and table.grad is left unset.
+        self.table_grad_sink: torch.Tensor | None = None
 
     def mlp_parameters(self) -> list[nn.Parameter]:
         """The MLP weights (L2-regularised); the hash table is not among them."""
@@ -72,7 +75,8 @@ class NGPField(nn.Module):
 
     def _geo(self, positions: torch.Tensor) -> torch.Tensor:
         x = self.encoding_positions(positions)
-        enc = hash_grid_encode(x, self.table, self.spec, backend=self.backend)  # [N, L*F]
+        enc = hash_grid_encode(x, self.table, self.spec, backend=self.backend,
+                               grad_sink=self.table_grad_sink)  # [N, L*F]
         hidden = torch.relu(F.linear(enc, self.density_w1))  # [N, hid]; fp16 under autocast
         return F.linear(hidden, self.density_w2)  # [N, geo]
 

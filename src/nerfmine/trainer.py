@@ -134,6 +134,10 @@ class Trainer:
         self.optimizer = NGPAdam([self.field.table], self.field.mlp_parameters(), lr=t.lr,
                                  betas=t.betas, eps=t.eps, l2_reg=t.l2_reg, backend=self.backend)
         self.optimizer.init_state()  # the moments count as setup memory, not training memory
+        # The table's gradient lives in one preallocated buffer (setup memory, like the
+        # moments): every backward of a step adds into it (see NGPField.table_grad_sink).
+        self._table_grad = torch.zeros_like(self.field.table)
+        self.field.table_grad_sink = self._table_grad
         self.ema = [p.detach().clone() for p in self.field.parameters()]
         self.use_amp = bool(t.mixed_precision and self.device.type == "cuda")
         self.scaler = DeviceLossScaler(self.device, enabled=self.use_amp)
@@ -349,6 +353,7 @@ class Trainer:
         mark("rays_march")
         n_valid = samples.ray_valid.sum().clamp(min=1)  # [] device
         self.optimizer.zero_grad(set_to_none=True)
+        self._table_grad.zero_()
         skip = None
         hard_fraction = None
         cache = not capturing
@@ -372,14 +377,22 @@ class Trainer:
                                     size=size, host_copy=size is None)
             idx = mined.indices  # [b_cap] sorted sample indices
             mark("mining")
-            with self._autocast(cache):
-                raw_hard = self.field(samples.positions[idx], samples.directions[idx])  # [b_cap, 4]
             injected = mined.injected_grads(grad_raw, 1.0 / n_valid)  # [b_cap, 4], 0 off-mask
-            raw_hard.backward(gradient=self.scaler.scale_tensor(injected))
+            injected = self.scaler.scale_tensor(injected)
+            # The injected gradients are fixed by the first pass, so the second pass runs in
+            # chunks, each forward followed by its own backward: only one chunk's graph is
+            # alive at a time, and the gradients add up in place.
+            chunk = t.second_pass_chunk
+            for lo in range(0, idx.shape[0], chunk):
+                part = idx[lo:lo + chunk]
+                with self._autocast(cache):
+                    raw_hard = self.field(samples.positions[part], samples.directions[part])
+                raw_hard.backward(gradient=injected[lo:lo + chunk])  # [chunk, 4]
             mark("forward_backward")
             skip = mined.b == 0
             hard_fraction = mined.b.float() / samples.n_samples.clamp(min=1).float()
 
+        self.field.table.grad = self._table_grad
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         found_inf = self.scaler.unscale_(list(self.field.parameters()))

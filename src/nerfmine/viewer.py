@@ -185,7 +185,10 @@ class FieldRenderer:
     def __init__(self, trainer, background=(1.0, 1.0, 1.0), rays_per_chunk: int | None = None,
                  coarse_factor: float | None = None):
         self.device = trainer.device
-        self.field = copy.deepcopy(trainer.field)
+        # The copy needs no gradient buffer of its own (the memo maps the sink to None).
+        sink = getattr(trainer.field, "table_grad_sink", None)
+        memo = {id(sink): None} if sink is not None else {}
+        self.field = copy.deepcopy(trainer.field, memo)
         self.field.requires_grad_(False)
         self.settings = trainer.render_settings()
         # Frames of a moving camera march with steps this many times longer (fewer network

@@ -170,26 +170,34 @@ def _encode_levels(x: Tensor, table: Tensor, spec: HashGridSpec) -> Tensor:
     return out
 
 
-def _table_grad(x: Tensor, grad_out: Tensor, table: Tensor, spec: HashGridSpec) -> Tensor:
-    """d(sum(out * grad_out)) / d table: scatter-add of weight * upstream over points, corners."""
+def _table_grad(x: Tensor, grad_out: Tensor, table: Tensor, spec: HashGridSpec,
+                out: Tensor | None = None) -> Tensor:
+    """d(sum(out * grad_out)) / d table: scatter-add of weight * upstream over points, corners.
+
+    With ``out`` given the gradient is added into it in place (and ``out`` returned)."""
     dtype = _compute_dtype(table)
     f = spec.n_features
-    grad = torch.zeros(table.shape, dtype=dtype, device=table.device)  # [n_entries, F]
+    if out is not None:
+        dtype = out.dtype
+        grad = out
+    else:
+        grad = torch.zeros(table.shape, dtype=dtype, device=table.device)  # [n_entries, F]
     grad_out = grad_out.to(dtype)
     for level in range(spec.n_levels):
         indices, weights = hash_grid_indices_and_weights(x, spec, level)  # [N, 8], [N, 8]
         g = grad_out[:, level * f : (level + 1) * f]  # [N, F]
         contrib = weights.to(dtype).unsqueeze(2) * g.unsqueeze(1)  # [N, 8, F]
         grad.index_add_(0, indices.reshape(-1), contrib.reshape(-1, f))
-    return grad.to(table.dtype)
+    return grad if out is not None else grad.to(table.dtype)
 
 
 class _HashGridEncodeTorch(torch.autograd.Function):
     """Recomputes indices and weights in the backward so only one level's [N, 8] lives at once."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, table: Tensor, spec: HashGridSpec) -> Tensor:
+    def forward(ctx, x: Tensor, table: Tensor, spec: HashGridSpec, grad_sink) -> Tensor:
         ctx.spec = spec
+        ctx.grad_sink = grad_sink
         ctx.save_for_backward(x, table)
         return _encode_levels(x, table, spec)
 
@@ -199,8 +207,11 @@ class _HashGridEncodeTorch(torch.autograd.Function):
         x, table = ctx.saved_tensors
         grad_table = None
         if ctx.needs_input_grad[1]:
-            grad_table = _table_grad(x, grad_out, table, ctx.spec)
-        return None, grad_table, None
+            if ctx.grad_sink is not None:  # accumulate in place; table.grad is left alone
+                _table_grad(x, grad_out, table, ctx.spec, out=ctx.grad_sink)
+            else:
+                grad_table = _table_grad(x, grad_out, table, ctx.spec)
+        return None, grad_table, None, None
 
 
 def _check_inputs(x: Tensor, table: Tensor, spec: HashGridSpec) -> None:
@@ -215,7 +226,17 @@ def _check_inputs(x: Tensor, table: Tensor, spec: HashGridSpec) -> None:
         raise ValueError(f"x and table must be floating point, got {x.dtype} and {table.dtype}")
 
 
-def _hash_grid_encode_torch(x: Tensor, table: Tensor, spec: HashGridSpec) -> Tensor:
+def _check_sink(grad_sink: Tensor | None, table: Tensor) -> None:
+    if grad_sink is not None and (grad_sink.shape != table.shape
+                                  or grad_sink.device != table.device
+                                  or not grad_sink.is_floating_point()):
+        raise ValueError(f"grad_sink must be a floating-point tensor of the table's shape "
+                         f"{list(table.shape)} on {table.device}, got {list(grad_sink.shape)} "
+                         f"{grad_sink.dtype} on {grad_sink.device}")
+
+
+def _hash_grid_encode_torch(x: Tensor, table: Tensor, spec: HashGridSpec,
+                            grad_sink: Tensor | None = None) -> Tensor:
     """Pure-PyTorch reference of the hash encoding (the spec for the Triton kernel).
 
     ``x`` [N, 3] in [0, 1], ``table`` [spec.n_entries, F] (fp16, fp32 or fp64) -> [N, L*F],
@@ -227,7 +248,8 @@ def _hash_grid_encode_torch(x: Tensor, table: Tensor, spec: HashGridSpec) -> Ten
     itself differentiable (no double backward).
     """
     _check_inputs(x, table, spec)
-    return _HashGridEncodeTorch.apply(x, table, spec)
+    _check_sink(grad_sink, table)
+    return _HashGridEncodeTorch.apply(x, table, spec, grad_sink)
 
 
 def _triton_module(op: str, *tensors: Tensor):
@@ -254,7 +276,8 @@ def _triton_module(op: str, *tensors: Tensor):
 
 
 def hash_grid_encode(
-    x: Tensor, table: Tensor, spec: HashGridSpec, backend: str = "torch"
+    x: Tensor, table: Tensor, spec: HashGridSpec, backend: str = "torch",
+    grad_sink: Tensor | None = None,
 ) -> Tensor:
     """Multiresolution hash encoding: ``x`` [N, 3] in [0, 1] -> features [N, L*F] float32.
 
@@ -262,11 +285,15 @@ def hash_grid_encode(
     rows ``spec.level_offsets[l]`` to ``spec.level_offsets[l + 1]``). Output is level-major:
     features of level 0 first. Differentiable with respect to ``table``; ``x`` gets no gradient.
     ``backend``: "torch" (reference, any device) or "triton" (CUDA, or TRITON_INTERPRET=1).
+    ``grad_sink``: a buffer of the table's shape; the backward then *adds* the table gradient
+    into it in place and gives ``table`` no gradient of its own, so several backward passes (a
+    chunked pass) accumulate into one preallocated buffer without a dense temporary each.
     """
     if backend == "torch":
-        return _hash_grid_encode_torch(x, table, spec)
+        return _hash_grid_encode_torch(x, table, spec, grad_sink)
     if backend == "triton":
         _check_inputs(x, table, spec)
+        _check_sink(grad_sink, table)
         module = _triton_module("hash_grid", x, table)
         try:
             encode = module.hash_grid_encode_triton
@@ -275,7 +302,7 @@ def hash_grid_encode(
                 "nerfmine.ops._triton.hash_grid has no hash_grid_encode_triton; "
                 "use backend='torch'."
             ) from err
-        return encode(x, table, spec)
+        return encode(x, table, spec, grad_sink=grad_sink)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 

@@ -257,19 +257,27 @@ def _forward(x: Tensor, table_fp16: Tensor, spec: HashGridSpec) -> Tensor:
 
 
 def hash_grid_backward_triton(
-    x: Tensor, grad_out: Tensor, spec: HashGridSpec, pre_reduce: bool | None = None
+    x: Tensor, grad_out: Tensor, spec: HashGridSpec, pre_reduce: bool | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """d(sum(out * grad_out)) / d table as an fp32 [n_entries, 2] buffer.
 
     ``pre_reduce`` (default: the module's ``PRE_REDUCE``): run-length pre-reduction of
     consecutive points sharing a cell before the atomics; False: one atomic per point and corner.
+    ``out``: an fp32 contiguous [n_entries, 2] buffer to add the gradient into (returned).
     """
     scales, ints, n_dense = _level_params(spec, x.device)
     if pre_reduce is None:
         pre_reduce = PRE_REDUCE
     n = x.shape[0]
     grad_out = grad_out.contiguous()
-    grad = torch.zeros(spec.n_entries, 2, dtype=torch.float32, device=x.device)
+    if out is not None:
+        if out.dtype != torch.float32 or not out.is_contiguous():
+            raise ValueError("the Triton hash-grid backward accumulates into a contiguous "
+                             f"float32 buffer, got {out.dtype}")
+        grad = out
+    else:
+        grad = torch.zeros(spec.n_entries, 2, dtype=torch.float32, device=x.device)
     if pre_reduce:
         kernel, block = _hash_grid_bwd_runs_kernel, BWD_RUNS_BLOCK
     else:
@@ -283,8 +291,10 @@ class _HashGridEncode(torch.autograd.Function):
     """Forward from the fp16 lookup table; backward scatters into the (fp32) master table."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, table: Tensor, table_fp16: Tensor, spec: HashGridSpec) -> Tensor:
+    def forward(ctx, x: Tensor, table: Tensor, table_fp16: Tensor, spec: HashGridSpec,
+                grad_sink) -> Tensor:
         ctx.spec = spec
+        ctx.grad_sink = grad_sink
         ctx.table_dtype = table.dtype
         ctx.save_for_backward(x)
         return _forward(x, table_fp16, spec)
@@ -295,14 +305,18 @@ class _HashGridEncode(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         grad_table = None
         if ctx.needs_input_grad[1]:
+            if ctx.grad_sink is not None:  # accumulate in place; table.grad is left alone
+                hash_grid_backward_triton(x, grad_out, ctx.spec, out=ctx.grad_sink)
+                return None, None, None, None, None
             grad_table = hash_grid_backward_triton(x, grad_out, ctx.spec)
             if ctx.table_dtype != torch.float32:
                 grad_table = grad_table.to(ctx.table_dtype)
-        return None, grad_table, None, None
+        return None, grad_table, None, None, None
 
 
 def hash_grid_encode_triton(
-    x: Tensor, table: Tensor, spec: HashGridSpec, table_fp16: Tensor | None = None
+    x: Tensor, table: Tensor, spec: HashGridSpec, table_fp16: Tensor | None = None,
+    grad_sink: Tensor | None = None,
 ) -> Tensor:
     """Hash encoding ``x`` [N, 3] in [0, 1] -> [N, L*2] float32, differentiable w.r.t. ``table``.
 
@@ -324,4 +338,4 @@ def hash_grid_encode_triton(
                          f"{table_fp16.dtype} {list(table_fp16.shape)}")
     table_fp16 = table_fp16.detach().contiguous()
     x = x.detach().to(torch.float32).contiguous()
-    return _HashGridEncode.apply(x, table, table_fp16, spec)
+    return _HashGridEncode.apply(x, table, table_fp16, spec, grad_sink)
