@@ -49,8 +49,11 @@ from nerfmine.ops.march import (
 DEFAULT_BLOCK = 128
 DEFAULT_NUM_WARPS = 4
 _PAD_BLOCK = 1024
-# Rays (lanes) per program of the exponential-stepping walk.
-EXP_BLOCK = 64
+# Rays per program of the exponential walk, one warp each: a training step of a large scene has
+# few rays (~1.7k on the fox), each walking thousands of steps, so small programs spread them
+# over every SM and a block waits only for its own longest ray.
+EXP_BLOCK = 16
+EXP_NUM_WARPS = 1
 # Distance along an axis the ray does not move on (the reference uses the same value).
 _NO_BOUNDARY = tl.constexpr(3.0e38)  # a global read inside kernels must be a constexpr object
 
@@ -358,7 +361,7 @@ def march_rays_triton(
         walk_args = (n_rays, max_steps, step_size, float(cone_angle), max_step, 1.0 / res)
         grid = (triton.cdiv(n_rays, EXP_BLOCK),)
         walk = dict(RES=res, N_CASCADES=n_cascades, BLOCK=EXP_BLOCK,
-                    num_warps=DEFAULT_NUM_WARPS, enable_fp_fusion=False)
+                    num_warps=EXP_NUM_WARPS, enable_fp_fusion=False)
     # No contracted multiply-adds: the candidates must match the reference bit for bit.
     launch = dict(RES=res, N_CASCADES=n_cascades, BLOCK=block, num_warps=DEFAULT_NUM_WARPS,
                   enable_fp_fusion=False)
