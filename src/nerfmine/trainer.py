@@ -146,6 +146,7 @@ class Trainer:
         # generator, seeded by torch.manual_seed above and checkpointed with the run. Pixels
         # streamed from the host (--images-on-host) are gathered on the host each step, which
         # a graph cannot replay: those runs launch their steps eagerly.
+        self._camera_cache: dict[int, tuple] = {}
         self._graphs = None
         if (t.cuda_graphs and self.device.type == "cuda" and self.backend == "triton"
                 and load_train and not config.data.images_on_host):
@@ -226,15 +227,21 @@ class Trainer:
             self._eval_data = self._load(self.config.data.eval_split)
         return self._eval_data
 
-    @staticmethod
-    def _rays(data: SceneData, c2w: torch.Tensor, px: torch.Tensor, py: torch.Tensor,
+    def _rays(self, data: SceneData, c2w: torch.Tensor, px: torch.Tensor, py: torch.Tensor,
               cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rays through pixel positions: per-image intrinsics and lens distortion where the
         data has them (captures), else the single pinhole camera (NeRF-synthetic)."""
         if data.intrinsics is None:
             return pixel_rays(c2w, data.fx, data.fy, data.cx, data.cy, px, py, cam)
-        intrinsics = data.intrinsics.to(c2w.device)
-        distortion = None if data.distortion is None else data.distortion.to(c2w.device)
+        # The device copies are made once per scene: a host-to-device copy inside a step
+        # would also stop the step from being captured as a CUDA graph.
+        cached = self._camera_cache.get(id(data))
+        if cached is None or cached[0] is not data:
+            intrinsics = data.intrinsics.to(c2w.device)
+            distortion = None if data.distortion is None else data.distortion.to(c2w.device)
+            cached = (data, intrinsics, distortion)
+            self._camera_cache[id(data)] = cached
+        _, intrinsics, distortion = cached
         return camera_rays(c2w, intrinsics, distortion, data.camera_model, px, py, cam)
 
     # ------------------------------------------------------------------ one step
