@@ -259,3 +259,37 @@ def test_nerfstudio_file_without_scale_is_centred_from_the_poses(tmp_path):
     path.write_text(json.dumps(meta))
     kept = load_capture(path, "all")
     assert kept.scale == pytest.approx(0.1) and tuple(kept.offset) == pytest.approx((0.2, 0.3, 0.4))
+
+
+def test_min_sharpness_drops_blurry_frames_before_the_holdout(tmp_path):
+    path = write_capture(tmp_path, {"fl_x": 9.0, "w": W, "h": H}, 10)
+    meta = json.loads(path.read_text())
+    for i, f in enumerate(meta["frames"]):
+        f["sharpness"] = float(i * 10)  # frames 0..2 are below 25
+    path.write_text(json.dumps(meta))
+    everything = load_capture(path, "all")
+    assert everything.sharpness.tolist() == [float(i * 10) for i in range(10)]
+    kept = load_capture(path, "all", min_sharpness=25.0)
+    assert [p.name for p in kept.image_paths] == [f"{i:04d}.png" for i in range(3, 10)]
+    assert any("kept 7 of 10 frames" in n for n in kept.notes)
+    test = load_capture(path, "test", min_sharpness=25.0)  # every 8th of the 7 kept frames
+    assert [p.name for p in test.image_paths] == ["0003.png"]
+    with pytest.raises(DataError, match="range from 0 to 90"):
+        load_capture(path, "all", min_sharpness=1000.0)
+    meta["frames"][4]["sharpness"] = "sharp"
+    path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"frames\[4\] 'sharpness'"):
+        load_capture(path, "all")
+    for f in meta["frames"]:
+        f.pop("sharpness")
+    path.write_text(json.dumps(meta))
+    assert load_capture(path, "all").sharpness is None
+    with pytest.raises(DataError, match="no frame has a 'sharpness'"):
+        load_capture(path, "all", min_sharpness=1.0)
+
+
+def test_min_sharpness_is_refused_for_blender_scenes():
+    from nerfmine.data.demo import demo_scene_path
+
+    with pytest.raises(DataError, match="min-sharpness"):
+        load_capture(demo_scene_path(), "train", min_sharpness=1.0)

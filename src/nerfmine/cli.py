@@ -44,6 +44,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", choices=["auto", "torch", "triton"], default=None,
                        help="kernels: triton on a CUDA GPU, torch (pure PyTorch) elsewhere")
     train.add_argument("--downscale", type=int, default=None, help="shrink images N times")
+    train.add_argument("--min-sharpness", type=float, default=None, metavar="S",
+                       help="drop the frames of a transforms.json whose 'sharpness' is below S "
+                            "(blurry photos), before the hold-out")
     train.add_argument("--skip-missing", action="store_true",
                        help="train on the frames whose images exist when a transforms.json "
                             "names missing ones")
@@ -141,6 +144,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["data"]["downscale"] = args.downscale
     if getattr(args, "skip_missing", False):
         overrides["data"]["skip_missing"] = True
+    if getattr(args, "min_sharpness", None) is not None:
+        overrides["data"]["min_sharpness"] = args.min_sharpness
     if getattr(args, "images_on_host", False):
         overrides["data"]["images_on_host"] = True
     if getattr(args, "auto_fit", False):

@@ -36,6 +36,10 @@ class DataConfig:
     for evaluation: the field's convention (benchmark-protocol.md)."""
     skip_missing: bool = False
     """Train on the frames whose images exist when a transforms.json names missing ones."""
+    min_sharpness: float | None = None
+    """Drop the frames of a transforms.json whose per-frame ``sharpness`` (instant-ngp's
+    colmap2nerf writes the variance of each image's Laplacian) is below this, before the
+    hold-out; None keeps every frame."""
     scale: float = 0.33
     """World-to-unit-cube scale: x_unit = x_world * scale + offset. Recorded from the scene when
     a run starts (instant-ngp's 0.33 unless a transforms.json gives its own); renders and
@@ -329,6 +333,10 @@ def validate(config: RunConfig) -> None:
     if not isinstance(config.data.images_on_host, bool):
         raise ConfigError(f"data.images_on_host must be true or false, got "
                           f"{config.data.images_on_host!r}")
+    ms = config.data.min_sharpness
+    if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, float))
+                           or not math.isfinite(ms) or ms < 0):
+        raise ConfigError(f"data.min_sharpness (--min-sharpness) must be a number >= 0, got {ms!r}")
     if config.data.downscale < 1:
         raise ConfigError(f"data.downscale must be an integer >= 1, got {config.data.downscale}")
     if t.eval_max_images is not None and t.eval_max_images < 1:

@@ -207,7 +207,8 @@ def scan_splits(config: RunConfig, data_root: Path) -> tuple[Split, Split | None
 
     def scan(split: str) -> Split:
         data = load_capture(data_root, split, 1, holdout_every=d.holdout_every,
-                            skip_missing=d.skip_missing, decode=False)
+                            skip_missing=d.skip_missing, decode=False,
+                            min_sharpness=d.min_sharpness)
         return Split(split, len(data), data.width, data.height)
 
     train = scan(d.train_split)

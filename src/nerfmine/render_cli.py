@@ -154,7 +154,8 @@ class TrainCameras:
 
 
 def load_train_cameras(data_root: Path, split: str, downscale: int, holdout_every: int = 8,
-                       skip_missing: bool = False) -> TrainCameras:
+                       skip_missing: bool = False,
+                       min_sharpness: float | None = None) -> TrainCameras:
     """The training split's poses and the first camera's intrinsics, from any scene format the
     trainer reads (NeRF-synthetic, transforms.json capture, COLMAP), without decoding images.
 
@@ -165,7 +166,7 @@ def load_train_cameras(data_root: Path, split: str, downscale: int, holdout_ever
     from nerfmine.data.transforms import load_capture
 
     data = load_capture(data_root, split, downscale, holdout_every=holdout_every,
-                        skip_missing=skip_missing, decode=False)
+                        skip_missing=skip_missing, decode=False, min_sharpness=min_sharpness)
     return TrainCameras(data.c2w.numpy().astype(np.float64), data.fx, data.fy, data.width,
                         data.height)
 
@@ -382,7 +383,7 @@ def render(args: argparse.Namespace) -> int:
         check_scene_exists(trainer.data_root, run_dir)
         cams = load_train_cameras(trainer.data_root, config.data.train_split,
                                   config.data.downscale, config.data.holdout_every,
-                                  config.data.skip_missing)
+                                  config.data.skip_missing, config.data.min_sharpness)
     name, path, pixel_aspect = _build_path(args, trainer, cams)
 
     out_dir = Path(args.output) if args.output else run_dir / f"render_{name}"

@@ -219,7 +219,7 @@ class Trainer:
     def _load(self, split: str) -> SceneData:
         d = self.config.data
         return load_capture(self.data_root, split, d.downscale, holdout_every=d.holdout_every,
-                            skip_missing=d.skip_missing)
+                            skip_missing=d.skip_missing, min_sharpness=d.min_sharpness)
 
     @property
     def eval_data(self) -> SceneData:

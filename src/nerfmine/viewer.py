@@ -313,7 +313,8 @@ def load_cameras(trainer) -> tuple[Cameras | None, str | None]:
     try:
         from nerfmine.render_cli import load_train_cameras
 
-        cams = load_train_cameras(trainer.data_root, d.train_split, d.downscale)
+        cams = load_train_cameras(trainer.data_root, d.train_split, d.downscale,
+                                  min_sharpness=d.min_sharpness)
         return Cameras(cams.c2w, math.radians(cams.fov_y), cams.width / cams.height), None
     except NerfmineError:
         pass  # not a NeRF-synthetic folder: read it through the capture loader
@@ -321,7 +322,8 @@ def load_cameras(trainer) -> tuple[Cameras | None, str | None]:
         from nerfmine.data.transforms import load_capture
 
         data = load_capture(trainer.data_root, d.train_split, d.downscale,
-                            holdout_every=d.holdout_every, skip_missing=True)
+                            holdout_every=d.holdout_every, skip_missing=True,
+                            min_sharpness=d.min_sharpness)
         return Cameras.from_scene(data), None
     except (NerfmineError, OSError) as exc:
         return None, (f"training cameras not shown: cannot read the scene at "

@@ -43,6 +43,7 @@ class SceneData:
     camera_model: str = "pinhole"  # "pinhole" | "opencv" | "fisheye"
     aabb_scale: float = 1.0  # instant-ngp's scene extent: the box is 0.5 +- aabb_scale / 2
     dialect: str = "blender"  # "blender" | "instant-ngp" | "nerfstudio"
+    sharpness: torch.Tensor | None = None  # [N] float32 per-frame sharpness (NaN: none given)
     notes: list[str] = field(default_factory=list)  # what the loader did that the user should know
 
     def __len__(self) -> int:

@@ -78,9 +78,14 @@ def load_capture(
     holdout_every: int = 8,
     skip_missing: bool = False,
     decode: bool = True,
+    min_sharpness: float | None = None,
 ) -> SceneData:
     """Load a capture: a transforms.json file, a folder holding one, a Blender folder, or a
     COLMAP project folder (``sparse/0/`` + ``images/``, see :mod:`nerfmine.data.colmap`).
+
+    ``min_sharpness`` (transforms.json only): drop the frames whose per-frame ``sharpness``
+    (instant-ngp's colmap2nerf writes one: the variance of the image's Laplacian) is below it,
+    before the hold-out, so every split sees the same frames.
 
     ``decode=False`` reads poses, intrinsics and image headers only: ``images`` is then a
     placeholder on the ``meta`` device with the split's shape [N, H, W, 4] (memory estimates,
@@ -103,6 +108,7 @@ def load_capture(
         and not (path / "transforms.json").is_file()
         and not (path / f"transforms_{split}.json").is_file()
     ):
+        _no_sharpness(min_sharpness, f"{path} is a COLMAP model")
         from nerfmine.data.colmap import load_colmap  # pycolmap is imported only there
 
         return load_colmap(
@@ -111,6 +117,7 @@ def load_capture(
         )
     if path.is_dir():
         if (path / f"transforms_{split}.json").is_file():
+            _no_sharpness(min_sharpness, f"{path} is a NeRF-synthetic (Blender) scene")
             return load_blender(path, split, downscale, decode=decode)
         if not (path / "transforms.json").is_file():
             if available_splits(path):
@@ -122,12 +129,54 @@ def load_capture(
         path = path / "transforms.json"
     check_capture_args(f"{path} is a single transforms file", split, downscale, holdout_every,
                        "frame")
-    return _load_single(path, split, downscale, holdout_every, skip_missing, decode)
+    if min_sharpness is not None and not (
+            isinstance(min_sharpness, (int, float)) and math.isfinite(min_sharpness)
+            and min_sharpness >= 0):
+        raise DataError(f"min_sharpness must be a number >= 0, got {min_sharpness!r}.")
+    return _load_single(path, split, downscale, holdout_every, skip_missing, decode,
+                        min_sharpness)
+
+
+def _no_sharpness(min_sharpness: float | None, what: str) -> None:
+    if min_sharpness is not None:
+        raise DataError(f"{what}: --min-sharpness (data.min_sharpness) applies to a "
+                        "transforms.json whose frames carry a 'sharpness'; leave it out.")
+
+
+def _sharpness_filter(frames: list, found: list, min_sharpness: float | None,
+                      meta_path: Path, notes: list[str]) -> tuple[list, dict[int, float]]:
+    """Per-frame sharpness of the found frames (validated), and the frames kept by
+    ``min_sharpness`` (a frame without a value is kept)."""
+    sharp: dict[int, float] = {}
+    for i, _ in found:
+        if "sharpness" not in frames[i]:
+            continue
+        v = frames[i]["sharpness"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or v < 0:
+            raise DataError(f"{meta_path}: frames[{i}] 'sharpness' must be a number >= 0, "
+                            f"got {v!r:.40}.")
+        sharp[i] = float(v)
+    if min_sharpness is None:
+        return found, sharp
+    if not sharp:
+        raise DataError(f"{meta_path}: no frame has a 'sharpness' value, so --min-sharpness "
+                        f"{min_sharpness:g} cannot choose frames; leave it out (instant-ngp's "
+                        "colmap2nerf writes one per frame).")
+    kept = [(i, image) for i, image in found if sharp.get(i, math.inf) >= min_sharpness]
+    lo, hi = min(sharp.values()), max(sharp.values())
+    if not kept:
+        raise DataError(f"{meta_path}: every frame's sharpness is below --min-sharpness "
+                        f"{min_sharpness:g} (they range from {lo:.4g} to {hi:.4g}); choose a "
+                        "lower value.")
+    notes.append(f"--min-sharpness {min_sharpness:g}: kept {len(kept)} of {len(found)} frames "
+                 f"(sharpness ranges from {lo:.4g} to {hi:.4g}; frames without one are kept).")
+    return kept, sharp
 
 
 def _load_single(
     meta_path: Path, split: str, downscale: int, holdout_every: int, skip_missing: bool,
-    decode: bool = True,
+    decode: bool = True, min_sharpness: float | None = None,
 ) -> SceneData:
     root = meta_path.parent
     meta = _read_json(meta_path, root, split)
@@ -172,6 +221,7 @@ def _load_single(
     handle_missing(meta_path, "frames' images", "frames name images that do not exist",
                    len(frames), missing, len(found), skip_missing, notes,
                    f"file_path is resolved relative to {root}")
+    found, sharpness = _sharpness_filter(frames, found, min_sharpness, meta_path, notes)
     chosen = [found[k] for k in holdout_indices(len(found), split, holdout_every, meta_path,
                                                 "frame")]
 
@@ -243,8 +293,12 @@ def _load_single(
         )
     aabb_scale = _number(meta, "aabb_scale", meta_path, default=1.0, positive=True)
 
-    return capture_scene(images, c2w, intrinsics, distortion, camera_model, paths, split,
-                         out_size, scale, offset, aabb_scale, dialect, notes)
+    scene = capture_scene(images, c2w, intrinsics, distortion, camera_model, paths, split,
+                          out_size, scale, offset, aabb_scale, dialect, notes)
+    if sharpness:
+        scene.sharpness = torch.tensor([sharpness.get(i, math.nan) for i, _ in chosen],
+                                       dtype=torch.float32)
+    return scene
 
 
 def pose_centre_and_radius(centres: np.ndarray) -> tuple[np.ndarray, float]:
