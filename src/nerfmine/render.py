@@ -81,15 +81,7 @@ def _render_chunk(field, occupancy, origins, directions, background, settings):
         samples = march_rays(seg_origins, directions[active], occupancy, step_size=step,
                              max_steps=steps, capacity=None, backend=settings.backend,
                              aabb_scale=settings.aabb_scale)
-        raw = _evaluate(field, samples, settings)  # [S, 4]
-        zeros = torch.zeros(active.numel(), 3, device=device)
-        seg_rgb, seg_opacity, seg_depth = composite(
-            raw, samples, zeros, backend=settings.backend,
-            min_transmittance=settings.min_transmittance)
-        t_run = transmittance[active]  # [A]
-        colour[active] += t_run[:, None] * seg_rgb
-        depth[active] += t_run * (seg_depth + seg_opacity * offset)
-        transmittance[active] = t_run * (1.0 - seg_opacity)
+        _add_segment(field, samples, active, transmittance, colour, depth, offset, settings)
         k0 += steps
         alive = (transmittance[active] >= settings.min_transmittance) & (
             t_near[active] + k0 * step < t_far[active])
@@ -97,6 +89,24 @@ def _render_chunk(field, occupancy, origins, directions, background, settings):
         segment = min(segment * 2, 256)
     opacity = 1.0 - transmittance
     return colour + transmittance[:, None] * background, opacity, depth
+
+
+def _add_segment(field, samples, active, transmittance, colour, depth, depth_offset,
+                 settings) -> None:
+    """Composite one segment of the ``active`` rays over black and chain it onto their running
+    colour, depth and transmittance (in place). ``depth_offset`` [A]: where the segment's t
+    starts along the ray (None: t is already measured from the ray's origin)."""
+    raw = _evaluate(field, samples, settings)  # [S, 4]
+    zeros = torch.zeros(active.numel(), 3, device=colour.device)
+    seg_rgb, seg_opacity, seg_depth = composite(
+        raw, samples, zeros, backend=settings.backend,
+        min_transmittance=settings.min_transmittance)
+    if depth_offset is not None:
+        seg_depth = seg_depth + seg_opacity * depth_offset
+    t_run = transmittance[active]  # [A]
+    colour[active] += t_run[:, None] * seg_rgb
+    depth[active] += t_run * seg_depth
+    transmittance[active] = t_run * (1.0 - seg_opacity)
 
 
 def _evaluate(field, samples, settings) -> torch.Tensor:
@@ -133,15 +143,8 @@ def _render_whole(field, occupancy, origins, directions, background, settings):
                              backend=settings.backend, aabb_scale=settings.aabb_scale,
                              cone_angle=settings.cone_angle,
                              t_start=None if first else t_next[active])
-        raw = _evaluate(field, samples, settings)
-        zeros = torch.zeros(active.numel(), 3, device=device)
-        seg_rgb, seg_opacity, seg_depth = composite(
-            raw, samples, zeros, backend=settings.backend,
-            min_transmittance=settings.min_transmittance)
-        t_run = transmittance[active]  # [A]
-        colour[active] += t_run[:, None] * seg_rgb
-        depth[active] += t_run * seg_depth  # t is measured from the same origins
-        transmittance[active] = t_run * (1.0 - seg_opacity)
+        # t is measured from the rays' own origins: no depth offset.
+        _add_segment(field, samples, active, transmittance, colour, depth, None, settings)
         counts = samples.ray_counts  # [A]
         last = (samples.ray_starts + counts - 1).clamp(min=0)  # [A]
         if samples.capacity > 0:

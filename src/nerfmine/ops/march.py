@@ -138,6 +138,15 @@ def ray_slots_active(n_rays: int, n_active: Tensor | None, device) -> Tensor | N
     return torch.arange(n_rays, device=device) < n_active.to(device)
 
 
+def _packed(buffers, capacity, ray_starts, ray_counts, ray_valid, n_samples, n_rays):
+    """PackedSamples from the reference's per-sample buffers, which carry one trash slot past
+    ``capacity`` (positions, directions, t, dt, ray_ids)."""
+    positions, directions, t, dt, ray_ids = (b[:capacity] for b in buffers)
+    return PackedSamples(positions=positions, directions=directions, t=t, dt=dt,
+                         ray_ids=ray_ids, ray_starts=ray_starts, ray_counts=ray_counts,
+                         ray_valid=ray_valid, n_samples=n_samples, n_rays=n_rays)
+
+
 def _march_chunk(
     origins: Tensor,
     directions: Tensor,
@@ -344,18 +353,8 @@ def march_rays(
     ray_valid = fits | (counts == 0)  # [R]; an empty ray always fits: it sees the background
     if active is not None:
         ray_valid = ray_valid & active
-    return PackedSamples(
-        positions=positions[:capacity],
-        directions=sample_dirs[:capacity],
-        t=ts[:capacity],
-        dt=dts[:capacity],
-        ray_ids=ray_ids[:capacity],
-        ray_starts=ray_starts,
-        ray_counts=ray_counts,
-        ray_valid=ray_valid,
-        n_samples=n_samples,
-        n_rays=n_rays,
-    )
+    return _packed((positions, sample_dirs, ts, dts, ray_ids), capacity, ray_starts,
+                   ray_counts, ray_valid, n_samples, n_rays)
 
 
 def _fp32(value: float) -> float:
@@ -467,15 +466,5 @@ def _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat, n_c
         ts.index_copy_(0, dest, torch.cat(kept_t))
         dts.index_copy_(0, dest, torch.cat(kept_dt))
         ray_ids.index_copy_(0, dest, ray)
-    return PackedSamples(
-        positions=positions[:capacity],
-        directions=sample_dirs[:capacity],
-        t=ts[:capacity],
-        dt=dts[:capacity],
-        ray_ids=ray_ids[:capacity],
-        ray_starts=ray_starts,
-        ray_counts=ray_counts,
-        ray_valid=ray_valid,
-        n_samples=n_samples,
-        n_rays=n_rays,
-    )
+    return _packed((positions, sample_dirs, ts, dts, ray_ids), capacity, ray_starts,
+                   ray_counts, ray_valid, n_samples, n_rays)
