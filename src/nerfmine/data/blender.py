@@ -109,13 +109,8 @@ def load_blender(root: str | Path, split: str, downscale: int = 1,
             image_size(path, i, meta_path))
         if full_size is None:
             full_size = img.size
-            w, h = full_size
-            if w // downscale < 1 or h // downscale < 1:
-                raise DataError(
-                    f"downscale={downscale} is larger than the images of split '{split}' "
-                    f"({w}x{h}, e.g. {path}); use a value <= {min(w, h)}."
-                )
-            out_size = (w // downscale, h // downscale)
+            out_size = downscaled_size(full_size, downscale,
+                                       f"the images of split '{split}' (e.g. {path})")
             if decode:
                 images = np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8)
         elif img.size != full_size:
@@ -243,6 +238,17 @@ def _read_transform(frame: dict, i: int, meta_path: Path) -> np.ndarray:
             f"{meta_path}: frames[{i}] ('{rel}') transform_matrix holds NaN or inf values."
         )
     return m.astype(np.float32)
+
+
+def downscaled_size(size: tuple[int, int], downscale: int, what: str = "the images"
+                    ) -> tuple[int, int]:
+    """(width, height) of images of ``size`` shrunk ``downscale`` times; a clear error when
+    the factor is larger than the images."""
+    w, h = size
+    if w // downscale < 1 or h // downscale < 1:
+        raise DataError(f"downscale={downscale} is larger than {what} ({w}x{h}); use a value "
+                        f"<= {min(w, h)}.")
+    return w // downscale, h // downscale
 
 
 class _HeaderOnly:

@@ -45,6 +45,7 @@ from nerfmine.data.blender import (
     SceneData,
     _HeaderOnly,
     _read_image,
+    downscaled_size,
     image_size,
     placeholder_images,
 )
@@ -197,12 +198,7 @@ def load_colmap(
 
     first = rec.cameras[found[chosen[0]].camera_id]
     w, h = int(first.width), int(first.height)
-    if w // downscale < 1 or h // downscale < 1:
-        raise DataError(
-            f"downscale={downscale} is larger than the images ({w}x{h}); use a value "
-            f"<= {min(w, h)}."
-        )
-    out_size = (w // downscale, h // downscale)
+    out_size = downscaled_size((w, h), downscale)
     sx, sy = out_size[0] / w, out_size[1] / h
     n = len(chosen)
     images = (np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8) if decode

@@ -54,6 +54,7 @@ from nerfmine.data.blender import (
     _read_json,
     _read_transform,
     available_splits,
+    downscaled_size,
     load_blender,
     placeholder_images,
 )
@@ -234,12 +235,7 @@ def _load_single(
     n = len(chosen)
     full_size = params[chosen[0][0]][2]
     w, h = full_size
-    if w // downscale < 1 or h // downscale < 1:
-        raise DataError(
-            f"downscale={downscale} is larger than the images ({w}x{h}); use a value "
-            f"<= {min(w, h)}."
-        )
-    out_size = (w // downscale, h // downscale)
+    out_size = downscaled_size(full_size, downscale)
     sx, sy = out_size[0] / w, out_size[1] / h
     images = (np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8) if decode
               else placeholder_images(n, out_size[1], out_size[0]))
@@ -376,29 +372,23 @@ def _frame_intrinsics(
                 f"{meta_path}: {where}has {key}={given:g} ({src}) but its image {image} is "
                 f"{w}x{h}; fix the intrinsics or the image."
             )
-    fx = get("fl_x", positive=True)
+    def focal(axis: str, extent: int) -> float | None:
+        """fl_<axis>, else from camera_angle_<axis> (frame or top level), else None."""
+        given = get(f"fl_{axis}", positive=True)
+        if given is not None:
+            return given
+        key = f"camera_angle_{axis}"
+        angle = _read_angle(frame if key in frame else meta, key, meta_path, required=False)
+        return None if angle is None else 0.5 * extent / math.tan(0.5 * angle)
+
+    fx = focal("x", w)
     if fx is None:
-        angle = _read_angle(
-            frame if "camera_angle_x" in frame else meta,
-            "camera_angle_x",
-            meta_path,
-            required=False,
+        raise DataError(
+            f"{meta_path}: {where}has no focal length: neither 'fl_x' nor 'camera_angle_x' "
+            "is given in the frame or at the top level."
         )
-        if angle is None:
-            raise DataError(
-                f"{meta_path}: {where}has no focal length: neither 'fl_x' nor 'camera_angle_x' "
-                "is given in the frame or at the top level."
-            )
-        fx = 0.5 * w / math.tan(0.5 * angle)
-    fy = get("fl_y", positive=True)
-    if fy is None:
-        angle = _read_angle(
-            frame if "camera_angle_y" in frame else meta,
-            "camera_angle_y",
-            meta_path,
-            required=False,
-        )
-        fy = fx if angle is None else 0.5 * h / math.tan(0.5 * angle)
+    fy = focal("y", h)
+    fy = fx if fy is None else fy
     cx = get("cx")
     cy = get("cy")
     cx = 0.5 * w if cx is None else cx
