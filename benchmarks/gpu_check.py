@@ -40,10 +40,7 @@ def train(backend: str, mining: str, data: str | None, steps: int, run_dir: Path
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     result = trainer.evaluate()
-    graph_info = None
-    if trainer._graphs is not None:
-        graph_info = {"captures": trainer._graphs.captures, "replays": trainer._graphs.replays,
-                      "disabled_reason": trainer._graphs.disabled_reason}
+    graph_info = trainer.graph_stats()
     return {"backend": backend, "mining": mining, "cuda_graphs": trainer.uses_cuda_graphs(),
             "graphs": graph_info, "steps": steps, "seconds": seconds,
             "psnr": result.psnr, "ssim": result.ssim, "loss_curve": losses,

@@ -30,7 +30,7 @@ def run(data: str, mining: str, graphs: bool, steps: int) -> dict:
     captures = 0
     for step in range(steps):
         trainer.train_step()
-        now = trainer._graphs.captures if trainer._graphs is not None else 0
+        now = (trainer.graph_stats() or {"captures": 0})["captures"]
         if now != captures or step in (0, 1, 2, 10, steps - 1):
             torch.cuda.synchronize()
             captures = now

@@ -84,14 +84,11 @@ def measure(data: str, backend: str, mining: str, warmup: int, steps: int,
     step_ms = [a.elapsed_time(b) for a, b in zip(starts, ends)]
     peak = torch.cuda.max_memory_allocated()
     uses_graphs = trainer.uses_cuda_graphs()
-    graph_info = None
-    if trainer._graphs is not None:
-        graph_info = {"captures": trainer._graphs.captures, "replays": trainer._graphs.replays,
-                      "disabled_reason": trainer._graphs.disabled_reason}
+    graph_info = trainer.graph_stats()
     events = StageEvents()
     trainer.stage_marker = events
     if uses_graphs:
-        trainer._graphs.disabled_reason = "stage timing runs eagerly"
+        trainer._graphs.disable("stage timing runs eagerly")
     for _ in range(steps):
         trainer.train_step()
     stages = events.medians()

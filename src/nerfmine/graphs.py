@@ -52,6 +52,16 @@ class StepGraphs:
     def __len__(self) -> int:
         return len(self._graphs)
 
+    def disable(self, reason: str) -> None:
+        """Run every later step eagerly (e.g. to time its stages), saying why."""
+        self.disabled_reason = reason
+        self._graphs.clear()
+
+    def stats(self) -> dict:
+        """Captures, replays and why graphs were given up (None while they are in use)."""
+        return {"captures": self.captures, "replays": self.replays,
+                "disabled_reason": self.disabled_reason}
+
     def run(self, key: Hashable, fn: Callable[[bool], Any]) -> None:
         """Run ``fn`` for ``key``: replay its graph, or run it eagerly and capture it.
 
@@ -83,8 +93,7 @@ class StepGraphs:
             with torch.cuda.graph(graph, pool=self._pool, stream=stream):
                 fn(True)
         except Exception as exc:  # noqa: BLE001 - fall back to eager steps, say why
-            self.disabled_reason = f"{type(exc).__name__}: {exc}"
-            self._graphs.clear()
+            self.disable(f"{type(exc).__name__}: {exc}")
             torch.cuda.synchronize(self.device)
             return
         self.captures += 1

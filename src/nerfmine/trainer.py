@@ -287,6 +287,10 @@ class Trainer:
         """Whether steps are replayed as CUDA graphs (CUDA, triton backend, not disabled)."""
         return self._graphs is not None and self._graphs.enabled
 
+    def graph_stats(self) -> dict | None:
+        """:meth:`nerfmine.graphs.StepGraphs.stats` of this run (None: graphs never apply)."""
+        return self._graphs.stats() if self._graphs is not None else None
+
     def _ray_slots(self) -> int:
         """Ray slots of a graph step: the next power of two above the wanted ray count, so
         that few graphs are captured; the step marches only the first ``_n_active`` slots."""

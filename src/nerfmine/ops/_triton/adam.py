@@ -22,8 +22,8 @@ _BLOCK = 1024
 def _adam_kernel(
     p_ptr, g_ptr, m_ptr, v_ptr, h_ptr, step_ptr, lr_ptr,
     n, step_f, lr_f, beta1, beta2, log2_beta1, log2_beta2, eps, wd,
-    STEP_FROM_PTR: tl.constexpr, LR_FROM_PTR: tl.constexpr, SKIP_ZERO: tl.constexpr, WRITE_FP16: tl.constexpr,
-    HAS_WD: tl.constexpr, BLOCK: tl.constexpr,
+    STEP_FROM_PTR: tl.constexpr, LR_FROM_PTR: tl.constexpr, SKIP_ZERO: tl.constexpr,
+    WRITE_FP16: tl.constexpr, HAS_WD: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -70,6 +70,19 @@ def _check_flat(name: str, t: Tensor, ref: Tensor, dtype: torch.dtype | None = t
         raise ValueError(f"fused_adam_step: {name} must be {dtype}, got {t.dtype}")
 
 
+def _scalar_arg(name: str, value: float | Tensor, param: Tensor):
+    """(pointer, float, from_pointer) for a kernel argument given as a number or as a 0-dim
+    device tensor (read in the kernel: no host synchronisation); an unused pointer is
+    ``param``."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.device != param.device:
+            raise ValueError(f"fused_adam_step: a {name} tensor must hold one value on the "
+                             f"param's device ({param.device}); got {tuple(value.shape)} on "
+                             f"{value.device}")
+        return value, 0.0, True
+    return param, float(value), False
+
+
 def fused_adam_step(
     param: Tensor,
     grad: Tensor,
@@ -95,24 +108,10 @@ def fused_adam_step(
     if n == 0:
         return
     step = step_tensor_or_int
-    from_ptr = isinstance(step, Tensor)
-    if from_ptr:
-        if step.numel() != 1 or step.device != param.device:
-            raise ValueError("fused_adam_step: a step tensor must hold one value on the param's "
-                             f"device ({param.device}); got {tuple(step.shape)} on {step.device}")
-        step_ptr, step_f = step, 0.0
-    else:
-        if int(step) < 1:
-            raise ValueError(f"adam step must count this update (>= 1), got {step}")
-        step_ptr, step_f = param, float(step)  # step_ptr unused
-    lr_from_ptr = isinstance(lr, Tensor)
-    if lr_from_ptr:
-        if lr.numel() != 1 or lr.device != param.device:
-            raise ValueError("fused_adam_step: an lr tensor must hold one value on the param's "
-                             f"device ({param.device}); got {tuple(lr.shape)} on {lr.device}")
-        lr_ptr, lr_f = lr, 0.0
-    else:
-        lr_ptr, lr_f = param, float(lr)  # lr_ptr unused
+    if not isinstance(step, Tensor) and int(step) < 1:
+        raise ValueError(f"adam step must count this update (>= 1), got {step}")
+    step_ptr, step_f, from_ptr = _scalar_arg("step", step, param)
+    lr_ptr, lr_f, lr_from_ptr = _scalar_arg("lr", lr, param)
     grid = (triton.cdiv(n, _BLOCK),)
     _adam_kernel[grid](
         param, grad, exp_avg, exp_avg_sq,
