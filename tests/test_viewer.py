@@ -159,20 +159,30 @@ def test_snapshots_copy_the_ema_weights(block_trainer):
                 e.copy_(s)
 
 
-def test_cpu_render_is_quick(block_trainer):
-    """A moving camera's 64x64 frame (coarse march) of a small model takes about a second of
-    wall time on a 2-core CPU. Measured in CPU time of the process (both cores, so the bound is
-    about 1.5 s of wall time), which other work on the machine inflates less than wall time."""
+def test_moving_camera_frames_march_coarser(block_trainer):
+    """A moving camera's frame (coarse=True) evaluates the network at fewer samples than the
+    still frame of the same view (on a CPU its steps are 4x longer), and both are full frames.
+    How fast that is on a CPU is not asserted here (no timed tests)."""
     trainer = block_trainer
     _set_block(trainer, (0.5, 0.5, 0.5), half=0.25)
     renderer = viewer.FieldRenderer(trainer)
     center = _world(trainer, (0.5, 0.5, 0.5))
     cam = viewer.ViewCamera(cp.look_at(center + np.array([4.0, 0, 1]), center,
                                        (0, 0, 1)).double().numpy(), 0.7, 1.0)
-    renderer.render(cam, 16, 16)
-    t0 = time.process_time()
-    renderer.render(cam, 64, 64, coarse=True)
-    assert time.process_time() - t0 < 3.0
+    evaluated = []
+    forward = renderer.field.forward
+
+    def counting(positions, directions):
+        evaluated.append(positions.shape[0])
+        return forward(positions, directions)
+
+    renderer.field.forward = counting
+    fine = renderer.render(cam, 64, 64)
+    n_fine, evaluated[:] = sum(evaluated), []
+    coarse = renderer.render(cam, 64, 64, coarse=True)
+    n_coarse = sum(evaluated)
+    assert fine.shape == coarse.shape == (64, 64, 3)
+    assert 0 < n_coarse < n_fine
 
 
 def test_share_step_lock_excludes_renders_from_training_steps(block_trainer, monkeypatch):
