@@ -1,0 +1,136 @@
+"""Ablation probe: how much each setting moves test PSNR at a fixed number of steps.
+
+Trains the scene once per variant (the gpu preset plus the variant's overrides, same seed,
+mining off unless the variant says otherwise) for --steps steps, then evaluates the EMA weights
+on the first --eval-images test views and on the first --train-images training views (a gap
+between the two says the model fits views it cannot generalise to). Writes one JSON.
+
+    PYTHONPATH=src python benchmarks/quality_probe.py .devdata/lego_400 --steps 10000 \
+        --variants default,lr_const,scale_0.4 --out results/probe.json
+
+Each variant is a name from VARIANTS: nested config overrides, plus ``scene_scale`` (the
+world-to-unit-cube scale applied to the loaded poses instead of the scene's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "hsm": {"mining": "hsm"},
+    "lr_const": {"train": {"lr_milestones": []}},
+    "lr_4e-3_const": {"train": {"lr": 4e-3, "lr_milestones": []}},
+    "scale_0.4": {"scene_scale": 0.4},
+    "step_half": {"train": {"step_size": math.sqrt(3) / 2048, "max_steps_per_ray": 2048},
+                  "occupancy": {"step_size": math.sqrt(3) / 2048}},
+    "samples_2^19": {"train": {"target_samples": 1 << 19}},
+    "fp32_mlp": {"train": {"mixed_precision": False}},
+    "table_2^21": {"model": {"log2_table_size": 21}},
+    "occ_thresh_1e-3": {"occupancy": {"threshold": 1e-3}},
+    "res_4096": {"model": {"max_resolution": 4096}},
+    "no_ema": {"train": {"ema_decay": 0.0}},
+    "occ_every_step": {"occupancy": {"update_interval": 1}},
+    "no_l2": {"train": {"l2_reg": 0.0}},
+    "scale_0.4_step_half": {"scene_scale": 0.4,
+                            "train": {"step_size": math.sqrt(3) / 2048, "max_steps_per_ray": 2048},
+                            "occupancy": {"step_size": math.sqrt(3) / 2048}},
+}
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_variant(name: str, data: str | None, steps: int, eval_images: int, train_images: int,
+                run_dir: Path, graphs: bool, preset: str = "gpu") -> dict:
+    from nerfmine.config import make_config
+    from nerfmine.trainer import Trainer
+
+    spec = json.loads(json.dumps(VARIANTS[name]))
+    scene_scale = spec.pop("scene_scale", None)
+    overrides = {"mining": "none", "data": {"path": data},
+                 "train": {"max_steps": steps, "seed": 0, "save_renders": False,
+                           "cuda_graphs": graphs, "eval_max_images": eval_images}}
+    for key, value in spec.items():
+        if isinstance(value, dict):
+            overrides.setdefault(key, {}).update(value)
+        else:
+            overrides[key] = value
+    original_load = Trainer._load
+    if scene_scale is not None:
+        def _load(self, split, _scale=scene_scale):
+            scene = original_load(self, split)
+            scene.scale = _scale
+            return scene
+        Trainer._load = _load
+    try:
+        trainer = Trainer(make_config(preset, overrides), run_dir)
+        _sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        _sync()
+        seconds = time.perf_counter() - start
+        test = trainer.evaluate()
+        trainer._eval_data = trainer._load(trainer.config.data.train_split)
+        trainer.config = dataclasses.replace(
+            trainer.config,
+            train=dataclasses.replace(trainer.config.train, eval_max_images=train_images))
+        train = trainer.evaluate()
+    finally:
+        Trainer._load = original_load
+    occupied = float(trainer.occupancy.bitfield.float().mean())
+    return {"variant": name, "overrides": VARIANTS[name], "steps": steps, "seconds": seconds,
+            "test_psnr": test.psnr, "test_ssim": test.ssim, "train_psnr": train.psnr,
+            "samples_per_step": float(trainer.total_samples) / steps,
+            "occupied_fraction": occupied, "rays_last": trainer.n_rays,
+            "cuda_graphs": trainer.uses_cuda_graphs()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", nargs="?", default=None, help="scene (default: demo)")
+    parser.add_argument("--preset", default="gpu")
+    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--variants", default="default")
+    parser.add_argument("--eval-images", type=int, default=40)
+    parser.add_argument("--train-images", type=int, default=10)
+    parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    from nerfmine.provenance import device_name, git_commit
+
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    report = {"gpu": device_name("cuda" if torch.cuda.is_available() else "cpu"), "commit": git_commit(), "torch": torch.__version__,
+              "date": datetime.datetime.now().isoformat(timespec="seconds"), "data": args.data,
+              "steps": args.steps, "eval_images": args.eval_images,
+              "train_images": args.train_images, "runs": []}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        r = run_variant(name, args.data, args.steps, args.eval_images, args.train_images,
+                        Path(f"/tmp/quality-probe/{name}"), not args.no_cuda_graphs,
+                        args.preset)
+        report["runs"].append(r)
+        print(f"{report['gpu']} {name:18s} {r['steps']} steps {r['seconds']:6.1f} s  test "
+              f"{r['test_psnr']:.2f} dB  train {r['train_psnr']:.2f} dB  samples/step "
+              f"{r['samples_per_step']:.0f}  occupied {r['occupied_fraction']:.4f}", flush=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
