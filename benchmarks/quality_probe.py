@@ -115,7 +115,8 @@ def main() -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    report = {"gpu": device_name("cuda" if torch.cuda.is_available() else "cpu"), "commit": git_commit(), "torch": torch.__version__,
+    gpu = device_name("cuda" if torch.cuda.is_available() else "cpu")
+    report = {"gpu": gpu, "commit": git_commit(), "torch": torch.__version__,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "data": args.data,
               "steps": args.steps, "eval_images": args.eval_images,
               "train_images": args.train_images, "runs": []}
