@@ -38,6 +38,15 @@ VARIANTS: dict[str, dict] = {
     "occ_thresh_1e-3": {"occupancy": {"threshold": 1e-3}},
     "res_4096": {"model": {"max_resolution": 4096}},
     "no_ema": {"train": {"ema_decay": 0.0}},
+    "no_l2_lr_const": {"train": {"l2_reg": 0.0, "lr_milestones": []}},
+    "no_l2_lr_const_ema0.99": {"train": {"l2_reg": 0.0, "lr_milestones": [], "ema_decay": 0.99}},
+    "no_l2_lr_const_ema0.995": {"train": {"l2_reg": 0.0, "lr_milestones": [],
+                                          "ema_decay": 0.995}},
+    "no_l2_samples_2^19": {"train": {"l2_reg": 0.0, "target_samples": 1 << 19}},
+    "no_l2_table_2^21": {"train": {"l2_reg": 0.0}, "model": {"log2_table_size": 21}},
+    "no_l2_hsm": {"mining": "hsm", "train": {"l2_reg": 0.0}},
+    "no_l2_lr_4e-3": {"train": {"l2_reg": 0.0, "lr": 4e-3}},
+    "l2_1e-7": {"train": {"l2_reg": 1e-7}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
     "no_l2": {"train": {"l2_reg": 0.0}},
     "scale_0.4_step_half": {"scene_scale": 0.4,
@@ -51,15 +60,17 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_variant(name: str, data: str | None, steps: int, eval_images: int, train_images: int,
-                run_dir: Path, graphs: bool, preset: str = "gpu") -> dict:
+def run_variant(name: str, data: str | None, steps: int | None, eval_images: int,
+                train_images: int, run_dir: Path, graphs: bool, preset: str = "gpu",
+                seconds: float | None = None) -> dict:
     from nerfmine.config import make_config
     from nerfmine.trainer import Trainer
 
     spec = json.loads(json.dumps(VARIANTS[name]))
     scene_scale = spec.pop("scene_scale", None)
     overrides = {"mining": "none", "data": {"path": data},
-                 "train": {"max_steps": steps, "seed": 0, "save_renders": False,
+                 "train": {**({"max_seconds": seconds} if seconds else {"max_steps": steps}),
+                           "seed": 0, "save_renders": False,
                            "cuda_graphs": graphs, "eval_max_images": eval_images}}
     for key, value in spec.items():
         if isinstance(value, dict):
@@ -77,10 +88,17 @@ def run_variant(name: str, data: str | None, steps: int, eval_images: int, train
         trainer = Trainer(make_config(preset, overrides), run_dir)
         _sync()
         start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
+        if seconds:  # the training clock, as Trainer.train keeps it (the lr schedule reads it)
+            while trainer.clock < seconds:
+                trainer.train_step()
+                if trainer.step % 64 == 0:
+                    _sync()
+                trainer.clock = time.perf_counter() - start
+        else:
+            for _ in range(steps):
+                trainer.train_step()
         _sync()
-        seconds = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
         test = trainer.evaluate()
         trainer._eval_data = trainer._load(trainer.config.data.train_split)
         trainer.config = dataclasses.replace(
@@ -90,10 +108,12 @@ def run_variant(name: str, data: str | None, steps: int, eval_images: int, train
     finally:
         Trainer._load = original_load
     occupied = float(trainer.occupancy.bitfield.float().mean())
-    return {"variant": name, "overrides": VARIANTS[name], "steps": steps, "seconds": seconds,
+    steps = trainer.step
+    return {"variant": name, "overrides": VARIANTS[name], "steps": steps, "seconds": elapsed,
             "test_psnr": test.psnr, "test_ssim": test.ssim, "train_psnr": train.psnr,
             "samples_per_step": float(trainer.total_samples) / steps,
             "occupied_fraction": occupied, "rays_last": trainer.n_rays,
+            "mean_hard_fraction": trainer.mean_hard_fraction(),
             "cuda_graphs": trainer.uses_cuda_graphs()}
 
 
@@ -102,7 +122,10 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="?", default=None, help="scene (default: demo)")
     parser.add_argument("--preset", default="gpu")
-    parser.add_argument("--steps", type=int, default=10000)
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=10000)
+    budget.add_argument("--seconds", type=float, default=None,
+                        help="train each variant for this much training clock instead")
     parser.add_argument("--variants", default="default")
     parser.add_argument("--eval-images", type=int, default=40)
     parser.add_argument("--train-images", type=int, default=10)
@@ -118,13 +141,13 @@ def main() -> int:
     gpu = device_name("cuda" if torch.cuda.is_available() else "cpu")
     report = {"gpu": gpu, "commit": git_commit(), "torch": torch.__version__,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "data": args.data,
-              "steps": args.steps, "eval_images": args.eval_images,
+              "steps": args.steps, "seconds": args.seconds, "eval_images": args.eval_images,
               "train_images": args.train_images, "runs": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
         r = run_variant(name, args.data, args.steps, args.eval_images, args.train_images,
                         Path(f"/tmp/quality-probe/{name}"), not args.no_cuda_graphs,
-                        args.preset)
+                        args.preset, args.seconds)
         report["runs"].append(r)
         print(f"{report['gpu']} {name:18s} {r['steps']} steps {r['seconds']:6.1f} s  test "
               f"{r['test_psnr']:.2f} dB  train {r['train_psnr']:.2f} dB  samples/step "
