@@ -47,6 +47,10 @@ VARIANTS: dict[str, dict] = {
     "no_l2_hsm": {"mining": "hsm", "train": {"l2_reg": 0.0}},
     "no_l2_lr_4e-3": {"train": {"l2_reg": 0.0, "lr": 4e-3}},
     "l2_1e-7": {"train": {"l2_reg": 1e-7}},
+    "no_l2_centres": {"train": {"l2_reg": 0.0, "subpixel": False}},
+    "no_l2_lr_4e-3_ema0.995": {"train": {"l2_reg": 0.0, "lr": 4e-3, "ema_decay": 0.995}},
+    "no_l2_lr_4e-3_hsm": {"mining": "hsm", "train": {"l2_reg": 0.0, "lr": 4e-3}},
+    "no_l2_lr_4e-3_centres": {"train": {"l2_reg": 0.0, "lr": 4e-3, "subpixel": False}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
     "no_l2": {"train": {"l2_reg": 0.0}},
     "scale_0.4_step_half": {"scene_scale": 0.4,
@@ -130,6 +134,8 @@ def main() -> int:
     parser.add_argument("--eval-images", type=int, default=40)
     parser.add_argument("--train-images", type=int, default=10)
     parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--warmup", action="store_true",
+                        help="a short untimed run first, so that compilation is not timed")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     from nerfmine.provenance import device_name, git_commit
@@ -144,6 +150,10 @@ def main() -> int:
               "steps": args.steps, "seconds": args.seconds, "eval_images": args.eval_images,
               "train_images": args.train_images, "runs": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.warmup:  # fill the kernel caches so that no variant's clock holds compilation
+        for name in ("default", "hsm"):
+            run_variant(name, args.data, 200, 1, 1, Path(f"/tmp/quality-probe/warmup-{name}"),
+                        not args.no_cuda_graphs, args.preset)
     for name in names:
         r = run_variant(name, args.data, args.steps, args.eval_images, args.train_images,
                         Path(f"/tmp/quality-probe/{name}"), not args.no_cuda_graphs,

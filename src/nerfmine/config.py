@@ -98,6 +98,9 @@ class TrainConfig:
     """Evaluation points, in the budget's unit (seconds or steps); the end is always evaluated."""
     target_samples: int = 1 << 18
     """Samples per step the ray count adapts to; also the fixed capacity of the packed buffers."""
+    subpixel: bool = True
+    """Train on rays through a random point of each drawn pixel (instant-ngp); False: through
+    the pixel's centre (torch-ngp), where evaluation renders."""
     initial_rays: int = 4096
     """Rays in the first step (instant-ngp starts at 4096)."""
     ray_granularity: int = 128

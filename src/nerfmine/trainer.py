@@ -260,8 +260,11 @@ class Trainer:
             col = torch.randint(0, d.width, (n_rays,), generator=gen, device=dev)
             row = torch.randint(0, d.height, (n_rays,), generator=gen, device=dev)
             pixels = self._images[cam, row, col]  # [R, 4] uint8
-        sub = torch.rand(n_rays, 2, generator=gen, device=dev)
-        px, py = col.float() + sub[:, 0], row.float() + sub[:, 1]
+        if self.config.train.subpixel:
+            sub = torch.rand(n_rays, 2, generator=gen, device=dev)
+            px, py = col.float() + sub[:, 0], row.float() + sub[:, 1]
+        else:
+            px, py = col.float() + 0.5, row.float() + 0.5
         origins, directions = self._rays(d, self._c2w, px, py, cam)
         rgba = pixels.float() / 255.0  # [R, 4]
         background = torch.rand(n_rays, 3, generator=gen, device=dev)
