@@ -9,7 +9,9 @@ between the two says the model fits views it cannot generalise to). Writes one J
         --variants default,lr_const,scale_0.4 --out results/probe.json
 
 Each variant is a name from VARIANTS: nested config overrides, plus ``scene_scale`` (the
-world-to-unit-cube scale applied to the loaded poses instead of the scene's own).
+world-to-unit-cube scale applied to the loaded poses instead of the scene's own). Overrides
+apply on top of the defaults of the commit a result file names (4ac3f14 changed two of them:
+l2_reg 0 and rays through pixel centres).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ VARIANTS: dict[str, dict] = {
     "no_l2_lr_4e-3_ema0.995": {"train": {"l2_reg": 0.0, "lr": 4e-3, "ema_decay": 0.995}},
     "no_l2_lr_4e-3_hsm": {"mining": "hsm", "train": {"l2_reg": 0.0, "lr": 4e-3}},
     "no_l2_lr_4e-3_centres": {"train": {"l2_reg": 0.0, "lr": 4e-3, "subpixel": False}},
+    # Against the defaults of 4ac3f14 onwards (no L2, rays through pixel centres):
+    "l2_1e-6": {"train": {"l2_reg": 1e-6}},
+    "subpixel": {"train": {"subpixel": True}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
     "no_l2": {"train": {"l2_reg": 0.0}},
     "scale_0.4_step_half": {"scene_scale": 0.4,

@@ -98,9 +98,12 @@ class TrainConfig:
     """Evaluation points, in the budget's unit (seconds or steps); the end is always evaluated."""
     target_samples: int = 1 << 18
     """Samples per step the ray count adapts to; also the fixed capacity of the packed buffers."""
-    subpixel: bool = True
-    """Train on rays through a random point of each drawn pixel (instant-ngp); False: through
-    the pixel's centre (torch-ngp), where evaluation renders."""
+    subpixel: bool = False
+    """True: train on rays through a random point of each drawn pixel (instant-ngp); False
+    (default): through the pixel's centre (torch-ngp), where evaluation and renders sample
+    too. A pixel's colour is its area's average, which a ray through one random point of it
+    does not see; on lego_400 centres gave +0.8 dB of test PSNR at 30 s
+    (benchmarks/results/probe30b_h200_4ac3f14.json)."""
     initial_rays: int = 4096
     """Rays in the first step (instant-ngp starts at 4096)."""
     ray_granularity: int = 128
@@ -113,8 +116,13 @@ class TrainConfig:
     """Adam betas (instant-ngp)."""
     eps: float = 1e-15
     """Adam epsilon (instant-ngp)."""
-    l2_reg: float = 1e-6
-    """L2 regularisation added to the gradients of the MLP weights only (tiny-cuda-nn style)."""
+    l2_reg: float = 0.0
+    """L2 regularisation added to the gradients of the MLP weights only (tiny-cuda-nn style).
+
+    instant-ngp uses 1e-6, but its per-ray loss sums the squared error over RGB where ours is
+    the mean (hard-sample-mining.md's l_r), so the same coefficient weighs three times as much
+    here; on lego_400 1e-6 cost 0.8 dB of test PSNR at 10k steps and 1e-7 0.1 dB at 30 s
+    (benchmarks/results/probe_h200_8b6338a.json, probe30_h200_966a2b6.json). Off by default."""
     lr_milestones: tuple[float, ...] = (0.4, 0.6, 0.8)
     """Fractions of the budget at which the learning rate is multiplied by lr_gamma.
 
