@@ -55,13 +55,14 @@ class StageEvents:
 
 
 def measure(data: str, backend: str, mining: str, warmup: int, steps: int,
-            graphs: bool = False) -> dict:
+            graphs: bool = False, overrides: dict | None = None) -> dict:
     from nerfmine.config import make_config
     from nerfmine.trainer import Trainer
 
-    config = make_config("gpu", {"backend": backend, "mining": mining,
-                                 "data": {"path": data},
-                                 "train": {"max_steps": 10**9, "cuda_graphs": graphs}})
+    extra = json.loads(json.dumps(overrides or {}))
+    train = {"max_steps": 10**9, "cuda_graphs": graphs, **extra.pop("train", {})}
+    config = make_config("gpu", {"backend": backend, "mining": mining, "data": {"path": data},
+                                 "train": train, **extra})
     trainer = Trainer(config, Path("/tmp/nerfmine-step-time"))
     for _ in range(warmup):
         trainer.train_step()
@@ -96,6 +97,7 @@ def measure(data: str, backend: str, mining: str, warmup: int, steps: int,
     return {
         "backend": backend,
         "mining": mining,
+        "overrides": overrides or {},
         "cuda_graphs": uses_graphs,
         "graphs": graph_info,
         "wall_ms_per_step": wall_ms,
@@ -120,6 +122,9 @@ def main() -> int:
     parser.add_argument("--graphs", default="on,off", help="on, off or both (triton only)")
     parser.add_argument("--warmup", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--overrides", type=json.loads, default=None, metavar="JSON",
+                        help='config overrides for every run, e.g. \'{"train": '
+                             '{"second_pass_chunk": 262144}}\'')
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     from nerfmine.provenance import device_name, git_commit
@@ -135,7 +140,7 @@ def main() -> int:
                 if backend != "triton" and "off" not in args.graphs.split(","):
                     graphs = "off"
                 r = measure(args.data, backend, mining, args.warmup, args.steps,
-                            graphs=graphs == "on")
+                            graphs=graphs == "on", overrides=args.overrides)
                 results["runs"].append(r)
                 stages = " ".join(f"{k}={v:.3f}" for k, v in r["stage_ms"].items())
                 print(f"{results['gpu']} {backend:6s} {mining:4s} graphs {graphs:3s} median "
