@@ -55,6 +55,10 @@ VARIANTS: dict[str, dict] = {
     "no_l2_lr_4e-3_centres": {"train": {"l2_reg": 0.0, "lr": 4e-3, "subpixel": False}},
     # Against the defaults of 4ac3f14 onwards (no L2, rays through pixel centres):
     "l2_1e-6": {"train": {"l2_reg": 1e-6}},
+    "hsm_unchunked": {"mining": "hsm", "train": {"first_pass_chunk": 1 << 18,
+                                                 "second_pass_chunk": 1 << 18}},
+    "hsm_chunks_2^17": {"mining": "hsm", "train": {"first_pass_chunk": 1 << 17,
+                                                   "second_pass_chunk": 1 << 17}},
     "subpixel": {"train": {"subpixel": True}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
     "no_l2": {"train": {"l2_reg": 0.0}},
