@@ -148,10 +148,13 @@ class TrainConfig:
     first_pass_chunk: int = 1 << 16
     """Samples per chunk of the mining's first forward (no graph): bounds its transient memory,
     so that the mining step's peak is set by its (smaller) graph."""
-    second_pass_chunk: int = 1 << 15
+    second_pass_chunk: int = 1 << 16
     """Samples per chunk of the mining's second pass (forward with a graph, then backward):
     the injected gradients are known from the first pass, so each chunk's backward can run on
-    its own and the graph of at most this many samples is alive at once."""
+    its own and the graph of at most this many samples is alive at once. 2^16 holds the usual
+    b (0.13-0.15 of 2^18) in one chunk; each extra chunk costs time (on an H200 chunks of 2^16
+    and 2^15 made the mining step 1.97 ms, one pass 1.64 ms: step_time_h200_b635c9a*.json)
+    and only the first steps (b up to B/2) need two."""
     checkpoint_every: float = 60.0
     """Seconds of training clock between checkpoints (also written at each evaluation)."""
     eval_rays_per_chunk: int = 1 << 16
