@@ -119,10 +119,10 @@ class TrainConfig:
     l2_reg: float = 0.0
     """L2 regularisation added to the gradients of the MLP weights only (tiny-cuda-nn style).
 
-    instant-ngp uses 1e-6, but its per-ray loss sums the squared error over RGB where ours is
-    the mean (hard-sample-mining.md's l_r), so the same coefficient weighs three times as much
-    here; on lego_400 1e-6 cost 0.8 dB of test PSNR at 10k steps and 1e-7 0.1 dB at 30 s
-    (benchmarks/results/probe_h200_8b6338a.json, probe30_h200_966a2b6.json). Off by default."""
+    instant-ngp uses 1e-6 with its own loss normalisation; with ours (the mean over RGB and
+    over rays, hard-sample-mining.md's l_r) it cost 0.8 dB of test PSNR on lego_400 at 10k
+    steps; 1e-7 was level with none at 30 s (benchmarks/results/probe_h200_8b6338a.json,
+    probe30_h200_966a2b6.json, probe30b_h200_4ac3f14.json). Off by default."""
     lr_milestones: tuple[float, ...] = (0.4, 0.6, 0.8)
     """Fractions of the budget at which the learning rate is multiplied by lr_gamma.
 
