@@ -114,3 +114,28 @@ def test_sigterm_leaves_a_loadable_checkpoint_and_resume_finishes(tmp_path):
          str(step + 3), "--quiet"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "metrics.json").read_text())["steps"] == step + 3
+
+
+@pytest.mark.parametrize("subpixel", [False, True])
+def test_training_rays_go_through_pixel_centres_unless_subpixel(subpixel, tmp_path):
+    """train.subpixel False (the default): every training ray passes through the centre of the
+    pixel whose colour it is fitted to, as evaluation renders; True: through a random point of
+    that pixel (instant-ngp)."""
+    trainer = Trainer(_config("none", max_steps=1, subpixel=subpixel), tmp_path)
+    seen = {}
+    original = trainer._rays
+
+    def spy(data, c2w, px, py, cam):
+        seen["px"], seen["py"] = px, py
+        return original(data, c2w, px, py, cam)
+
+    trainer._rays = spy
+    trainer._draw_rays(512, trainer.generator)
+    frac = torch.cat([seen["px"], seen["py"]]) % 1.0
+    if subpixel:
+        assert frac.min() < 0.25 and frac.max() > 0.75  # spread over the pixel
+    else:
+        assert torch.all(frac == 0.5)
+    width, height = trainer.train_data.width, trainer.train_data.height
+    assert seen["px"].min() >= 0 and seen["px"].max() <= width
+    assert seen["py"].min() >= 0 and seen["py"].max() <= height

@@ -1,0 +1,77 @@
+"""The GPU benchmark scripts' code paths, run on the CPU at tiny sizes (demo scene, cpu preset).
+
+They are run for real through the device tool; here they must at least do what they say: the
+probe applies each setting (and the scene scale) and evaluates test and training views, the
+profiler names every stage of a step, for both arms.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# Smaller than the cpu preset, so that each run takes seconds.
+TINY = {"model": {"log2_table_size": 12, "max_resolution": 64},
+        "occupancy": {"resolution": 16, "step_size": math.sqrt(3) / 64},
+        "train": {"target_samples": 1 << 10, "initial_rays": 64, "ray_granularity": 16,
+                  "eval_rays_per_chunk": 1 << 12, "step_size": math.sqrt(3) / 64,
+                  "max_steps_per_ray": 64}}
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_probe_applies_the_scene_scale_and_the_overrides(tmp_path, monkeypatch):
+    probe = _load("quality_probe")
+    from nerfmine.trainer import Trainer
+
+    seen = {}
+    original_init = Trainer.__init__
+
+    def spy(self, config, run_dir, load_train=True):
+        original_init(self, config, run_dir, load_train)
+        seen.setdefault("scales", []).append(self.train_data.scale)
+        seen.setdefault("configs", []).append(self.config)
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    monkeypatch.setitem(probe.VARIANTS, "test_scaled",
+                        {"scene_scale": 0.25, "model": TINY["model"],
+                         "occupancy": TINY["occupancy"],
+                         "train": {**TINY["train"], "lr": 3e-3}, "mining": "hsm"})
+    monkeypatch.setitem(probe.VARIANTS, "test_tiny", TINY)
+    r = probe.run_variant("test_scaled", None, 3, 1, 1, tmp_path / "a", graphs=False,
+                          preset="cpu")
+    assert seen["scales"] == [0.25]
+    config = seen["configs"][0]
+    assert config.train.lr == 3e-3 and config.mining == "hsm"
+    assert r["steps"] == 3 and math.isfinite(r["test_psnr"]) and math.isfinite(r["train_psnr"])
+    assert r["mean_hard_fraction"] is not None
+    # The patch of the loader is undone: a plain run sees the scene's own scale again.
+    probe.run_variant("test_tiny", None, 1, 1, 1, tmp_path / "b", graphs=False, preset="cpu")
+    assert seen["scales"][1] == pytest.approx(0.33)
+
+
+def test_profile_step_names_every_stage_of_both_arms(tmp_path):
+    prof = _load("profile_step")
+    stages = {}
+    for mining in ("none", "hsm"):
+        r = prof.profile_arm(None, mining, "torch", warmup=1, steps=2, preset="cpu",
+                             overrides=TINY)
+        stages[mining] = set(r["stage_kernel_ms_per_step"])
+        assert r["total_kernel_ms_per_step"] > 0
+        assert r["top_kernels"] and all(k["ms_per_step"] >= 0 for k in r["top_kernels"])
+        json.dumps(r)  # the report is plain JSON
+    common = {"rays_march", "forward_backward", "optimizer", "ema_bookkeeping"}
+    assert common <= stages["none"] and "first_forward" not in stages["none"]
+    assert common | {"first_forward", "mining"} <= stages["hsm"]
