@@ -313,9 +313,9 @@ def test_train_with_view_serves_until_interrupted(tmp_path, tiny_config):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(Path(viewer.__file__).parents[1]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nerfmine.cli", "train", "--steps", "3", "--config",
-         str(tiny_config), "--preset", "cpu", "--output", str(run), "--quiet", "--view",
-         "--view-port", str(port)],
+        [sys.executable, "-X", "faulthandler", "-m", "nerfmine.cli", "train", "--steps", "3",
+         "--config", str(tiny_config), "--preset", "cpu", "--output", str(run), "--quiet",
+         "--view", "--view-port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines = []
     try:
@@ -333,7 +333,12 @@ def test_train_with_view_serves_until_interrupted(tmp_path, tiny_config):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert page.status == 200
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            out, err = proc.communicate(timeout=30)
+            pytest.fail(f"no exit within 120 s of Ctrl-C; the threads' stacks:\n{err[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -27,8 +27,9 @@ why (``disabled_reason``); the caller then runs its steps eagerly.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import torch
@@ -62,6 +63,34 @@ class StepGraphs:
         return {"captures": self.captures, "replays": self.replays,
                 "disabled_reason": self.disabled_reason}
 
+    @property
+    def stream(self) -> torch.cuda.Stream:
+        """The one stream every warm-up and capture runs on. cuBLAS keeps a workspace per stream
+        (64 MiB on Hopper) for the life of the process, counted as allocated memory: a new
+        stream per key grew the memory with each captured graph."""
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        return self._stream
+
+    @contextlib.contextmanager
+    def on_stream(self) -> Iterator[None]:
+        """Run the enclosed work on :attr:`stream`, ordered after and before the caller's
+        stream; a no-op when the caller already is on it.
+
+        The trainer runs its whole training loop (replays, occupancy updates, evaluations)
+        here, so that the process's matrix products use one cuBLAS workspace, not two."""
+        stream = self.stream
+        current = torch.cuda.current_stream(self.device)
+        if current == stream:
+            yield
+            return
+        stream.wait_stream(current)
+        try:
+            with torch.cuda.stream(stream):
+                yield
+        finally:
+            current.wait_stream(stream)
+
     def run(self, key: Hashable, fn: Callable[[bool], Any]) -> None:
         """Run ``fn`` for ``key``: replay its graph, or run it eagerly and capture it.
 
@@ -74,16 +103,9 @@ class StepGraphs:
             graph.replay()
             self.replays += 1
             return
-        # One side stream for every warm-up and capture: cuBLAS keeps a workspace per stream
-        # (64 MiB on Hopper) for the life of the process, so a new stream per key would grow
-        # the memory with each captured graph.
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(self.device)
-        stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
+        stream = self.stream
+        with self.on_stream():
             fn(False)  # this step's real work; compiles kernels, sets up workspaces
-        torch.cuda.current_stream(self.device).wait_stream(stream)
         if not self.enabled:
             return
         if self._pool is None:

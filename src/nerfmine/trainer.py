@@ -307,25 +307,32 @@ class Trainer:
         On CUDA with the triton backend the device work is replayed as a captured CUDA graph
         (:mod:`nerfmine.graphs`); elsewhere it runs eagerly with host-sized ray counts.
         """
-        t = self.config.train
         mark = self.stage_marker
         mark("start")
-        if self.occupancy.should_update(self.step):
-            self.occupancy.update(self.step, self.field.density, self.generator)
-        mark("occupancy")
-        lr = t.lr * self._lr_factor()
         if self.uses_cuda_graphs():
-            stats = self._graph_step(lr)
+            # On the graphs' stream (a no-op inside train(), which is already on it): the
+            # occupancy update's matrix products then share the graphs' cuBLAS workspace.
+            with self._graphs.on_stream():
+                stats = self._step_body(mark)
         else:
-            loss, samples, hard_fraction = self._device_step(
-                self.n_rays, None, None, lr, self.generator, mark, capturing=False)
-            self._adapt_ray_count(samples)
-            self.total_samples += samples.n_samples
-            stats = StepStats(loss=loss.detach(), n_samples=samples.n_samples,
-                              hard_fraction=hard_fraction)
+            stats = self._step_body(mark)
         self.step += 1
         mark("ema_bookkeeping")
         return stats
+
+    def _step_body(self, mark: Callable[[str], None]) -> StepStats:
+        if self.occupancy.should_update(self.step):
+            self.occupancy.update(self.step, self.field.density, self.generator)
+        mark("occupancy")
+        lr = self.config.train.lr * self._lr_factor()
+        if self.uses_cuda_graphs():
+            return self._graph_step(lr)
+        loss, samples, hard_fraction = self._device_step(
+            self.n_rays, None, None, lr, self.generator, mark, capturing=False)
+        self._adapt_ray_count(samples)
+        self.total_samples += samples.n_samples
+        return StepStats(loss=loss.detach(), n_samples=samples.n_samples,
+                         hard_fraction=hard_fraction)
 
     def _graph_step(self, lr: float) -> StepStats:
         """The device work as a CUDA graph keyed by (ray slots, mining buffer size)."""
@@ -729,49 +736,54 @@ class Trainer:
         previous_handlers = self._install_signal_handlers()
         last_display = 0.0
         stats: StepStats | None = None
-        try:
-            segment_start = time.perf_counter()
-            clock_at_segment = self.clock
-            while True:
-                now_clock = clock_at_segment + (time.perf_counter() - segment_start)
-                now = now_clock if unit_is_seconds else self.step
-                if now >= budget:
-                    break
-                due_eval = bool(eval_points) and now >= eval_points[0]
-                due_ckpt = now_clock >= self.next_checkpoint
-                if due_eval or due_ckpt or self._stop_signal is not None:
-                    self._sync()
-                    self.clock = clock_at_segment + (time.perf_counter() - segment_start)
-                    self._pause_memory()
-                    if due_eval:
-                        while eval_points and now >= eval_points[0]:
-                            eval_points.pop(0)
-                        self._evaluate_and_record(progress)
-                    self.next_checkpoint = self.clock + t.checkpoint_every
-                    self.save()
-                    if self._stop_signal is not None:
-                        raise TrainingInterrupted(
-                            f"training interrupted at step {self.step}; the checkpoint is in "
-                            f"{self.run_dir}. Continue with: "
-                            f"nerfmine train --resume {self.run_dir}")
-                    self._resume_memory()
-                    segment_start = time.perf_counter()
-                    clock_at_segment = self.clock
-                self.clock = now_clock  # the learning-rate schedule reads it
-                stats = self.train_step()
-                wall = time.perf_counter()
-                if progress is not None and wall - last_display > 0.5:
-                    last_display = wall
-                    self.clock = clock_at_segment + (wall - segment_start)
-                    progress(self._display(stats))
-            self._sync()
-            self.clock = clock_at_segment + (time.perf_counter() - segment_start)
-        finally:
-            for sig, old in previous_handlers.items():
-                signal.signal(sig, old)
-        self._pause_memory()
-        final = self._evaluate_and_record(progress, final=True)
-        self.save()
+        # With CUDA graphs the whole loop (replays, occupancy updates, evaluations) runs on
+        # the graphs' stream, so that one cuBLAS workspace serves it (StepGraphs.on_stream).
+        loop_stream = (self._graphs.on_stream() if self.uses_cuda_graphs()
+                       else contextlib.nullcontext())
+        with loop_stream:
+            try:
+                segment_start = time.perf_counter()
+                clock_at_segment = self.clock
+                while True:
+                    now_clock = clock_at_segment + (time.perf_counter() - segment_start)
+                    now = now_clock if unit_is_seconds else self.step
+                    if now >= budget:
+                        break
+                    due_eval = bool(eval_points) and now >= eval_points[0]
+                    due_ckpt = now_clock >= self.next_checkpoint
+                    if due_eval or due_ckpt or self._stop_signal is not None:
+                        self._sync()
+                        self.clock = clock_at_segment + (time.perf_counter() - segment_start)
+                        self._pause_memory()
+                        if due_eval:
+                            while eval_points and now >= eval_points[0]:
+                                eval_points.pop(0)
+                            self._evaluate_and_record(progress)
+                        self.next_checkpoint = self.clock + t.checkpoint_every
+                        self.save()
+                        if self._stop_signal is not None:
+                            raise TrainingInterrupted(
+                                f"training interrupted at step {self.step}; the checkpoint is in "
+                                f"{self.run_dir}. Continue with: "
+                                f"nerfmine train --resume {self.run_dir}")
+                        self._resume_memory()
+                        segment_start = time.perf_counter()
+                        clock_at_segment = self.clock
+                    self.clock = now_clock  # the learning-rate schedule reads it
+                    stats = self.train_step()
+                    wall = time.perf_counter()
+                    if progress is not None and wall - last_display > 0.5:
+                        last_display = wall
+                        self.clock = clock_at_segment + (wall - segment_start)
+                        progress(self._display(stats))
+                self._sync()
+                self.clock = clock_at_segment + (time.perf_counter() - segment_start)
+            finally:
+                for sig, old in previous_handlers.items():
+                    signal.signal(sig, old)
+            self._pause_memory()
+            final = self._evaluate_and_record(progress, final=True)
+            self.save()
         metrics = self.write_metrics(final)
         if progress is not None and stats is not None:
             progress(self._display(stats) | {"done": True})

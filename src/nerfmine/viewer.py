@@ -28,7 +28,8 @@ bitfield at most every ``refresh_seconds`` and only while a browser is connected
 thread copies that snapshot into its field before its next frame. No lock is shared with the
 training step, no EMA swap happens (``Trainer.ema_weights`` swaps in place and would race), and
 with no browser connected the training loop does nothing extra. On a GPU the clone is
-enqueued on the training thread's stream without a host synchronisation, and training steps
+enqueued on the training thread's stream without a host synchronisation (the render thread's
+stream waits for it through an event), and training steps
 and render chunks take turns through a lock (:meth:`FieldRenderer.share_step_lock`), since a
 step may be captured as a CUDA graph and work from another thread during a capture would break
 it. Renders share the device (and on a CPU the cores) with training, so they slow the
@@ -218,10 +219,17 @@ class FieldRenderer:
     def publish(self, trainer) -> None:
         """Offer the trainer's current EMA weights and occupancy grid (clones, no sync)."""
         with torch.no_grad():
-            snapshot = ([e.detach().clone() for e in trainer.ema],
-                        trainer.occupancy.bitfield.clone(), int(trainer.step))
+            ema = [e.detach().clone() for e in trainer.ema]
+            bitfield = trainer.occupancy.bitfield.clone()
+        ready = None
+        if bitfield.is_cuda:
+            # The clones are enqueued on the training thread's stream (with CUDA graphs not
+            # the default one): the render thread's stream waits for this event before it
+            # reads them. No host synchronisation.
+            ready = torch.cuda.Event()
+            ready.record()
         with self._lock:
-            self._pending = snapshot
+            self._pending = (ema, bitfield, int(trainer.step), ready)
 
     def take_pending(self) -> bool:
         """Load the latest published snapshot, if any; True if the weights changed."""
@@ -229,8 +237,13 @@ class FieldRenderer:
             snapshot, self._pending = self._pending, None
         if snapshot is None:
             return False
-        ema, bitfield, step = snapshot
+        ema, bitfield, step, ready = snapshot
         with torch.no_grad(), self.device_lock:
+            if ready is not None:
+                stream = torch.cuda.current_stream(bitfield.device)
+                stream.wait_event(ready)
+                for tensor in [*ema, bitfield]:  # made on another stream, used on this one
+                    tensor.record_stream(stream)
             for p, e in zip(self.field.parameters(), ema, strict=True):
                 p.copy_(e)
         self.bitfield, self.step = bitfield, step
