@@ -8,6 +8,7 @@ stand-in that calls the step function eagerly, and check it against the ordinary
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -34,6 +35,10 @@ class EagerGraphs:
     def run(self, key, fn):
         self.keys.append(key)
         fn(False)
+
+    def on_stream(self):
+        self.stream_entries = getattr(self, "stream_entries", 0) + 1
+        return contextlib.nullcontext()
 
 
 def _trainer(tmp_path, mining, name="run"):
@@ -90,6 +95,8 @@ def test_graph_path_trains_with_slots_and_buckets(tmp_path, mining):
         assert 0 < float(stats.hard_fraction) <= 0.5
     # Few distinct graphs over a run: that is what makes capturing them pay.
     assert len(set(graphs.keys)) <= 6
+    # Every step (its occupancy update included) ran on the graphs' stream.
+    assert graphs.stream_entries == 40
 
 
 def test_inactive_ray_slots_do_not_enter_the_loss(tmp_path):

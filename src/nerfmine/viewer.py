@@ -652,17 +652,20 @@ def wait_for_interrupt(viewer: Viewer) -> None:
     """Serve until Ctrl-C or SIGTERM (from the main thread)."""
     import signal
 
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        # SIGINT too: a process started in the background by a non-interactive shell inherits
+        # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, signal.default_int_handler)
     try:
         while viewer.server is not None:
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(args) -> int:
