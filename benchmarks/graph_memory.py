@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 
 
-def run(data: str, mining: str, graphs: bool, steps: int) -> dict:
+def run(data: str, mining: str, graphs: bool, steps: int, overrides: dict | None = None) -> dict:
     from nerfmine.config import make_config
     from nerfmine.trainer import Trainer
 
+    extra = json.loads(json.dumps(overrides or {}))
+    train = {"max_steps": steps, "cuda_graphs": graphs, **extra.pop("train", {})}
     config = make_config("gpu", {"backend": "triton", "mining": mining, "data": {"path": data},
-                                 "train": {"max_steps": steps, "cuda_graphs": graphs}})
+                                 "train": train, **extra})
     trainer = Trainer(config, Path(f"/tmp/graph-memory-{mining}-{graphs}"))
     torch.cuda.synchronize()
     setup = torch.cuda.memory_allocated()
@@ -42,7 +44,8 @@ def run(data: str, mining: str, graphs: bool, steps: int) -> dict:
                            "allocated": torch.cuda.memory_allocated() - setup,
                            "peak": torch.cuda.max_memory_allocated() - setup,
                            "reserved": torch.cuda.memory_reserved()})
-    result = {"mining": mining, "graphs": graphs, "setup_bytes": setup, "events": events,
+    result = {"mining": mining, "graphs": graphs, "overrides": overrides or {},
+              "setup_bytes": setup, "events": events,
               "increment_bytes": torch.cuda.max_memory_allocated() - setup}
     print(f"{mining:4s} graphs={graphs}: increment {result['increment_bytes'] / 2**20:.1f} MiB, "
           f"captures {captures}; " + " ".join(
@@ -57,20 +60,28 @@ def main() -> int:
     parser.add_argument("data")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--overrides", type=json.loads, default=None, metavar="JSON",
+                        help="config overrides for every run (as step_time.py)")
+    parser.add_argument("--modes", default="graphs,eager", help="graphs, eager or both")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # "mining,graphs|eager"
     args = parser.parse_args()
     from nerfmine.provenance import device_name, git_commit
 
     if args.one:
         mining, graphs = args.one.split(",")
-        print(json.dumps(run(args.data, mining, graphs == "graphs", args.steps)))
+        print(json.dumps(run(args.data, mining, graphs == "graphs", args.steps,
+                             args.overrides)))
         return 0
-    report = {"gpu": device_name("cuda"), "commit": git_commit(), "runs": []}
+    report = {"gpu": device_name("cuda"), "commit": git_commit(),
+              "overrides": args.overrides or {}, "runs": []}
     for mining in ("none", "hsm"):
-        for graphs in ("graphs", "eager"):
+        for graphs in args.modes.split(","):
             child = subprocess.run([sys.executable, __file__, args.data, "--steps",
                                     str(args.steps), "--out", str(args.out), "--one",
-                                    f"{mining},{graphs}"], capture_output=True, text=True)
+                                    f"{mining},{graphs}"]
+                                   + (["--overrides", json.dumps(args.overrides)]
+                                      if args.overrides else []),
+                                   capture_output=True, text=True)
             if child.returncode != 0:
                 sys.stderr.write(child.stderr)
                 return child.returncode
