@@ -84,6 +84,22 @@ def test_resume_rejects_a_changed_model(tmp_path):
     assert longer.config.train.max_steps == 4 and longer.step == 2
 
 
+def test_resume_of_a_run_from_before_subpixel_keeps_its_random_points(tmp_path):
+    """A checkpoint written before train.subpixel existed trained on random points of its
+    pixels; resuming it keeps doing so (the default for new runs is the pixel centre)."""
+    from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+    Trainer(_config("none", max_steps=2), tmp_path).train()
+    path = tmp_path / CHECKPOINT_NAME
+    state = load_checkpoint(path)
+    del state["config"]["train"]["subpixel"]
+    state.pop("format_version")
+    save_checkpoint(path, state)
+    assert Trainer.resume(tmp_path).config.train.subpixel is True
+    fresh = Trainer(_config("none", max_steps=2), tmp_path / "new")
+    assert fresh.config.train.subpixel is False
+
+
 def test_sigterm_leaves_a_loadable_checkpoint_and_resume_finishes(tmp_path):
     """Kill a real training process; it checkpoints, exits 130, and --resume completes it."""
     overrides = json.loads(json.dumps(TINY))

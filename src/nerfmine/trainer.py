@@ -671,6 +671,8 @@ class Trainer:
         if state["config"].get("data", {}).get("aabb_scale") is None:
             # Written before cascades: such a run modelled the unit cube whatever the data said.
             state["config"].setdefault("data", {})["aabb_scale"] = 1.0
+        # Written before train.subpixel existed: such a run drew random points of its pixels.
+        state["config"].setdefault("train", {}).setdefault("subpixel", True)
         saved = config_from_dict(state["config"])
         config = saved
         if overrides:
