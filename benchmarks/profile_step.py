@@ -58,6 +58,7 @@ class StageRanges:
 
 
 def _is_kernel(event, cuda: bool) -> bool:
+    """A device-side event (a kernel, a memcpy/memset, or a GPU-side range annotation)."""
     if not cuda:
         return False
     device_type = getattr(event, "device_type", None)
@@ -94,13 +95,15 @@ def profile_arm(data: str | None, mining: str, backend: str, warmup: int, steps:
     stage_us: dict[str, float] = defaultdict(float)
     for event in events:
         stage = ranges.names.get(event.name)
-        if stage is not None:
+        # The host-side range (a GPU-side annotation of the same name also exists on CUDA;
+        # counting both would count every kernel twice).
+        if stage is not None and not _is_kernel(event, cuda):
             stage_us[stage] += event.device_time_total if cuda else event.cpu_time_total
     kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     total_kernel_us = 0.0
     for event in events:
-        if cuda and not _is_kernel(event, cuda):
-            continue
+        if cuda and (not _is_kernel(event, cuda) or event.name in ranges.names):
+            continue  # kernels only, not the GPU-side annotations of the stage ranges
         if not cuda and (event.cpu_parent is None or event.cpu_parent.name not in ranges.names):
             continue  # on CPU: the operators directly inside a stage's range
         duration = event.device_time if cuda else event.cpu_time_total
@@ -118,6 +121,8 @@ def profile_arm(data: str | None, mining: str, backend: str, warmup: int, steps:
         "time_kind": "CUDA kernel time" if cuda else "CPU operator time",
         "total_kernel_ms_per_step": total_kernel_us * per_step,
         "stage_kernel_ms_per_step": {k: v * per_step for k, v in stage_us.items()},
+        # Equal to the total when every kernel was attributed to the stage that launched it.
+        "stage_sum_ms_per_step": sum(stage_us.values()) * per_step,
         "top_kernels": [{"name": name[:160], "ms_per_step": v[0] * per_step,
                          "launches_per_step": v[1] / steps} for name, v in top],
         "mean_hard_fraction": trainer.mean_hard_fraction(),
@@ -151,7 +156,8 @@ def main() -> int:
         report["runs"].append(r)
         stages = " ".join(f"{k}={v:.3f}" for k, v in r["stage_kernel_ms_per_step"].items())
         print(f"{report['gpu']} {backend} mining={mining}: {r['time_kind']} "
-              f"{r['total_kernel_ms_per_step']:.3f} ms/step | {stages}", flush=True)
+              f"{r['total_kernel_ms_per_step']:.3f} ms/step (stages sum to "
+              f"{r['stage_sum_ms_per_step']:.3f}) | {stages}", flush=True)
         for k in r["top_kernels"][:12]:
             print(f"    {k['ms_per_step']:.4f} ms x{k['launches_per_step']:.1f}  {k['name'][:90]}")
         args.out.write_text(json.dumps(report, indent=2) + "\n")
