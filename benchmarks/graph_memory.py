@@ -21,13 +21,12 @@ import torch
 
 
 def run(data: str, mining: str, graphs: bool, steps: int, overrides: dict | None = None) -> dict:
-    from nerfmine.config import make_config
+    from nerfmine.config import make_config, merge_overrides
     from nerfmine.trainer import Trainer
 
-    extra = json.loads(json.dumps(overrides or {}))
-    train = {"max_steps": steps, "cuda_graphs": graphs, **extra.pop("train", {})}
-    config = make_config("gpu", {"backend": "triton", "mining": mining, "data": {"path": data},
-                                 "train": train, **extra})
+    config = make_config("gpu", merge_overrides(
+        {"backend": "triton", "mining": mining, "data": {"path": data},
+         "train": {"max_steps": steps, "cuda_graphs": graphs}}, overrides or {}))
     trainer = Trainer(config, Path(f"/tmp/graph-memory-{mining}-{graphs}"))
     torch.cuda.synchronize()
     setup = torch.cuda.memory_allocated()

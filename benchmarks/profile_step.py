@@ -67,14 +67,13 @@ def _is_kernel(event, cuda: bool) -> bool:
 
 def profile_arm(data: str | None, mining: str, backend: str, warmup: int, steps: int,
                 preset: str, overrides: dict | None = None) -> dict:
-    from nerfmine.config import make_config
+    from nerfmine.config import make_config, merge_overrides
     from nerfmine.trainer import Trainer
 
     cuda = torch.cuda.is_available()
-    extra = json.loads(json.dumps(overrides or {}))
-    train = {"max_steps": 10**9, "cuda_graphs": False, **extra.pop("train", {})}
-    config = make_config(preset, {"backend": backend, "mining": mining, "data": {"path": data},
-                                  "train": train, **extra})
+    config = make_config(preset, merge_overrides(
+        {"backend": backend, "mining": mining, "data": {"path": data},
+         "train": {"max_steps": 10**9, "cuda_graphs": False}}, overrides or {}))
     trainer = Trainer(config, Path(f"/tmp/nerfmine-profile-{mining}"))
     for _ in range(warmup):
         trainer.train_step()

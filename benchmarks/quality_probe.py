@@ -76,7 +76,7 @@ def _sync() -> None:
 def run_variant(name: str, data: str | None, steps: int | None, eval_images: int,
                 train_images: int, run_dir: Path, graphs: bool, preset: str = "gpu",
                 seconds: float | None = None) -> dict:
-    from nerfmine.config import make_config
+    from nerfmine.config import make_config, merge_overrides
     from nerfmine.trainer import Trainer
 
     spec = json.loads(json.dumps(VARIANTS[name]))
@@ -85,11 +85,7 @@ def run_variant(name: str, data: str | None, steps: int | None, eval_images: int
                  "train": {**({"max_seconds": seconds} if seconds else {"max_steps": steps}),
                            "seed": 0, "save_renders": False,
                            "cuda_graphs": graphs, "eval_max_images": eval_images}}
-    for key, value in spec.items():
-        if isinstance(value, dict):
-            overrides.setdefault(key, {}).update(value)
-        else:
-            overrides[key] = value
+    overrides = merge_overrides(overrides, spec)
     original_load = Trainer._load
     if scene_scale is not None:
         def _load(self, split, _scale=scene_scale):

@@ -56,13 +56,12 @@ class StageEvents:
 
 def measure(data: str, backend: str, mining: str, warmup: int, steps: int,
             graphs: bool = False, overrides: dict | None = None) -> dict:
-    from nerfmine.config import make_config
+    from nerfmine.config import make_config, merge_overrides
     from nerfmine.trainer import Trainer
 
-    extra = json.loads(json.dumps(overrides or {}))
-    train = {"max_steps": 10**9, "cuda_graphs": graphs, **extra.pop("train", {})}
-    config = make_config("gpu", {"backend": backend, "mining": mining, "data": {"path": data},
-                                 "train": train, **extra})
+    config = make_config("gpu", merge_overrides(
+        {"backend": backend, "mining": mining, "data": {"path": data},
+         "train": {"max_steps": 10**9, "cuda_graphs": graphs}}, overrides or {}))
     trainer = Trainer(config, Path("/tmp/nerfmine-step-time"))
     for _ in range(warmup):
         trainer.train_step()

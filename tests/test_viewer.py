@@ -3,6 +3,7 @@ lifecycle and the command line's messages. tests/test_viewer_browser.py drives a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -207,11 +208,17 @@ def test_share_step_lock_excludes_renders_from_training_steps(block_trainer, mon
 
 
 # --------------------------------------------------------------------------- ports, messages
-def test_port_in_use_is_named():
+@contextlib.contextmanager
+def _busy_port():
+    """A local port something listens on, for the duration of the block."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        port = busy.getsockname()[1]
+        yield busy.getsockname()[1]
+
+
+def test_port_in_use_is_named():
+    with _busy_port() as port:
         with pytest.raises(NerfmineError, match=f"port {port} is already in use.*--port"):
             viewer.check_port("127.0.0.1", port)
     viewer.check_port("127.0.0.1", port)  # free again
@@ -244,10 +251,7 @@ def test_view_folder_without_checkpoint(tmp_path, capsys):
 
 @needs_viser
 def test_view_port_in_use_cli(tmp_path, capsys):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with _busy_port() as port:
         assert cli.main(["view", str(tmp_path), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"port {port} is already in use" in err and "--port" in err
@@ -350,10 +354,7 @@ def test_train_with_view_serves_until_interrupted(tmp_path, tiny_config):
 
 @needs_viser
 def test_train_view_port_in_use(tmp_path, capsys):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with _busy_port() as port:
         code = cli.main(["train", "--steps", "1", "--output", str(tmp_path / "run"), "--view",
                          "--view-port", str(port)])
     assert code == 2

@@ -272,11 +272,13 @@ def load_config(path: Path) -> RunConfig:
     return config_from_dict(values)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_overrides(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in section by section (nested dicts merge, other values
+    replace); neither argument is changed."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_overrides(out[key], value)
         else:
             out[key] = value
     return out
@@ -296,14 +298,14 @@ def make_config(preset: str = "auto", overrides: dict[str, Any] | None = None) -
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'; choose one of auto, {', '.join(PRESETS)}")
     values: dict[str, Any] = {"preset": preset, "device": "cuda" if cuda else "cpu"}
-    values = _merge(values, PRESETS[preset])
+    values = merge_overrides(values, PRESETS[preset])
     overrides = overrides or {}
     given = overrides.get("train", {})
     if "max_steps" in given or "max_seconds" in given:
         # A budget given by the caller replaces the preset's default budget and points.
         values["train"] = {k: v for k, v in values.get("train", {}).items()
                            if k not in ("max_steps", "max_seconds", "eval_at")}
-    values = _merge(values, overrides)
+    values = merge_overrides(values, overrides)
     if values.get("backend", "auto") == "auto":
         values["backend"] = default_backend(values["device"])
     return config_from_dict(values)

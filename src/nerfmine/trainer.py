@@ -309,23 +309,21 @@ class Trainer:
         """
         mark = self.stage_marker
         mark("start")
-        if self.uses_cuda_graphs():
-            # On the graphs' stream (a no-op inside train(), which is already on it): the
-            # occupancy update's matrix products then share the graphs' cuBLAS workspace.
-            with self._graphs.on_stream():
-                stats = self._step_body(mark)
-        else:
-            stats = self._step_body(mark)
+        graphs = self.uses_cuda_graphs()
+        # With graphs, on the graphs' stream (a no-op inside train(), which is already on it):
+        # the occupancy update's matrix products then share the graphs' cuBLAS workspace.
+        with self._graphs.on_stream() if graphs else contextlib.nullcontext():
+            stats = self._step_body(mark, graphs)
         self.step += 1
         mark("ema_bookkeeping")
         return stats
 
-    def _step_body(self, mark: Callable[[str], None]) -> StepStats:
+    def _step_body(self, mark: Callable[[str], None], graphs: bool) -> StepStats:
         if self.occupancy.should_update(self.step):
             self.occupancy.update(self.step, self.field.density, self.generator)
         mark("occupancy")
         lr = self.config.train.lr * self._lr_factor()
-        if self.uses_cuda_graphs():
+        if graphs:
             return self._graph_step(lr)
         loss, samples, hard_fraction = self._device_step(
             self.n_rays, None, None, lr, self.generator, mark, capturing=False)
