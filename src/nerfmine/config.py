@@ -145,9 +145,10 @@ class TrainConfig:
     choice, 0 (constant steps) for aabb_scale 1 and 1/256 above; a run records the value."""
     min_transmittance: float = 1e-4
     """A sample is composited while the transmittance before it is at least this."""
-    first_pass_chunk: int = 1 << 16
+    first_pass_chunk: int = 1 << 17
     """Samples per chunk of the mining's first forward (no graph): bounds its transient memory,
-    so that the mining step's peak is set by its (smaller) graph."""
+    so that the mining step's peak is set by its (smaller) graph. 2^17: on an H200 (43df077) the
+    mining step took 1.676 ms against 1.795 ms with 2^16, for the same training increment."""
     second_pass_chunk: int = 1 << 16
     """Samples per chunk of the mining's second pass (forward with a graph, then backward):
     the injected gradients are known from the first pass, so each chunk's backward can run on
