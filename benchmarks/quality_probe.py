@@ -60,6 +60,8 @@ VARIANTS: dict[str, dict] = {
     "hsm_chunks_2^17": {"mining": "hsm", "train": {"first_pass_chunk": 1 << 17,
                                                    "second_pass_chunk": 1 << 17}},
     "subpixel": {"train": {"subpixel": True}},
+    "hsm_subpixel": {"mining": "hsm", "train": {"subpixel": True}},
+    "hsm_table_2^21": {"mining": "hsm", "model": {"log2_table_size": 21}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
     "no_l2": {"train": {"l2_reg": 0.0}},
     "scale_0.4_step_half": {"scene_scale": 0.4,
