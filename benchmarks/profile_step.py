@@ -4,10 +4,17 @@ Eager steps (each stage launched kernel by kernel) are timed with CUDA events el
 (step_time.py), but those times include the gaps where the GPU waits for the host, which a
 CUDA-graph step does not have. This script asks the profiler for the kernels' own durations
 instead: it runs --warmup steps, then profiles --steps eager steps with a profiler range around
-each stage of the step, and reports per step the summed kernel time of every stage (the
-kernels launched inside its range), of the whole step, and of the most expensive kernels. The
-sum over stages is the GPU time a perfectly launched step would take, which is what tells how
-much of a step the backward is and where mining's break-even lies.
+each stage of the step, and reports per step the summed kernel time of every stage, of the whole
+step, and of the most expensive kernels. The sum over stages is the GPU time a perfectly
+launched step would take, which is what tells how much of a step the backward is and where
+mining's break-even lies.
+
+On CUDA a kernel belongs to the stage during whose range it *ran*: the profiled steps
+synchronise the device at every stage boundary, so each stage's kernels start and finish inside
+its range. (Attributing kernels to the range that launched them misses the backward: autograd
+launches its kernels from its own thread, outside the training thread's ranges.) Range
+annotations that the profiler also lists as device events, such as the optimizer's
+``Optimizer.step#...``, are not kernels and are left out.
 
     PYTHONPATH=src python benchmarks/profile_step.py .devdata/lego_400 --mining none,hsm \
         --out benchmarks/results/profile_step.json
@@ -32,12 +39,15 @@ class StageRanges:
     """A trainer stage marker that opens a profiler range at each mark and names it, when it
     closes at the next mark, after the stage that mark ends (as Trainer.train_step names them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync: bool = False) -> None:
         self.names: dict[str, str] = {}
         self._open: tuple[str, record_function] | None = None
         self._count = 0
+        self._sync = sync
 
     def __call__(self, name: str) -> None:
+        if self._sync:  # this stage's kernels finish inside its range
+            torch.cuda.synchronize()
         if self._open is not None:
             label, rf = self._open
             rf.__exit__(None, None, None)
@@ -50,6 +60,8 @@ class StageRanges:
         self._open = (label, rf)
 
     def close(self) -> None:
+        if self._sync:
+            torch.cuda.synchronize()
         if self._open is not None:
             label, rf = self._open
             rf.__exit__(None, None, None)
@@ -57,12 +69,31 @@ class StageRanges:
             self._open = None
 
 
-def _is_kernel(event, cuda: bool) -> bool:
-    """A device-side event (a kernel, a memcpy/memset, or a GPU-side range annotation)."""
-    if not cuda:
-        return False
+def _is_device_event(event) -> bool:
+    """A device-side event: a kernel, a memcpy/memset, or a GPU-side range annotation."""
     device_type = getattr(event, "device_type", None)
     return device_type is not None and "CUDA" in str(device_type)
+
+
+def _is_annotation(event) -> bool:
+    """A range annotation (ours or a library's, e.g. ``Optimizer.step#NGPAdam.step``)."""
+    if getattr(event, "is_user_annotation", False):
+        return True
+    return "annotation" in str(getattr(event, "activity_type", "") or "").lower()
+
+
+def attribute_by_time(ranges: list[tuple[float, float, str]], start: float) -> str | None:
+    """The stage whose [start, end] range holds ``start`` (ranges sorted and disjoint)."""
+    lo, hi = 0, len(ranges)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ranges[mid][1] < start:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < len(ranges) and ranges[lo][0] <= start <= ranges[lo][1]:
+        return ranges[lo][2]
+    return None
 
 
 def profile_arm(data: str | None, mining: str, backend: str, warmup: int, steps: int,
@@ -79,7 +110,7 @@ def profile_arm(data: str | None, mining: str, backend: str, warmup: int, steps:
         trainer.train_step()
     if cuda:
         torch.cuda.synchronize()
-    ranges = StageRanges()
+    ranges = StageRanges(sync=cuda)
     trainer.stage_marker = ranges
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
@@ -91,21 +122,30 @@ def profile_arm(data: str | None, mining: str, backend: str, warmup: int, steps:
     trainer.stage_marker = lambda name: None
 
     events = prof.events()
+    # The host-side stage ranges (on CUDA a device-side annotation of each also exists).
+    stage_ranges = sorted(
+        (e.time_range.start, e.time_range.end, ranges.names[e.name]) for e in events
+        if e.name in ranges.names and not _is_device_event(e))
     stage_us: dict[str, float] = defaultdict(float)
-    for event in events:
-        stage = ranges.names.get(event.name)
-        # The host-side range (a GPU-side annotation of the same name also exists on CUDA;
-        # counting both would count every kernel twice).
-        if stage is not None and not _is_kernel(event, cuda):
-            stage_us[stage] += event.device_time_total if cuda else event.cpu_time_total
     kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     total_kernel_us = 0.0
+    unattributed_us = 0.0
     for event in events:
-        if cuda and (not _is_kernel(event, cuda) or event.name in ranges.names):
-            continue  # kernels only, not the GPU-side annotations of the stage ranges
-        if not cuda and (event.cpu_parent is None or event.cpu_parent.name not in ranges.names):
-            continue  # on CPU: the operators directly inside a stage's range
-        duration = event.device_time if cuda else event.cpu_time_total
+        if cuda:
+            if not _is_device_event(event) or _is_annotation(event) \
+                    or event.name in ranges.names:
+                continue  # kernels and copies only
+            duration = event.device_time
+            stage = attribute_by_time(stage_ranges, event.time_range.start)
+        else:
+            if event.cpu_parent is None or event.cpu_parent.name not in ranges.names:
+                continue  # on CPU: the operators directly inside a stage's range
+            duration = event.cpu_time_total
+            stage = ranges.names[event.cpu_parent.name]
+        if stage is None:
+            unattributed_us += duration
+        else:
+            stage_us[stage] += duration
         kernels[event.name][0] += duration
         kernels[event.name][1] += 1
         total_kernel_us += duration
@@ -120,8 +160,9 @@ def profile_arm(data: str | None, mining: str, backend: str, warmup: int, steps:
         "time_kind": "CUDA kernel time" if cuda else "CPU operator time",
         "total_kernel_ms_per_step": total_kernel_us * per_step,
         "stage_kernel_ms_per_step": {k: v * per_step for k, v in stage_us.items()},
-        # Equal to the total when every kernel was attributed to the stage that launched it.
+        # The total minus the kernels that ran outside every stage range (none expected).
         "stage_sum_ms_per_step": sum(stage_us.values()) * per_step,
+        "unattributed_ms_per_step": unattributed_us * per_step,
         "top_kernels": [{"name": name[:160], "ms_per_step": v[0] * per_step,
                          "launches_per_step": v[1] / steps} for name, v in top],
         "mean_hard_fraction": trainer.mean_hard_fraction(),

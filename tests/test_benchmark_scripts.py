@@ -2,7 +2,8 @@
 
 They are run for real through the device tool; here they must at least do what they say: the
 probe applies each setting (and the scene scale) and evaluates test and training views, the
-profiler names every stage of a step, for both arms.
+profiler names every stage of a step, for both arms, attributes kernels by
+the stage they ran in and leaves range annotations out.
 """
 
 from __future__ import annotations
@@ -75,3 +76,28 @@ def test_profile_step_names_every_stage_of_both_arms(tmp_path):
     common = {"rays_march", "forward_backward", "optimizer", "ema_bookkeeping"}
     assert common <= stages["none"] and "first_forward" not in stages["none"]
     assert common | {"first_forward", "mining"} <= stages["hsm"]
+
+
+def test_profile_step_attributes_kernels_by_the_stage_they_ran_in():
+    prof = _load("profile_step")
+    ranges = [(0.0, 10.0, "rays_march"), (10.0, 25.0, "forward_backward"),
+              (30.0, 31.0, "optimizer")]
+    assert prof.attribute_by_time(ranges, 0.0) == "rays_march"
+    assert prof.attribute_by_time(ranges, 9.5) == "rays_march"
+    assert prof.attribute_by_time(ranges, 24.0) == "forward_backward"
+    assert prof.attribute_by_time(ranges, 30.5) == "optimizer"
+    assert prof.attribute_by_time(ranges, 27.0) is None  # between ranges
+    assert prof.attribute_by_time(ranges, 40.0) is None
+    assert prof.attribute_by_time([], 1.0) is None
+
+
+def test_profile_step_leaves_range_annotations_out_of_the_kernels():
+    prof = _load("profile_step")
+
+    class Event:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    assert prof._is_annotation(Event(is_user_annotation=True))
+    assert prof._is_annotation(Event(activity_type="gpu_user_annotation"))
+    assert not prof._is_annotation(Event(is_user_annotation=False, activity_type="kernel"))
