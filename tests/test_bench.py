@@ -42,3 +42,40 @@ def test_bench_command_trains_both_arms(tmp_path, capsys):
     assert set(report["arms"]) == {"none", "hsm"}
     assert report["arms"]["hsm"]["mining"] == "hsm" and report["arms"]["none"]["mining"] == "none"
     assert report["comparison"]["steps"]["hsm"] > 0
+
+
+def test_warm_steps_train_a_throwaway_run_of_the_same_arm_first(tmp_path, monkeypatch):
+    import nerfmine.trainer as trainer_module
+    from nerfmine.bench import run_arm
+
+    made = []
+
+    class FakeTrainer:
+        def __init__(self, config, run_dir):
+            made.append((config, run_dir))
+
+        def train(self, progress=None):  # noqa: ARG002
+            return {"mining": made[-1][0].mining, "curve": []}
+
+    monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
+    metrics = run_arm("hsm", {"train": {"max_seconds": 7.0}}, "cpu", tmp_path, warm_steps=3)
+    (warm, warm_dir), (real, real_dir) = made
+    assert warm.mining == real.mining == "hsm"
+    assert warm.train.max_steps == 3 and warm.train.max_seconds is None
+    assert warm.train.eval_at == () and not warm.train.save_renders
+    assert real.train.max_seconds == 7.0 and real.train.max_steps is None
+    assert real_dir == tmp_path / "hsm" and tmp_path not in warm_dir.parents
+    assert metrics["kernel_cache"].startswith("warm")
+    made.clear()
+    assert run_arm("none", {"train": {"max_seconds": 7.0}}, "cpu", tmp_path / "c",
+                   warm_steps=0)["kernel_cache"].startswith("cold")
+    assert len(made) == 1
+
+
+def test_bench_command_warm_steps(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--preset", "cpu", "--seconds", "2", "--eval-images", "1",
+                 "--arms", "none", "--warm-steps", "2", "--output", str(out), "--quiet"]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["arms"]["none"]["kernel_cache"].startswith("warm (2 steps")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["none"]

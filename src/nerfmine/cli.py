@@ -98,6 +98,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true")
     bench.add_argument("--no-cuda-graphs", action="store_true",
                        help="launch each step's kernels one by one (no CUDA graphs)")
+    bench.add_argument("--warm-steps", type=int, default=0, metavar="N",
+                       help="before each arm, train a throwaway run of N steps, so that its "
+                            "clock starts with the kernels compiled (the protocol's warm "
+                            "figure; default 0: cold)")
 
     from nerfmine import export_cli, render_cli
 
@@ -334,7 +338,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"bench: training arm mining={arm} into {args.output / arm}", flush=True)
             progress = _Progress(1.0, "s", args.quiet or not sys.stdout.isatty())
             try:
-                results[arm] = run_arm(arm, overrides, args.preset, args.output, progress)
+                results[arm] = run_arm(arm, overrides, args.preset, args.output, progress,
+                                       warm_steps=args.warm_steps)
             finally:
                 progress.close()
             print(f"bench: mining={arm}: PSNR {results[arm]['psnr']:.2f} dB after "
