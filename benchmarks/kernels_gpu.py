@@ -1,4 +1,4 @@
-"""Check and time the Triton kernels (hash grid, SH, fused Adam) at full size on a CUDA GPU.
+"""Check and time the Triton kernels (hash grid, SH, inference MLP, Adam) at full size on a GPU.
 
     PYTHONPATH=src python benchmarks/kernels_gpu.py --out benchmarks/results/kernels_gpu.json
 
@@ -171,6 +171,34 @@ def bench_sh(n: int, res: dict, checks: dict) -> None:
     print("sh:", r, flush=True)
 
 
+def bench_mlp(n: int, res: dict, checks: dict) -> None:
+    """The fused inference MLP against the layer-by-layer fp16 path (cuBLAS) it replaces."""
+    from nerfmine.config import ModelConfig
+    from nerfmine.field import NGPField
+    from nerfmine.ops.mlp import ngp_mlp_forward
+    from nerfmine.ops.sh import sh_encode
+
+    gen = torch.Generator().manual_seed(2)
+    field = NGPField(ModelConfig(), seed=2).cuda()
+    with torch.no_grad():
+        for w in field.mlp_parameters():
+            w.mul_(3.0)
+    weights = field.mlp_parameters()
+    enc = (torch.randn(n, field.spec.output_dim, generator=gen) * 0.5).cuda().half()
+    d = torch.randn(n, 3, generator=gen)
+    sh = sh_encode((d / d.norm(dim=1, keepdim=True)).cuda(), 4, backend="triton")
+    out = ngp_mlp_forward(enc, sh, weights, backend="triton")
+    ref = ngp_mlp_forward(enc, sh, weights, backend="torch")
+    r = {"n": n, "max_abs_err": (out - ref).abs().max().item(),
+         "ref_max_abs": ref.abs().max().item()}
+    checks["mlp_inference"] = r["max_abs_err"] < 1e-2 * max(1.0, r["ref_max_abs"])
+    r["triton_fused_ms"] = _bench(lambda: ngp_mlp_forward(enc, sh, weights, backend="triton"))
+    r["torch_layers_fp16_ms"] = _bench(
+        lambda: ngp_mlp_forward(enc, sh, weights, backend="torch"))
+    res["mlp_inference"] = r
+    print("mlp_inference:", r, flush=True)
+
+
 def bench_adam(res: dict, checks: dict) -> None:
     from nerfmine.ops.adam import adam_step
     from nerfmine.ops.hash_grid import HashGridSpec
@@ -248,6 +276,7 @@ def main(argv=None) -> int:
     sections = (
         ("hash_grid", lambda: bench_hash_grid(n, res, checks, args.quick)),
         ("sh", lambda: bench_sh(n, res, checks)),
+        ("mlp_inference", lambda: bench_mlp(n, res, checks)),
         ("adam", lambda: bench_adam(res, checks)),
     )
     for name, fn in sections:

@@ -62,6 +62,7 @@ VARIANTS: dict[str, dict] = {
     "subpixel": {"train": {"subpixel": True}},
     "hsm_subpixel": {"mining": "hsm", "train": {"subpixel": True}},
     "hsm_table_2^21": {"mining": "hsm", "model": {"log2_table_size": 21}},
+    "hsm_fused_mlp": {"mining": "hsm", "train": {"fused_inference_mlp": True}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
     "no_l2": {"train": {"l2_reg": 0.0}},
     "scale_0.4_step_half": {"scene_scale": 0.4,

@@ -135,6 +135,10 @@ class TrainConfig:
     """Decay of the exponential moving average of the weights used for evaluation."""
     mixed_precision: bool = True
     """fp16 autocast with loss scaling for the MLPs (CUDA only; ignored on CPU)."""
+    fused_inference_mlp: bool = False
+    """Run the MLPs of passes without a backward (mining's first pass, evaluation renders) as
+    one Triton kernel (triton backend with mixed precision; nerfmine.ops.mlp). Off by default
+    until it has been timed on a GPU."""
     max_steps_per_ray: int = 1024
     """Most marching steps per ray (instant-ngp)."""
     step_size: float = math.sqrt(3) / 1024
@@ -392,6 +396,7 @@ RESUMABLE_CHANGES = {
     ("train", "cuda_graphs"),
     ("train", "first_pass_chunk"),
     ("train", "second_pass_chunk"),
+    ("train", "fused_inference_mlp"),
 }
 
 

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from nerfmine.config import ModelConfig
 from nerfmine.ops.hash_grid import HashGridSpec, hash_grid_encode, init_hash_table
 from nerfmine.ops.march import aabb_bounds
+from nerfmine.ops.mlp import fused_shapes_ok, ngp_mlp_forward
 from nerfmine.ops.sh import sh_encode
 
 
@@ -60,6 +61,9 @@ class NGPField(nn.Module):
         # A trainer may give the table's gradient a preallocated home: the backward then adds
         # into it (several backward passes, no dense temporary) and table.grad is left unset.
         self.table_grad_sink: torch.Tensor | None = None
+        # Passes without a graph under fp16 autocast may run both MLPs as one Triton kernel
+        # (nerfmine.ops.mlp); the trainer sets this from train.fused_inference_mlp.
+        self.fused_inference = False
 
     def mlp_parameters(self) -> list[nn.Parameter]:
         """The MLP weights (L2-regularised); the hash table is not among them."""
@@ -85,6 +89,11 @@ class NGPField(nn.Module):
         0.5 +- aabb_scale / 2) seen from directions [N, 3].
 
         float32 (float64 for a float64 field, as in gradient checks)."""
+        if self._use_fused_inference():
+            x = self.encoding_positions(positions)
+            enc = hash_grid_encode(x, self.table, self.spec, backend=self.backend)
+            sh = sh_encode(directions, degree=self.config.sh_degree, backend=self.backend)
+            return ngp_mlp_forward(enc, sh, self.mlp_parameters(), backend=self.backend)
         geo = self._geo(positions)  # [N, geo]
         sh = sh_encode(directions, degree=self.config.sh_degree, backend=self.backend)
         color_in = torch.cat([geo, sh.to(geo.dtype)], dim=-1)  # [N, geo + sh]
@@ -93,6 +102,18 @@ class NGPField(nn.Module):
         color_raw = F.linear(h, self.color_w3)  # [N, 3]
         raw = torch.cat([geo[:, :1], color_raw], dim=-1)  # [N, 4]
         return raw.float() if raw.dtype in (torch.float16, torch.bfloat16) else raw
+
+    def _use_fused_inference(self) -> bool:
+        """The fused MLP kernel applies: asked for, no graph being built, the triton backend,
+        fp16 autocast on (the kernel's arithmetic) and widths the kernel takes."""
+        if not self.fused_inference or torch.is_grad_enabled() or self.backend != "triton":
+            return False
+        if not (torch.is_autocast_enabled("cuda")
+                and torch.get_autocast_dtype("cuda") == torch.float16):
+            return False
+        c = self.config
+        return fused_shapes_ok(self.spec.output_dim, c.hidden_dim, c.geo_feature_dim,
+                               c.sh_degree**2)
 
     @torch.no_grad()
     def density(self, positions: torch.Tensor) -> torch.Tensor:
