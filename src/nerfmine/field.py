@@ -6,12 +6,11 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from nerfmine.config import ModelConfig
 from nerfmine.ops.hash_grid import HashGridSpec, hash_grid_encode, init_hash_table
 from nerfmine.ops.march import aabb_bounds
-from nerfmine.ops.mlp import fused_shapes_ok, ngp_mlp_forward
+from nerfmine.ops.mlp import density_layers, fused_shapes_ok, ngp_mlp_forward, ngp_mlps
 from nerfmine.ops.sh import sh_encode
 
 
@@ -77,30 +76,21 @@ class NGPField(nn.Module):
         size = self.aabb_max - self.aabb_min
         return ((positions - self.aabb_min) / size).clamp(0.0, 1.0)
 
-    def _geo(self, positions: torch.Tensor) -> torch.Tensor:
-        x = self.encoding_positions(positions)
-        enc = hash_grid_encode(x, self.table, self.spec, backend=self.backend,
-                               grad_sink=self.table_grad_sink)  # [N, L*F]
-        hidden = torch.relu(F.linear(enc, self.density_w1))  # [N, hid]; fp16 under autocast
-        return F.linear(hidden, self.density_w2)  # [N, geo]
+    def _encode(self, positions: torch.Tensor) -> torch.Tensor:
+        """Hash-grid encodings [N, L*F] of unit-cube positions."""
+        return hash_grid_encode(self.encoding_positions(positions), self.table, self.spec,
+                                backend=self.backend, grad_sink=self.table_grad_sink)
 
     def forward(self, positions: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
         """Raw outputs [N, 4] at positions [N, 3] (unit-cube coordinates; inside the scene's box
         0.5 +- aabb_scale / 2) seen from directions [N, 3].
 
         float32 (float64 for a float64 field, as in gradient checks)."""
-        if self._use_fused_inference():
-            x = self.encoding_positions(positions)
-            enc = hash_grid_encode(x, self.table, self.spec, backend=self.backend)
-            sh = sh_encode(directions, degree=self.config.sh_degree, backend=self.backend)
-            return ngp_mlp_forward(enc, sh, self.mlp_parameters(), backend=self.backend)
-        geo = self._geo(positions)  # [N, geo]
+        enc = self._encode(positions)  # [N, L*F]
         sh = sh_encode(directions, degree=self.config.sh_degree, backend=self.backend)
-        color_in = torch.cat([geo, sh.to(geo.dtype)], dim=-1)  # [N, geo + sh]
-        h = torch.relu(F.linear(color_in, self.color_w1))
-        h = torch.relu(F.linear(h, self.color_w2))
-        color_raw = F.linear(h, self.color_w3)  # [N, 3]
-        raw = torch.cat([geo[:, :1], color_raw], dim=-1)  # [N, 4]
+        if self._use_fused_inference():
+            return ngp_mlp_forward(enc, sh, self.mlp_parameters(), backend=self.backend)
+        raw = ngp_mlps(enc, sh, self.mlp_parameters())  # [N, 4]; fp16 under autocast
         return raw.float() if raw.dtype in (torch.float16, torch.bfloat16) else raw
 
     def _use_fused_inference(self) -> bool:
@@ -118,5 +108,6 @@ class NGPField(nn.Module):
     @torch.no_grad()
     def density(self, positions: torch.Tensor) -> torch.Tensor:
         """Density sigma [N] at positions [N, 3] (no gradient); used by the occupancy grid."""
-        s = self._geo(positions)[:, 0].float()
+        s = density_layers(self._encode(positions), self.density_w1, self.density_w2)[:, 0]
+        s = s.float()
         return torch.exp(s.clamp(max=15.0))

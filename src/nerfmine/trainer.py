@@ -128,7 +128,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.field = NGPField(config.model, backend=self.backend, seed=t.seed,
                               aabb_scale=self.aabb_scale).to(self.device)
-        self.field.fused_inference = t.fused_inference_mlp and self.use_amp
+        self.field.fused_inference = t.fused_inference_mlp  # applies under fp16 autocast only
         self.occupancy = OccupancyGrid(config.occupancy, aabb_scale=self.aabb_scale).to(
             self.device)
         self.miner = HardSampleMiner(config.miner).to(self.device)

@@ -24,14 +24,23 @@ def fused_shapes_ok(enc_dim: int, hidden: int, geo: int, sh_dim: int) -> bool:
     return all(d >= 16 and d & (d - 1) == 0 for d in (enc_dim, hidden, geo, sh_dim))
 
 
+def density_layers(enc: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
+    """The density MLP: encodings [N, E] -> geometry features [N, G] (column 0: raw s)."""
+    return F.linear(torch.relu(F.linear(enc, w1)), w2)
+
+
+def ngp_mlps(enc: Tensor, sh: Tensor, weights: list[Tensor]) -> Tensor:
+    """Both MLPs layer by layer: raw outputs [N, 4] in the layers' dtype (fp16 under autocast;
+    the field's path, and with fp16 arguments the fused kernel's reference)."""
+    w1, w2, c1, c2, c3 = weights
+    geo = density_layers(enc, w1, w2)  # [N, G]
+    h = torch.relu(F.linear(torch.cat([geo, sh.to(geo.dtype)], dim=-1), c1))
+    h = torch.relu(F.linear(h, c2))
+    return torch.cat([geo[:, :1], F.linear(h, c3)], dim=-1)
+
+
 def _mlp_forward_torch(enc: Tensor, sh: Tensor, weights: list[Tensor]) -> Tensor:
-    w1, w2, c1, c2, c3 = (w.detach().half() for w in weights)
-    h = F.relu(F.linear(enc.half(), w1))
-    geo = F.linear(h, w2)
-    h = F.relu(F.linear(torch.cat([geo, sh.half()], dim=-1), c1))
-    h = F.relu(F.linear(h, c2))
-    color = F.linear(h, c3)
-    return torch.cat([geo[:, :1], color], dim=-1).float()
+    return ngp_mlps(enc.half(), sh.half(), [w.detach().half() for w in weights]).float()
 
 
 @torch.no_grad()
