@@ -252,6 +252,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="path of the JSON report")
     ap.add_argument("--log2-n", type=int, default=18, help="points per pass (default 2^18)")
     ap.add_argument("--quick", action="store_true", help="skip the slow torch timings")
+    ap.add_argument("--sections", default=None,
+                    help="comma-separated subset of hash_grid,sh,mlp_inference,adam (default all)")
     args = ap.parse_args(argv)
 
     res: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
@@ -279,6 +281,12 @@ def main(argv=None) -> int:
         ("mlp_inference", lambda: bench_mlp(n, res, checks)),
         ("adam", lambda: bench_adam(res, checks)),
     )
+    if args.sections:
+        wanted = args.sections.split(",")
+        unknown = sorted(set(wanted) - {name for name, _ in sections})
+        if unknown:
+            ap.error(f"--sections: unknown {unknown}")
+        sections = tuple((name, fn) for name, fn in sections if name in wanted)
     for name, fn in sections:
         t0 = time.time()
         try:

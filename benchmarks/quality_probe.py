@@ -63,6 +63,8 @@ VARIANTS: dict[str, dict] = {
     "hsm_subpixel": {"mining": "hsm", "train": {"subpixel": True}},
     "hsm_table_2^21": {"mining": "hsm", "model": {"log2_table_size": 21}},
     "hsm_fused_mlp": {"mining": "hsm", "train": {"fused_inference_mlp": True}},
+    "hsm_res_1024": {"mining": "hsm", "model": {"max_resolution": 1024}},
+    "hsm_occ_thresh_0.03": {"mining": "hsm", "occupancy": {"threshold": 0.03}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
     "no_l2": {"train": {"l2_reg": 0.0}},
     "scale_0.4_step_half": {"scene_scale": 0.4,

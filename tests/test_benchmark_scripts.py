@@ -101,3 +101,25 @@ def test_profile_step_leaves_range_annotations_out_of_the_kernels():
     assert prof._is_annotation(Event(is_user_annotation=True))
     assert prof._is_annotation(Event(activity_type="gpu_user_annotation"))
     assert not prof._is_annotation(Event(is_user_annotation=False, activity_type="kernel"))
+
+
+def test_graph_memory_names_what_is_alive_at_the_peak():
+    memory = _load("graph_memory")
+    ours = [{"filename": "/x/src/nerfmine/field.py", "line": 10, "name": "forward"}]
+    torch_only = [{"filename": "/t/torch/nn/functional.py", "line": 3, "name": "linear"}]
+    trace = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": ours},
+        {"action": "alloc", "addr": 2, "size": 50, "frames": torch_only},
+        {"action": "free_requested", "addr": 2, "size": 50, "frames": []},
+        {"action": "free_completed", "addr": 2, "size": 50, "frames": []},
+        {"action": "alloc", "addr": 3, "size": 70, "frames": []},
+        {"action": "alloc", "addr": 4, "size": 30, "frames": ours},  # peak: 100 + 70 + 30
+        {"action": "free_requested", "addr": 1, "size": 100, "frames": []},
+        {"action": "free_requested", "addr": 99, "size": 1000, "frames": []},  # from setup
+        {"action": "alloc", "addr": 5, "size": 90, "frames": torch_only},  # 190, below
+    ]
+    report = memory.peak_breakdown(trace)
+    assert report["peak_bytes"] == 200 and report["peak_event"] == 5
+    sites = {s["site"]: (s["bytes"], s["blocks"]) for s in report["sites"]}
+    assert sites == {"nerfmine/field.py:10 forward": (130, 2),
+                     "(no Python frame: library workspace or allocator)": (70, 1)}
