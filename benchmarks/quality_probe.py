@@ -68,7 +68,7 @@ VARIANTS: dict[str, dict] = {
     "hsm_res_512": {"mining": "hsm", "model": {"max_resolution": 512}},
     "hsm_fused_res_1024": {"mining": "hsm", "model": {"max_resolution": 1024},
                            "train": {"fused_inference_mlp": True}},
-    "fused_res_1024": {"model": {"max_resolution": 1024}},
+    "res_1024": {"model": {"max_resolution": 1024}},
     "hsm_occ_thresh_0.03": {"mining": "hsm", "occupancy": {"threshold": 0.03}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
     "no_l2": {"train": {"l2_reg": 0.0}},
