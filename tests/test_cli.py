@@ -110,3 +110,15 @@ def test_bad_numbers_and_merge_inputs(tmp_path):
                             str(tmp_path / "b")), "expected a run's metrics.json")
     _assert_user_error(_run("train", "--resume", str(tmp_path / "run"), "--output",
                             str(tmp_path / "x")), "do not apply with --resume")
+
+
+def test_max_resolution_flag(tmp_path):
+    import argparse
+
+    from nerfmine.cli import _train_overrides
+
+    args = argparse.Namespace(max_resolution=768)
+    assert _train_overrides(args)["model"] == {"max_resolution": 768}
+    assert "model" not in _train_overrides(argparse.Namespace())
+    _assert_user_error(_run("train", "--steps", "1", "--max-resolution", "4", "--output",
+                            str(tmp_path / "run")), "--max-resolution", "16 or more")

@@ -61,6 +61,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--no-memory-check", action="store_true",
                      help="run even when the memory estimate says it will not fit")
     train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--max-resolution", type=int, default=None, metavar="N",
+                       help=MAX_RESOLUTION_HELP)
     train.add_argument("--eval-images", type=int, default=None,
                        help="evaluate only the first N images of the evaluation split")
     train.add_argument("--output", "-o", type=Path, default=None,
@@ -91,6 +93,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--preset", default="auto")
     bench.add_argument("--backend", choices=["auto", "torch", "triton"], default=None)
     bench.add_argument("--seed", type=int, default=None)
+    bench.add_argument("--max-resolution", type=int, default=None, metavar="N",
+                       help=MAX_RESOLUTION_HELP)
     bench.add_argument("--eval-images", type=int, default=None)
     bench.add_argument("--output", "-o", type=Path, default=Path("runs/bench"))
     bench.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
@@ -120,6 +124,11 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="also write renders/<split>/<name>_vs_photo.png: each render (left) "
                          "next to its photograph over white (right)")
     return parser
+
+
+MAX_RESOLUTION_HELP = ("finest hash-grid resolution over the unit cube (default: from the "
+                       "training cameras, about 1.25 cells per pixel footprint, at most "
+                       "instant-ngp's 2048)")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -166,6 +175,11 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["train"]["seed"] = args.seed
     if args.eval_images is not None:
         overrides["train"]["eval_max_images"] = args.eval_images
+    if getattr(args, "max_resolution", None) is not None:
+        if args.max_resolution < 16:
+            raise NerfmineError(f"--max-resolution: expected a grid resolution of 16 or more "
+                                f"(instant-ngp: 2048), got {args.max_resolution}")
+        overrides.setdefault("model", {})["max_resolution"] = args.max_resolution
     if args.mining is not None:
         overrides["mining"] = args.mining
     if args.backend is not None:
