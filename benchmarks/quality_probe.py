@@ -76,6 +76,8 @@ VARIANTS: dict[str, dict] = {
                           "train": {"fused_inference_mlp": True}},
     "hsm_fused_res_256": {"mining": "hsm", "model": {"max_resolution": 256},
                           "train": {"fused_inference_mlp": True}},
+    "res_2048": {"model": {"max_resolution": 2048}},
+    "hsm_res_2048": {"mining": "hsm", "model": {"max_resolution": 2048}},
     "res_1024": {"model": {"max_resolution": 1024}},
     "hsm_occ_thresh_0.03": {"mining": "hsm", "occupancy": {"threshold": 0.03}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
