@@ -157,34 +157,13 @@ def test_training_rays_go_through_pixel_centres_unless_subpixel(subpixel, tmp_pa
     assert seen["py"].min() >= 0 and seen["py"].max() <= height
 
 
-def test_footprint_resolution_rule():
-    from nerfmine.field import footprint_max_resolution
 
-    # lego_400: focal 555.6 px, cameras 4.031 world units from the centre, scale 0.33.
-    cams = torch.tensor([[0.5, 0.5, 0.5 + 4.031 * 0.33], [0.5 - 4.031 * 0.33, 0.5, 0.5]])
-    assert footprint_max_resolution(555.6, cams) == 528  # 1.25 x 417.7 -> multiple of 16
-    # A focal per camera, the median over cameras; clamped to [64, 2048].
-    assert footprint_max_resolution(torch.tensor([555.6, 555.6]), cams) == 528
-    assert footprint_max_resolution(1e5, cams) == 2048
-    assert footprint_max_resolution(5.0, cams) == 64
-
-
-def test_finest_resolution_comes_from_the_cameras_unless_set(tmp_path):
-    from nerfmine.field import footprint_max_resolution
-
+def test_max_resolution_override_reaches_the_field_and_config(tmp_path):
     config = make_config("cpu", {**json.loads(json.dumps(TINY)),
                                  "model": {"log2_table_size": 12, "n_levels": 8,
-                                           "max_resolution": None},
+                                           "max_resolution": 96},
                                  "train": {"max_steps": 1}})
-    trainer = Trainer(config, tmp_path / "auto")
-    data = trainer.train_data
-    expected = footprint_max_resolution(data.fx, data.c2w_unit()[:, :3, 3])
-    assert trainer.config.model.max_resolution == expected
-    assert trainer.field.spec.max_resolution == expected
-    assert any(f"finest hash-grid resolution {expected}" in n for n in trainer.notes)
+    trainer = Trainer(config, tmp_path / "run")
+    assert trainer.field.spec.max_resolution == 96
     trainer.config.save(tmp_path / "config.json")
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["model"]["max_resolution"] == expected  # recorded for renders and resume
-    explicit = Trainer(_config("none", max_steps=1), tmp_path / "explicit")
-    assert explicit.config.model.max_resolution == 256
-    assert not any("finest hash-grid" in n for n in explicit.notes)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["max_resolution"] == 96

@@ -126,9 +126,9 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MAX_RESOLUTION_HELP = ("finest hash-grid resolution over the unit cube (default: from the "
-                       "training cameras, about 1.25 cells per pixel footprint, at most "
-                       "instant-ngp's 2048)")
+MAX_RESOLUTION_HELP = ("finest hash-grid resolution over the unit cube (default: "
+                       "instant-ngp's 2048; lower it for small images of object-centred "
+                       "scenes, see BENCHMARKS.md)")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -75,18 +75,17 @@ class ModelConfig:
     """log2 of the entries per level T (2^19 in instant-ngp's NeRF setting)."""
     base_resolution: int = 16
     """Coarsest grid resolution Nmin."""
-    max_resolution: int | None = None
+    max_resolution: int = 2048
     """Finest grid resolution Nmax over the unit cube; the field uses max_resolution x
-    aabb_scale over the scene's box (instant-ngp), the same cell size.
+    aabb_scale over the scene's box (instant-ngp), the same cell size (--max-resolution).
 
-    None: from the training cameras (nerfmine.field.footprint_max_resolution): 1.25 x the
-    median over cameras of focal length (pixels) / distance to the unit cube's centre, i.e.
-    a finest cell of about 0.8 pixel footprint where the scene is, as a multiple of 16 in
-    [64, 2048]; a run records the value it used. instant-ngp's fixed 2048 is made for 800-px
-    images (2.45 cells per pixel footprint); finer levels than the pixels resolve only fit
-    the training views: on lego_400 (400 px, 418 cells per footprint) mining at 60 s gave
-    35.39 / 35.65 / 35.74 / 36.03 / 35.93 / 35.59 dB at 2048 / 1024 / 768 / 512 / 384 / 256
-    (H200, benchmarks/results/probe60*_h200_*.json). Without training data: 2048."""
+    instant-ngp's 2048 is made for 800-px images. On lego_400 (400 px; a pixel's footprint
+    at the object is ~1/418 of the unit cube) coarser finest levels generalise better to the
+    test views: mining, 60 s on an H200, 35.39 / 35.65 / 35.74 / 36.03 / 35.93 / 35.59 dB at
+    2048 / 1024 / 768 / 512 / 384 / 256, and 528 gave 35.85 dB at 240 s. On fox (real photos,
+    held-out frames between training frames) 512 cost 1.3 dB against 2048 (28.77 vs 30.09 at
+    60 s), so the default stays instant-ngp's (benchmarks/results/probe60*_h200_*.json;
+    BENCHMARKS.md, "What the finest resolution does")."""
     hidden_dim: int = 64
     """Width of the density and colour MLPs' hidden layers."""
     geo_feature_dim: int = 16

@@ -19,23 +19,6 @@ def _xavier_uniform(out_dim: int, in_dim: int, generator: torch.Generator) -> to
     return (torch.rand(out_dim, in_dim, generator=generator) * 2 - 1) * bound
 
 
-INSTANT_NGP_MAX_RESOLUTION = 2048
-"""instant-ngp's finest grid resolution over the unit cube (made for 800-px images)."""
-FOOTPRINT_FACTOR = 1.25
-"""Finest-level cells per pixel footprint of the default resolution (ModelConfig.max_resolution)."""
-
-
-def footprint_max_resolution(focal: torch.Tensor | float, positions: torch.Tensor) -> int:
-    """The default finest resolution for cameras at ``positions`` [N, 3] (unit-cube
-    coordinates) with focal lengths ``focal`` (pixels; a number or [N]): FOOTPRINT_FACTOR x
-    the median of focal / distance to the cube's centre (how many pixel footprints span the
-    unit cube where the scene is), as a multiple of 16 in [64, 2048]."""
-    distance = (positions.double() - 0.5).norm(dim=-1).clamp_min(1e-6)  # [N]
-    per_camera = torch.as_tensor(focal, dtype=torch.float64) / distance  # [N]
-    cells = FOOTPRINT_FACTOR * float(per_camera.median())
-    return int(min(max(round(cells / 16) * 16, 64), INSTANT_NGP_MAX_RESOLUTION))
-
-
 class NGPField(nn.Module):
     """Instant-NGP NeRF network (Müller et al. 2022, Sec. 5.4), without biases as in tcnn.
 
@@ -55,9 +38,9 @@ class NGPField(nn.Module):
         # per-level scale), so a cell of the finest level keeps its size in the unit cube.
         self.aabb_scale = float(aabb_scale)
         self.aabb_min, self.aabb_max = aabb_bounds(self.aabb_scale)
-        finest = config.max_resolution or INSTANT_NGP_MAX_RESOLUTION
+        finest = config.max_resolution
         if self.aabb_scale != 1.0:
-            finest = int(round(finest * min(self.aabb_scale, 128.0)))
+            finest = int(round(config.max_resolution * min(self.aabb_scale, 128.0)))
         self.spec = HashGridSpec(
             n_levels=config.n_levels,
             n_features=config.n_features,

@@ -229,7 +229,7 @@ def model_bytes(config: RunConfig) -> dict[str, int]:
     n_cascades = o.cascades or cascades_for_aabb_scale(config.data.aabb_scale or 1.0)
     spec = HashGridSpec(n_levels=m.n_levels, n_features=m.n_features,
                         log2_table_size=m.log2_table_size, base_resolution=m.base_resolution,
-                        max_resolution=m.max_resolution or 2048)  # None: at most 2048
+                        max_resolution=m.max_resolution)
     table = spec.n_entries * spec.n_features
     hid, geo, sh = m.hidden_dim, m.geo_feature_dim, m.sh_degree**2
     mlp = hid * spec.output_dim + geo * hid + hid * (geo + sh) + hid * hid + 3 * hid

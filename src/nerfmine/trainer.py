@@ -37,12 +37,7 @@ from nerfmine.data.demo import demo_scene_path
 from nerfmine.data.host_pixels import HostPixels
 from nerfmine.data.transforms import load_capture
 from nerfmine.errors import ConfigError, NerfmineError
-from nerfmine.field import (
-    FOOTPRINT_FACTOR,
-    INSTANT_NGP_MAX_RESOLUTION,
-    NGPField,
-    footprint_max_resolution,
-)
+from nerfmine.field import NGPField
 from nerfmine.graphs import StepGraphs
 from nerfmine.memory import fit_memory
 from nerfmine.metrics import LPIPS_NOT_MEASURED, psnr, ssim
@@ -193,8 +188,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _resolve_scene_box(self, config: RunConfig) -> RunConfig:
         """Fill in the scene's box, cascades and cone angle (instant-ngp's choices unless the
-        config sets them) and the finest grid resolution (from the training cameras unless
-        the config sets it: ModelConfig.max_resolution); config.json records the values used.
+        config sets them); config.json records the values used.
 
         aabb_scale: the config's, else the training data's (transforms.json), else 1 (a run
         loaded without data whose config predates the field: it modelled the unit cube), capped
@@ -211,20 +205,8 @@ class Trainer:
             self.notes.append(
                 f"aabb_scale {aabb_scale:g}: {cascades} occupancy cascades, exponential "
                 f"stepping with cone angle {cone:g}")
-        finest = config.model.max_resolution
-        if finest is None:
-            finest = INSTANT_NGP_MAX_RESOLUTION
-            if self.train_data is not None:
-                data = self.train_data
-                focal = data.fx if data.intrinsics is None else data.intrinsics[:, 0]
-                finest = footprint_max_resolution(focal, data.c2w_unit()[:, :3, 3])
-                self.notes.append(
-                    f"finest hash-grid resolution {finest} (about {FOOTPRINT_FACTOR:g} cells "
-                    f"per pixel footprint of the training cameras; instant-ngp's 2048 suits "
-                    f"800-px images): --max-resolution N sets another")
         return dataclasses.replace(
             config, data=dataclasses.replace(d, aabb_scale=aabb_scale),
-            model=dataclasses.replace(config.model, max_resolution=int(finest)),
             occupancy=dataclasses.replace(o, cascades=cascades),
             train=dataclasses.replace(t, cone_angle=float(cone)))
 
