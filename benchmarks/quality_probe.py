@@ -78,6 +78,7 @@ VARIANTS: dict[str, dict] = {
                           "train": {"fused_inference_mlp": True}},
     "res_2048": {"model": {"max_resolution": 2048}},
     "hsm_res_2048": {"mining": "hsm", "model": {"max_resolution": 2048}},
+    "hsm_res_528": {"mining": "hsm", "model": {"max_resolution": 528}},
     "res_1024": {"model": {"max_resolution": 1024}},
     "hsm_occ_thresh_0.03": {"mining": "hsm", "occupancy": {"threshold": 0.03}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
@@ -93,9 +94,20 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _views(scene, keep: list[int]):
+    """``scene`` reduced to the views ``keep`` (every per-view field)."""
+    index = torch.tensor(keep, dtype=torch.long)
+    for name in ("images", "c2w", "intrinsics", "distortion", "sharpness"):
+        value = getattr(scene, name)
+        if value is not None:
+            setattr(scene, name, value[index])
+    scene.image_paths = [scene.image_paths[i] for i in keep]
+    return scene
+
+
 def run_variant(name: str, data: str | None, steps: int | None, eval_images: int,
                 train_images: int, run_dir: Path, graphs: bool, preset: str = "gpu",
-                seconds: float | None = None) -> dict:
+                seconds: float | None = None, validation_every: int | None = None) -> dict:
     from nerfmine.config import make_config, merge_overrides
     from nerfmine.trainer import Trainer
 
@@ -107,10 +119,20 @@ def run_variant(name: str, data: str | None, steps: int | None, eval_images: int
                            "cuda_graphs": graphs, "eval_max_images": eval_images}}
     overrides = merge_overrides(overrides, spec)
     original_load = Trainer._load
-    if scene_scale is not None:
-        def _load(self, split, _scale=scene_scale):
-            scene = original_load(self, split)
-            scene.scale = _scale
+    if scene_scale is not None or validation_every:
+        def _load(self, split, _scale=scene_scale, _every=validation_every):
+            d = self.config.data
+            if _every and split == d.eval_split:
+                # Validation: every N-th training view, never trained on; the test split is
+                # not looked at, so a setting chosen here is not chosen on the test views.
+                scene = original_load(self, d.train_split)
+                scene = _views(scene, [i for i in range(len(scene)) if i % _every == 0])
+            else:
+                scene = original_load(self, split)
+                if _every and split == d.train_split:
+                    scene = _views(scene, [i for i in range(len(scene)) if i % _every != 0])
+            if _scale is not None:
+                scene.scale = _scale
             return scene
         Trainer._load = _load
     try:
@@ -142,6 +164,9 @@ def run_variant(name: str, data: str | None, steps: int | None, eval_images: int
             "test_psnr": test.psnr, "test_ssim": test.ssim, "train_psnr": train.psnr,
             "samples_per_step": float(trainer.total_samples) / steps,
             "occupied_fraction": occupied, "rays_last": trainer.n_rays,
+            "evaluated_on": (f"validation: every {validation_every}-th training view, held out"
+                             if validation_every else "test split"),
+            "train_views": len(trainer.train_data),
             "mean_hard_fraction": trainer.mean_hard_fraction(),
             "cuda_graphs": trainer.uses_cuda_graphs()}
 
@@ -161,6 +186,10 @@ def main() -> int:
     parser.add_argument("--no-cuda-graphs", action="store_true")
     parser.add_argument("--warmup", action="store_true",
                         help="a short untimed run first, so that compilation is not timed")
+    parser.add_argument("--validation-every", type=int, default=None, metavar="N",
+                        help="train without every N-th training view and evaluate on those "
+                             "(test_psnr is then the validation PSNR): choose settings without "
+                             "looking at the test split")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     from nerfmine.provenance import device_name, git_commit
@@ -173,7 +202,8 @@ def main() -> int:
     report = {"gpu": gpu, "commit": git_commit(), "torch": torch.__version__,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "data": args.data,
               "steps": args.steps, "seconds": args.seconds, "eval_images": args.eval_images,
-              "train_images": args.train_images, "runs": []}
+              "train_images": args.train_images, "validation_every": args.validation_every,
+              "runs": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.warmup:  # fill the kernel caches so that no variant's clock holds compilation
         for name in ("default", "hsm"):
@@ -182,7 +212,7 @@ def main() -> int:
     for name in names:
         r = run_variant(name, args.data, args.steps, args.eval_images, args.train_images,
                         Path(f"/tmp/quality-probe/{name}"), not args.no_cuda_graphs,
-                        args.preset, args.seconds)
+                        args.preset, args.seconds, args.validation_every)
         report["runs"].append(r)
         print(f"{report['gpu']} {name:18s} {r['steps']} steps {r['seconds']:6.1f} s  test "
               f"{r['test_psnr']:.2f} dB  train {r['train_psnr']:.2f} dB  samples/step "

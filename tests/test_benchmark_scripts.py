@@ -123,3 +123,34 @@ def test_graph_memory_names_what_is_alive_at_the_peak():
     sites = {s["site"]: (s["bytes"], s["blocks"]) for s in report["sites"]}
     assert sites == {"nerfmine/field.py:10 forward": (130, 2),
                      "(no Python frame: library workspace or allocator)": (70, 1)}
+
+
+def test_quality_probe_validation_holds_out_training_views(tmp_path, monkeypatch):
+    probe = _load("quality_probe")
+    from nerfmine.trainer import Trainer
+
+    seen = {}
+    original_evaluate = Trainer.evaluate
+
+    def spy(self, save_dir=None):
+        seen.setdefault("train", []).append([str(p) for p in self.train_data.image_paths])
+        seen.setdefault("eval", []).append([str(p) for p in self.eval_data.image_paths])
+        return original_evaluate(self, save_dir)
+
+    monkeypatch.setattr(Trainer, "evaluate", spy)
+    monkeypatch.setitem(probe.VARIANTS, "test_tiny", TINY)
+    r = probe.run_variant("test_tiny", None, 2, 2, 2, tmp_path / "v", graphs=False,
+                          preset="cpu", validation_every=3)
+    trained, validation = seen["train"][0], seen["eval"][0]
+    assert validation and trained and not set(validation) & set(trained)
+    from nerfmine.data.blender import load_blender
+    from nerfmine.data.demo import demo_scene_path
+
+    every = [str(p) for p in load_blender(demo_scene_path(), "train", decode=False).image_paths]
+    assert validation == every[::3]  # every 3rd training view, in the split's order
+    assert sorted(trained + validation) == sorted(every)
+    assert r["train_views"] == len(trained) and "validation" in r["evaluated_on"]
+    assert math.isfinite(r["test_psnr"])
+    # Undone afterwards: a plain run evaluates on the scene's own evaluation split again.
+    probe.run_variant("test_tiny", None, 1, 1, 1, tmp_path / "w", graphs=False, preset="cpu")
+    assert not set(seen["eval"][2]) & set(every)  # [3]: its evaluation on training views
