@@ -45,20 +45,20 @@ def peak_breakdown(trace: list[dict], top: int = 25) -> dict:
     Only allocations made while recording count (setup is not part of the increment); a block
     leaves at its ``free_requested`` (when the tensor dies, as memory_allocated counts it).
     """
-    live: dict[int, tuple[int, str]] = {}
+    sizes: dict[int, int] = {}
     current = peak = 0
     peak_index = -1
     for index, event in enumerate(trace):
         action, addr = event.get("action"), event.get("addr")
         if action == "alloc":
-            live[addr] = (event["size"], "")
+            sizes[addr] = event["size"]
             current += event["size"]
             if current > peak:
                 peak, peak_index = current, index
-        elif action in ("free_requested", "free_completed") and addr in live:
-            current -= live.pop(addr)[0]
+        elif action in ("free_requested", "free_completed") and addr in sizes:
+            current -= sizes.pop(addr)
     # Second pass up to the peak, now naming the sites of what is alive there.
-    live = {}
+    live: dict[int, tuple[int, str]] = {}
     for event in trace[: peak_index + 1]:
         action, addr = event.get("action"), event.get("addr")
         if action == "alloc":

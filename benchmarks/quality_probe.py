@@ -109,6 +109,7 @@ def run_variant(name: str, data: str | None, steps: int | None, eval_images: int
                 train_images: int, run_dir: Path, graphs: bool, preset: str = "gpu",
                 seconds: float | None = None, validation_every: int | None = None) -> dict:
     from nerfmine.config import make_config, merge_overrides
+    from nerfmine.data.transforms import holdout_indices
     from nerfmine.trainer import Trainer
 
     spec = json.loads(json.dumps(VARIANTS[name]))
@@ -122,15 +123,16 @@ def run_variant(name: str, data: str | None, steps: int | None, eval_images: int
     if scene_scale is not None or validation_every:
         def _load(self, split, _scale=scene_scale, _every=validation_every):
             d = self.config.data
-            if _every and split == d.eval_split:
-                # Validation: every N-th training view, never trained on; the test split is
-                # not looked at, so a setting chosen here is not chosen on the test views.
+            if _every and split in (d.eval_split, d.train_split):
+                # Validation: every N-th training view (the loaders' hold-out rule), never
+                # trained on; the test split is not looked at, so a setting chosen here is not
+                # chosen on the test views.
                 scene = original_load(self, d.train_split)
-                scene = _views(scene, [i for i in range(len(scene)) if i % _every == 0])
+                part = "test" if split == d.eval_split else "train"
+                scene = _views(scene, holdout_indices(len(scene), part, _every,
+                                                      "--validation-every", "training view"))
             else:
                 scene = original_load(self, split)
-                if _every and split == d.train_split:
-                    scene = _views(scene, [i for i in range(len(scene)) if i % _every != 0])
             if _scale is not None:
                 scene.scale = _scale
             return scene

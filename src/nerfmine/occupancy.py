@@ -198,7 +198,7 @@ class OccupancyGrid(nn.Module):
             new.scatter_reduce_(0, chunk, fresh, reduce="amax")
         density = self.density.mul_(cfg.decay)
         torch.maximum(density, new, out=density)
-        density.masked_fill_(~self.visible, 0.0)  # [K * res^3]
+        density.mul_(self.visible)  # [K * res^3]; cells no camera sees stay 0
         # Occupied: sigma * step > min(threshold, mean optical thickness of cascade 0).
         limit = torch.clamp(density[: res**3].mean(), max=cfg.threshold / cfg.step_size)  # []
         occupied = density > limit  # [K * res^3]
