@@ -1,4 +1,4 @@
-"""Check and time the Triton kernels (hash grid, SH, inference MLP, Adam) at full size on a GPU.
+"""Check and time the Triton kernels (hash grid, SH, inference MLP, Adam, mining) on a GPU.
 
     PYTHONPATH=src python benchmarks/kernels_gpu.py --out benchmarks/results/kernels_gpu.json
 
@@ -210,7 +210,7 @@ def bench_adam(res: dict, checks: dict) -> None:
     g[torch.rand(n, generator=gen).cuda() < 0.5] = 0.0  # half the entries untouched
     m = torch.zeros(n, device="cuda")
     v = torch.zeros(n, device="cuda")
-    h = torch.empty(n, dtype=torch.float16, device="cuda")
+    h = p.half()  # the lookup copy is in sync before the first step
     step = torch.tensor(1, device="cuda")
     kw = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-15, weight_decay_l2=1e-6,
               skip_zero_grad=True)
@@ -234,6 +234,10 @@ def bench_adam(res: dict, checks: dict) -> None:
                                               **kw))
     r["triton_no_skip_no_fp16_ms"] = _bench(lambda: adam_step(
         p, g, m, v, step, lr=1e-2, weight_decay_l2=0.0, backend="triton"))
+    # A mining step's table gradient is sparser: only ~10 % of the entries touched.
+    g_sparse = g * (torch.rand(n, device="cuda") < 0.2)
+    r["triton_10pct_touched_ms"] = _bench(lambda: adam_step(p, g_sparse, m, v, step,
+                                                            param_fp16=h, backend="triton", **kw))
     r["torch_ref_ms"] = _bench(lambda: adam_step(p, g, m, v, step, param_fp16=h, backend="torch",
                                                  **kw))
     try:
@@ -247,13 +251,46 @@ def bench_adam(res: dict, checks: dict) -> None:
     print("adam:", r, flush=True)
 
 
+def bench_mining(n: int, res: dict, checks: dict) -> None:
+    """The miner's Triton selection against the sort-based torch reference on the same keys,
+    and one mining call (importance, b, draw, tau) with each backend."""
+    from nerfmine.miner import HardSampleMiner, select_by_keys
+    from nerfmine.ops._triton import mining as tm
+
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    grad = torch.randn(n, 4, device="cuda", generator=gen)
+    grad = grad * torch.rand(n, 1, device="cuda", generator=gen) ** 8
+    grad[torch.rand(n, device="cuda", generator=gen) < 0.3] = 0.0  # terminated samples
+    n_samples = torch.tensor(int(0.97 * n), device="cuda")  # the rest is padding
+    b = torch.tensor(int(0.14 * n), device="cuda")
+    size = -(-int(0.16 * n) // 256) * 256
+    ws = tm.MineWorkspace(n, torch.device("cuda"))
+    seed = torch.tensor([7], device="cuda")
+    g, _ = tm.importance_and_keys(grad, n_samples, seed, ws)
+    out = tm.select_drawn(b, size, ws)
+    ref_idx, ref_mask = select_by_keys(tm.code_to_key(ws.codes), b, size)
+    ref_g = HardSampleMiner().importance(grad, n_samples)
+    r = {"n": n, "b": int(b), "size": size, "selection_equal": bool(torch.equal(out, ref_idx)),
+         "drawn": int(ref_mask.sum()), "importance_rel_err": _rel_err(g, ref_g)}
+    checks["mining"] = r["selection_equal"] and r["drawn"] == int(b) and (
+        r["importance_rel_err"] < 1e-6)
+    for backend in ("torch", "triton"):
+        miner = HardSampleMiner().cuda()
+        miner.tau_bar.fill_(7.0)
+        r[f"mine_{backend}_ms"] = _bench(lambda m=miner, be=backend: m.mine(
+            grad, n_samples, n, gen, size=size, host_copy=False, backend=be))
+    res["mining"] = r
+    print("mining:", r, flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="path of the JSON report")
     ap.add_argument("--log2-n", type=int, default=18, help="points per pass (default 2^18)")
     ap.add_argument("--quick", action="store_true", help="skip the slow torch timings")
     ap.add_argument("--sections", default=None,
-                    help="comma-separated subset of hash_grid,sh,mlp_inference,adam (default all)")
+                    help="comma-separated subset of hash_grid,sh,mlp_inference,adam,mining "
+                         "(default all)")
     args = ap.parse_args(argv)
 
     res: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
@@ -280,6 +317,7 @@ def main(argv=None) -> int:
         ("sh", lambda: bench_sh(n, res, checks)),
         ("mlp_inference", lambda: bench_mlp(n, res, checks)),
         ("adam", lambda: bench_adam(res, checks)),
+        ("mining", lambda: bench_mining(n, res, checks)),
     )
     if args.sections:
         wanted = args.sections.split(",")

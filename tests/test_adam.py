@@ -65,12 +65,16 @@ def test_skip_zero_grad_leaves_elements_untouched():
     g = torch.randn(100)
     g[::3] = 0.0
     p0, m0, v0 = p.clone(), m.clone(), v.clone()
-    h = torch.empty(100, dtype=torch.float16)
+    h = p.half()  # an fp16 copy in sync before the step stays in sync
+    h_stale = torch.full_like(h, 7.0)  # one that is not: only updated elements are written
+    adam_step(p.clone(), g, m.clone(), v.clone(), 3, lr=1e-2, weight_decay_l2=0.1,
+              skip_zero_grad=True, param_fp16=h_stale)
     adam_step(p, g, m, v, 3, lr=1e-2, weight_decay_l2=0.1, skip_zero_grad=True, param_fp16=h)
     z = g == 0
     assert torch.equal(p[z], p0[z]) and torch.equal(m[z], m0[z]) and torch.equal(v[z], v0[z])
     assert (p[~z] != p0[~z]).all() and (m[~z] != m0[~z]).all()
     assert torch.equal(h, p.half())
+    assert torch.equal(h_stale[~z], p[~z].half()) and (h_stale[z] == 7.0).all()
     # without the skip rule, zero gradients still decay the moments and, with L2, move params
     p1, m1, v1 = p0.clone(), m0.clone(), v0.clone()
     adam_step(p1, g, m1, v1, 3, lr=1e-2, weight_decay_l2=0.1, skip_zero_grad=False)
@@ -121,3 +125,23 @@ def test_lr_tensor_equals_float():
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=0.0)
     assert not torch.equal(a[0], p)  # the step moved something
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_skip_flag_discards_the_whole_step(sparse):
+    torch.manual_seed(4)
+    p, m, v = torch.randn(50), torch.randn(50) * 0.01, torch.rand(50) * 1e-3
+    g = torch.randn(50)
+    g[::4] = 0.0
+    h = p.half()
+    before = [t.clone() for t in (p, m, v, h)]
+    adam_step(p, g, m, v, 2, lr=1e-2, weight_decay_l2=0.1, skip_zero_grad=sparse,
+              param_fp16=h, skip=torch.tensor(True))
+    for now, old in zip((p, m, v, h), before):
+        assert torch.equal(now, old)
+    adam_step(p, g, m, v, 2, lr=1e-2, weight_decay_l2=0.1, skip_zero_grad=sparse,
+              param_fp16=h, skip=torch.tensor(False))
+    ref = [t.clone() for t in before[:3]]
+    adam_step(*ref[:1], g, *ref[1:], 2, lr=1e-2, weight_decay_l2=0.1, skip_zero_grad=sparse)
+    assert torch.equal(p, ref[0]) and torch.equal(m, ref[1]) and torch.equal(v, ref[2])
+    assert torch.equal(h, p.half())

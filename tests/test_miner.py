@@ -15,12 +15,33 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nerfmine.errors import ConfigError
-from nerfmine.miner import BUFFER_MULTIPLE, HardSampleMiner, MinerConfig, MiningResult
+from nerfmine.miner import (
+    BUFFER_MULTIPLE,
+    HardSampleMiner,
+    MinerConfig,
+    MiningResult,
+    race_keys,
+    select_by_keys,
+)
 
 P_MIN = 1e-3
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def assert_layout(indices: torch.Tensor, mask: torch.Tensor, n_slots: int) -> None:
+    """The buffer layout: distinct valid indices, the drawn ones first (mask a prefix), each
+    part ascending, and the padding the lowest-numbered undrawn slots."""
+    d = int(mask.sum())
+    assert mask[:d].all() and not mask[d:].any()
+    assert 0 <= int(indices.min()) and int(indices.max()) < n_slots
+    assert indices.unique().numel() == indices.numel()
+    drawn, pad = indices[:d], indices[d:]
+    assert (drawn[1:] > drawn[:-1]).all() and (pad[1:] > pad[:-1]).all()
+    undrawn = torch.ones(n_slots, dtype=torch.bool)
+    undrawn[drawn] = False
+    assert torch.equal(pad, undrawn.nonzero().flatten()[: pad.numel()])
 
 
 def chi2_sf(x: float, df: int) -> float:
@@ -209,8 +230,7 @@ def test_zero_importance_never_drawn_no_duplicates_exact_count(seed):
             indices, mask = miner.select(g, b, size, g0)
             assert indices.shape == (size,) and mask.shape == (size,)
             assert indices.dtype == torch.int64 and mask.dtype == torch.bool
-            assert (indices[1:] > indices[:-1]).all()  # ascending, hence distinct
-            assert 0 <= int(indices.min()) and int(indices.max()) < c
+            assert_layout(indices, mask, c)
             assert int(mask.sum()) == min(b, size, n_pos)
             assert (g[indices[mask]] > 0).all()
 
@@ -220,9 +240,8 @@ def test_select_mask_is_the_first_b_of_the_draw_order():
     g = torch.rand(300, generator=gen(5)) + 0.01
     order = miner.draw_order(g, 256, gen(6))
     indices, mask = miner.select(g, 40, 256, gen(6))
-    assert set(indices[mask].tolist()) == set(order[:40].tolist())
-    assert set(indices.tolist()) == set(order.tolist())
-    assert torch.equal(indices, torch.sort(order).values)
+    assert torch.equal(indices[mask], torch.sort(order[:40]).values)
+    assert_layout(indices, mask, 300)
 
 
 def test_draw_is_reproducible_with_the_generator():
@@ -233,6 +252,42 @@ def test_draw_is_reproducible_with_the_generator():
     c = miner.select(g, 100, 512, gen(9))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0][a[1]], c[0][c[1]])
+
+
+def test_select_by_keys_on_hand_built_keys():
+    inf = math.inf
+    keys = torch.tensor([0.5, -inf, 2.0, 0.5, 3.0, -inf, 0.5, 1.0])
+    # Ranks: 4 (3.0), 2 (2.0), 7 (1.0), then the ties 0, 3, 6 (0.5) by index.
+    cases = {
+        (0, 4): ([0, 1, 2, 3], 0),
+        (1, 4): ([4, 0, 1, 2], 1),
+        (3, 5): ([2, 4, 7, 0, 1], 3),
+        (4, 5): ([0, 2, 4, 7, 1], 4),  # first of the tied 0.5s, by index
+        (5, 8): ([0, 2, 3, 4, 7, 1, 5, 6], 5),
+        (7, 8): ([0, 2, 3, 4, 6, 7, 1, 5], 6),  # at most the 6 finite keys
+        (3, 3): ([2, 4, 7], 3),
+        (5, 3): ([2, 4, 7], 3),  # b above size: size slots, all drawn
+    }
+    for (b, size), (expected, n_drawn) in cases.items():
+        indices, mask = select_by_keys(keys, torch.tensor(b), size)
+        assert indices.tolist() == expected, (b, size)
+        assert mask.tolist() == [True] * n_drawn + [False] * (size - n_drawn), (b, size)
+    with pytest.raises(ValueError, match="size"):
+        select_by_keys(keys, 2, 9)
+
+
+def test_select_by_keys_rows_match_single_rows():
+    g0 = gen(40)
+    keys = race_keys(torch.rand(7, 50, generator=g0) * (torch.rand(7, 50, generator=g0) < 0.6),
+                     g0)
+    b = torch.tensor([0, 1, 5, 12, 30, 45, 50])
+    indices, mask = select_by_keys(keys, b, 32)
+    for row in range(7):
+        i1, m1 = select_by_keys(keys[row], b[row], 32)
+        assert torch.equal(indices[row], i1) and torch.equal(mask[row], m1)
+        finite = int(torch.isfinite(keys[row]).sum())
+        assert int(m1.sum()) == min(int(b[row]), 32, finite)
+        assert_layout(i1, m1, 50)
 
 
 # ---------------------------------------------------------------------- tau and b
@@ -371,7 +426,7 @@ def test_mine_selects_exactly_b_nonzero_samples():
     assert int(r.b) == 700  # 0.5 * 1500 = 750 > 700 nonzero: capped at 700
     assert int(r.mask.sum()) == int(r.b)
     assert (r.importance[r.indices[r.mask]] > 0).all()
-    assert (r.indices[1:] > r.indices[:-1]).all()
+    assert_layout(r.indices, r.mask, 2048)
     assert r.indices.shape[0] == miner.buffer_size(2048) == 1024
 
 
@@ -386,7 +441,7 @@ def test_all_zero_importance_is_empty_and_nan_free():
         assert torch.equal(miner.tau_bar, before)
         for t in (r.importance, r.tau, miner.tau_bar, miner.sum_fraction, miner.last_fraction):
             assert torch.isfinite(t).all()
-        assert (r.indices[1:] > r.indices[:-1]).all() and int(r.indices.max()) < 512
+        assert_layout(r.indices, r.mask, 512)
         assert not r.injected_grads(torch.zeros(512, 4)).any()
     assert miner.mean_fraction() == 0.0
 
@@ -620,7 +675,8 @@ def test_mine_needs_no_host_synchronisation(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.filterwarnings("ignore:Synchronization debug mode is a prototype")
-def test_mine_on_cuda_without_sync():
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_mine_on_cuda_without_sync(backend):
     device = torch.device("cuda")
     miner = HardSampleMiner().to(device)
     g0 = torch.Generator(device=device).manual_seed(29)
@@ -630,14 +686,14 @@ def test_mine_on_cuda_without_sync():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        results = [miner.mine(grad, n, capacity, g0) for grad in grads]
+        results = [miner.mine(grad, n, capacity, g0, backend=backend) for grad in grads]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     for r in results:
         assert r.indices.is_cuda and r.mask.is_cuda and r.b.is_cuda
         assert int(r.mask.sum()) == int(r.b)
-        assert (r.indices[1:] > r.indices[:-1]).all()
+        assert_layout(r.indices.cpu(), r.mask.cpu(), capacity)
     # The pending host copy has landed: the buffer follows tau_bar again.
     expected = max(math.ceil(capacity / float(miner.tau_bar)), math.ceil(0.05 * capacity))
     expected = min(expected, capacity // 2)

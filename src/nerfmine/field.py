@@ -60,6 +60,11 @@ class NGPField(nn.Module):
         # A trainer may give the table's gradient a preallocated home: the backward then adds
         # into it (several backward passes, no dense temporary) and table.grad is left unset.
         self.table_grad_sink: torch.Tensor | None = None
+        # The triton backend looks the table up in fp16. An owner that keeps an fp16 copy in
+        # sync (keep_table_fp16: the trainer's optimizer writes it with every update, and
+        # sync_table_fp16 follows any other change) spares each pass a copy of the table.
+        self.table_fp16: torch.Tensor | None = None
+        self.register_load_state_dict_post_hook(_sync_after_load)
         # Passes without a graph under fp16 autocast may run both MLPs as one Triton kernel
         # (nerfmine.ops.mlp); the trainer sets this from train.fused_inference_mlp.
         self.fused_inference = False
@@ -76,10 +81,27 @@ class NGPField(nn.Module):
         size = self.aabb_max - self.aabb_min
         return ((positions - self.aabb_min) / size).clamp(0.0, 1.0)
 
+    def keep_table_fp16(self) -> torch.Tensor:
+        """Allocate (once) and fill the fp16 lookup copy of the table; returns it. Whoever
+        changes the table in place afterwards must keep the copy in sync (an optimizer
+        writing it, or :meth:`sync_table_fp16`)."""
+        if self.table_fp16 is None or self.table_fp16.device != self.table.device:
+            self.table_fp16 = torch.empty_like(self.table, dtype=torch.float16)
+        self.sync_table_fp16()
+        return self.table_fp16
+
+    @torch.no_grad()
+    def sync_table_fp16(self) -> None:
+        """Refresh the fp16 lookup copy from the table (no-op when none is kept)."""
+        if self.table_fp16 is not None:
+            self.table_fp16.copy_(self.table.detach())
+
     def _encode(self, positions: torch.Tensor) -> torch.Tensor:
         """Hash-grid encodings [N, L*F] of unit-cube positions."""
+        lookup = self.table_fp16 if self.backend == "triton" else None
         return hash_grid_encode(self.encoding_positions(positions), self.table, self.spec,
-                                backend=self.backend, grad_sink=self.table_grad_sink)
+                                backend=self.backend, grad_sink=self.table_grad_sink,
+                                table_fp16=lookup)
 
     def forward(self, positions: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
         """Raw outputs [N, 4] at positions [N, 3] (unit-cube coordinates; inside the scene's box
@@ -111,3 +133,8 @@ class NGPField(nn.Module):
         s = density_layers(self._encode(positions), self.density_w1, self.density_w2)[:, 0]
         s = s.float()
         return torch.exp(s.clamp(max=15.0))
+
+
+def _sync_after_load(module: nn.Module, incompatible_keys: object) -> None:
+    assert isinstance(module, NGPField)
+    module.sync_table_fp16()

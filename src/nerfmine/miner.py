@@ -10,7 +10,9 @@ graph), then calls :meth:`HardSampleMiner.mine`, which
 3. draws ``b`` distinct samples by successive sampling without replacement, with probability
    proportional to ``G`` (exponential race / Gumbel top-k, not a deterministic top-k of ``G``),
    into a fixed-size buffer whose size is a host int derived from a lagged host copy of
-   ``tau_bar``;
+   ``tau_bar`` (drawn samples first, ascending; then padding). The torch path sorts the race's
+   keys; the Triton path (``backend="triton"``) finds the ``b``-th largest key by a radix
+   select and compacts, without a sort;
 4. updates ``tau_bar`` with this step's ``tau`` (EMA, only where ``tau > 1``);
 5. records ``b / B`` statistics and issues a non-blocking copy of ``tau_bar`` to the host.
 
@@ -65,7 +67,8 @@ from torch import nn
 
 from nerfmine.errors import ConfigError
 
-__all__ = ["HardSampleMiner", "MinerConfig", "MiningResult", "BUFFER_MULTIPLE"]
+__all__ = ["HardSampleMiner", "MinerConfig", "MiningResult", "BUFFER_MULTIPLE", "race_keys",
+           "select_by_keys"]
 
 #: The buffer size of the second pass is rounded up to a multiple of this (kernel-friendly
 #: shapes, and fewer distinct shapes for allocator caching / compilation).
@@ -115,16 +118,15 @@ class MinerConfig:
 class MiningResult:
     """What :meth:`HardSampleMiner.mine` hands to the second pass. All tensors on device.
 
-    ``indices`` holds ``S`` distinct sample indices in ascending order (memory locality) and
-    ``mask`` marks which of them are drawn (``mask.sum() == b``). Unmasked slots are the next
-    entries of the same race (not drawn: zero-importance or padding samples once the nonzero
-    ones run out), so every index is valid and distinct; the trainer still runs the second
-    pass on them (fixed shape) but must inject a zero gradient there, e.g. with
-    :meth:`injected_grads`.
+    ``indices`` holds ``S`` distinct sample indices: first the ``b`` drawn samples in
+    ascending order (memory locality), then the lowest-numbered undrawn slots, also ascending,
+    as padding up to the fixed size; ``mask`` is True on the first ``b`` slots. Every index is
+    valid and distinct; the trainer still runs the second pass on the padding (fixed shape)
+    but must inject a zero gradient there, e.g. with :meth:`injected_grads`.
     """
 
-    indices: torch.Tensor  # [S] int64, ascending, distinct, in [0, C)
-    mask: torch.Tensor  # [S] bool, True for the b drawn samples
+    indices: torch.Tensor  # [S] int64, distinct, in [0, C); drawn part and padding ascending
+    mask: torch.Tensor  # [S] bool, True for the b drawn samples (the first b slots)
     b: torch.Tensor  # [] int64, number of drawn samples
     importance: torch.Tensor  # [C] float32, G (0 for padding and terminated samples)
     tau: torch.Tensor  # [] float64, this step's tau (1 when every G is 0), for logging
@@ -208,13 +210,17 @@ class HardSampleMiner(nn.Module):
         Uses ``tau_bar`` as it is now: called before :meth:`update_tau`, that is the value
         from before this step's update (the one-step lag of the module doc).
         """
-        device = importance.device
+        return self._hard_batch_size(n_samples, (importance > 0).sum())
+
+    def _hard_batch_size(self, n_samples: torch.Tensor | int,
+                         n_nonzero: torch.Tensor) -> torch.Tensor:
+        """:meth:`hard_batch_size` given the count of samples with G > 0 ([] int64)."""
+        device = n_nonzero.device
         bf = torch.as_tensor(n_samples, device=device).to(torch.float64)  # []
         tau_bar = self.tau_bar.to(device=device, dtype=torch.float64)  # []
         lo = _floor(self.config.min_fraction * bf)
         hi = _floor(self.config.max_fraction * bf)
         b = torch.minimum(torch.maximum(torch.floor(bf / tau_bar), lo), hi)
-        n_nonzero = (importance > 0).sum()  # [] int64
         return torch.minimum(b.to(torch.int64), n_nonzero)
 
     @torch.no_grad()
@@ -227,9 +233,12 @@ class HardSampleMiner(nn.Module):
         ``n_samples`` makes it), so the sums run over the B real samples.
         """
         g = importance.to(torch.float64)  # [C]
-        bf = torch.as_tensor(n_samples, device=g.device).to(torch.float64)  # []
-        s1 = g.sum()  # []
-        s2 = (g * g).sum()  # []
+        return self._update_tau(g.sum(), (g * g).sum(), n_samples)
+
+    def _update_tau(self, s1: torch.Tensor, s2: torch.Tensor,
+                    n_samples: torch.Tensor | int) -> torch.Tensor:
+        """:meth:`update_tau` given ``s1 = sum G`` and ``s2 = sum G^2`` ([] float64)."""
+        bf = torch.as_tensor(n_samples, device=s1.device).to(torch.float64)  # []
         ok = s1 > 0
         tau = torch.sqrt(bf * s2) / torch.where(ok, s1, torch.ones_like(s1))
         tau = torch.where(ok, tau, torch.ones_like(tau))  # [] float64
@@ -273,15 +282,8 @@ class HardSampleMiner(nn.Module):
         proportional to G among the remaining samples. Entries whose G is 0 come last (in
         arbitrary order) and are never part of a draw; :meth:`select` masks them.
         """
-        g = importance.float()
-        e = torch.empty_like(g).exponential_(generator=generator)  # [..., C]
-        e = e.clamp_min_(torch.finfo(e.dtype).tiny)  # E = 0 would give key +inf
-        valid = g > 0  # False for 0 and NaN
-        safe_g = torch.where(valid, g, torch.ones_like(g))
-        keys = torch.where(valid, torch.log(safe_g) - torch.log(e), torch.full_like(g, -math.inf))
-        # A full radix sort: on a GPU it is several times faster than topk with a k this large
-        # (k is 5-50% of C).
-        return torch.sort(keys, dim=-1, descending=True).indices[..., :size]
+        keys = race_keys(importance, generator)
+        return torch.sort(keys, dim=-1, descending=True, stable=True).indices[..., :size]
 
     @torch.no_grad()
     def select(
@@ -294,18 +296,13 @@ class HardSampleMiner(nn.Module):
         """Draw ``b`` samples (successive sampling without replacement, proportional to G)
         into a buffer of ``size`` slots.
 
-        Returns ``(indices [size] int64 ascending, mask [size] bool)``: ``mask`` is True for
-        the first ``b`` of :meth:`draw_order` that have G > 0, so exactly
-        ``min(b, size, #{G > 0})`` slots are set. Leading batch dims of ``importance`` are
-        allowed (one independent draw per row, ``b`` broadcast over rows).
+        Returns ``(indices [size] int64, mask [size] bool)`` laid out as
+        :func:`select_by_keys` describes: the first ``b`` of :meth:`draw_order` that have
+        G > 0 (exactly ``min(b, size, #{G > 0})`` of them), ascending, then padding. Leading
+        batch dims of ``importance`` are allowed (one independent draw per row, ``b``
+        broadcast over rows).
         """
-        order = self.draw_order(importance, size, generator)  # [..., S] in draw order
-        rank = torch.arange(size, device=order.device)  # [S]
-        b_t = torch.as_tensor(b, device=order.device)
-        drawn = (rank < b_t.unsqueeze(-1)) & (torch.gather(importance, -1, order) > 0)
-        indices, perm = torch.sort(order, dim=-1)  # [..., S]
-        mask = torch.gather(drawn, -1, perm)  # [..., S]
-        return indices, mask
+        return select_by_keys(race_keys(importance, generator), b, size)
 
     @torch.no_grad()
     def mine(
@@ -316,6 +313,7 @@ class HardSampleMiner(nn.Module):
         generator: torch.Generator | None = None,
         size: int | None = None,
         host_copy: bool = True,
+        backend: str = "torch",
     ) -> MiningResult:
         """One mining step on the output gradients ``grad_raw`` [C, 4] of the first pass.
 
@@ -325,7 +323,9 @@ class HardSampleMiner(nn.Module):
         synchronisation. ``size`` overrides :meth:`buffer_size` (a caller that captures the
         step in a CUDA graph picks it before the capture); ``host_copy=False`` leaves the host
         copy of ``tau_bar`` to the caller (:meth:`issue_host_copy` after the graph's replay:
-        event records and host copies cannot be captured).
+        event records and host copies cannot be captured). ``backend="triton"`` computes the
+        importance, the race and the selection with the kernels of
+        :mod:`nerfmine.ops._triton.mining` (no sort; the same law, another random stream).
         """
         n_slots = grad_raw.shape[0]
         capacity = n_slots if capacity is None else int(capacity)
@@ -334,14 +334,26 @@ class HardSampleMiner(nn.Module):
         device = grad_raw.device
         n = torch.as_tensor(n_samples, device=device)
 
-        g = self.importance(grad_raw, n)  # [C]
-        b = self.hard_batch_size(n, g)  # [] from tau_bar before this step's update
         if size is None:
             size = self.buffer_size(capacity)  # host int, lagged
         size = min(int(size), n_slots)
-        b = b.clamp(max=size)
-        indices, mask = self.select(g, b, size, generator)  # [S], [S]
-        tau = self.update_tau(g, n)
+        if backend == "triton":
+            kernels = _triton_mining(grad_raw)
+            ws = kernels.MineWorkspace(n_slots, device)
+            seed = torch.randint(0, 2**31 - 1, (1,), device=device, generator=generator)
+            g, partial = kernels.importance_and_keys(grad_raw, n, seed, ws)  # [C], [blocks, 3]
+            sums = partial.to(torch.float64).sum(dim=0)  # [3]: sum G, sum G^2, #{G > 0}
+            b = self._hard_batch_size(n, sums[2].to(torch.int64)).clamp(max=size)
+            indices = kernels.select_drawn(b, size, ws)  # [S]
+            mask = torch.arange(size, device=device) < b
+            tau = self._update_tau(sums[0], sums[1], n)
+        elif backend == "torch":
+            g = self.importance(grad_raw, n)  # [C]
+            b = self.hard_batch_size(n, g).clamp(max=size)  # [] from tau_bar before the update
+            indices, mask = self.select(g, b, size, generator)  # [S], [S]
+            tau = self.update_tau(g, n)
+        else:
+            raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
 
         fraction = b.to(torch.float64) / n.to(torch.float64).clamp_min(1.0)  # []
         self.steps.add_(1)
@@ -398,6 +410,54 @@ class HardSampleMiner(nn.Module):
 def _refresh_after_load(module: nn.Module, incompatible_keys: object) -> None:
     assert isinstance(module, HardSampleMiner)
     module.refresh_host_copy()
+
+
+def race_keys(importance: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Keys of the exponential race: ``log G_i - log E_i``, E_i ~ Exp(1) i.i.d. (clamped to
+    the smallest normal float), ``-inf`` where ``G_i`` is not > 0 (0 or NaN)."""
+    g = importance.float()
+    e = torch.empty_like(g).exponential_(generator=generator)  # [..., C]
+    e = e.clamp_min_(torch.finfo(e.dtype).tiny)  # E = 0 would give key +inf
+    valid = g > 0  # False for 0 and NaN
+    safe_g = torch.where(valid, g, torch.ones_like(g))
+    return torch.where(valid, torch.log(safe_g) - torch.log(e), torch.full_like(g, -math.inf))
+
+
+def select_by_keys(keys: torch.Tensor, b: torch.Tensor | int, size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``b`` largest finite keys (ties: lower index first) and padding, in ``size`` slots.
+
+    ``keys`` [..., C] (``-inf``: not drawable), ``b`` an int or a tensor broadcast over the
+    leading dims, ``size <= C``. Returns ``(indices [..., size] int64, mask [..., size] bool)``:
+    the ``d = min(b, size, #finite)`` drawn indices in ascending order, then the lowest undrawn
+    indices in ascending order; ``mask`` is True on the first ``d`` slots. This is the
+    pure-PyTorch reference of the Triton selection (:mod:`nerfmine.ops._triton.mining`).
+    """
+    c = keys.shape[-1]
+    if not 0 <= size <= c:
+        raise ValueError(f"size must lie in [0, {c}], got {size}")
+    device = keys.device
+    order = torch.sort(keys, dim=-1, descending=True, stable=True).indices  # [..., C]
+    rank = torch.arange(c, device=device)  # [C]
+    b_t = torch.as_tensor(b, device=device).clamp(max=size).unsqueeze(-1)  # the top `size`
+    take = (rank < b_t) & (torch.gather(keys, -1, order) > -math.inf)  # [..., C] by rank
+    drawn = torch.zeros_like(take).scatter_(-1, order, take)  # [..., C] by index
+    d = drawn.long()
+    before = d.cumsum(-1) - d  # drawn slots before each index
+    n_drawn = d.sum(-1, keepdim=True)  # [..., 1]
+    pos = torch.where(drawn, before, n_drawn + rank - before)
+    pos = torch.where(pos < size, pos, torch.full_like(pos, size))  # column `size`: discarded
+    out = torch.zeros(*keys.shape[:-1], size + 1, dtype=torch.int64, device=device)
+    out.scatter_(-1, pos, rank.expand_as(pos))
+    mask = torch.arange(size, device=device) < n_drawn
+    return out[..., :size], mask
+
+
+def _triton_mining(like: torch.Tensor):
+    """The Triton mining kernels, with the same errors as the other Triton ops."""
+    from nerfmine.ops.hash_grid import _triton_module
+
+    return _triton_module("mining", like)
 
 
 def _floor(x: torch.Tensor) -> torch.Tensor:

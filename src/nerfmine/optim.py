@@ -31,6 +31,15 @@ class NGPAdam(torch.optim.Optimizer):
             {"params": list(mlp_params), "l2": l2_reg, "skip_zero_grad": False},
         ]
         super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, backend=backend))
+        self._fp16_copies: dict[torch.nn.Parameter, torch.Tensor] = {}
+
+    def set_fp16_copy(self, param: torch.nn.Parameter, copy: torch.Tensor) -> None:
+        """Keep ``copy`` (fp16, ``param``'s shape, in sync now) in sync with ``param``: every
+        step writes the elements it updates into it (the hash table's lookup copy)."""
+        if copy.shape != param.shape or copy.dtype != torch.float16:
+            raise ValueError(f"the fp16 copy must be float16 of shape {list(param.shape)}, got "
+                             f"{copy.dtype} {list(copy.shape)}")
+        self._fp16_copies[param] = copy
 
     @torch.no_grad()
     def init_state(self) -> None:
@@ -57,27 +66,19 @@ class NGPAdam(torch.optim.Optimizer):
                 if param.grad is None:
                     continue
                 state = self._state_of(param)
-                # Tensors to restore where the step is skipped. For the (large) table no copy
-                # is needed: a zeroed gradient makes the sparse rule leave every entry
-                # untouched (this also clears inf/NaN of an overflowed fp16 step); only its
-                # step count is restored.
-                restore: list[torch.Tensor] = []
-                if skip is not None:
-                    restore = [state["step"]]
-                    if group["skip_zero_grad"]:
-                        param.grad.masked_fill_(skip, 0.0)
-                    else:
-                        restore += [param, state["exp_avg"], state["exp_avg_sq"]]
-                saved = [t.clone() for t in restore]
-                state["step"].add_(1)
+                # A skipped step (device flag) is discarded inside the Adam kernel: nothing is
+                # written and the step count does not move. No copies, no host read.
+                if skip is None:
+                    state["step"].add_(1)
+                else:
+                    state["step"].add_(skip.logical_not())
                 adam_step(
                     param, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
                     lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                     weight_decay_l2=group["l2"], skip_zero_grad=group["skip_zero_grad"],
-                    backend=group["backend"],
+                    param_fp16=self._fp16_copies.get(param), backend=group["backend"],
+                    skip=skip,
                 )
-                for current, old in zip(restore, saved):
-                    current.copy_(torch.where(skip, old, current))
         return None
 
 

@@ -135,6 +135,9 @@ class Trainer:
         self.optimizer = NGPAdam([self.field.table], self.field.mlp_parameters(), lr=t.lr,
                                  betas=t.betas, eps=t.eps, l2_reg=t.l2_reg, backend=self.backend)
         self.optimizer.init_state()  # the moments count as setup memory, not training memory
+        if self.backend == "triton":
+            # The fp16 lookup copy of the table, written by each Adam step (setup memory).
+            self.optimizer.set_fp16_copy(self.field.table, self.field.keep_table_fp16())
         # The table's gradient lives in one preallocated buffer (setup memory, like the
         # moments): every backward of a step adds into it (see NGPField.table_grad_sink).
         self._table_grad = torch.zeros_like(self.field.table)
@@ -394,8 +397,8 @@ class Trainer:
                 min_transmittance=t.min_transmittance)
             loss = loss_per_ray.sum() / n_valid
             mined = self.miner.mine(grad_raw, samples.n_samples, t.target_samples, gen,
-                                    size=size, host_copy=size is None)
-            idx = mined.indices  # [b_cap] sorted sample indices
+                                    size=size, host_copy=size is None, backend=self.backend)
+            idx = mined.indices  # [S]: the drawn samples (ascending), then padding
             mark("mining")
             injected = mined.injected_grads(grad_raw, 1.0 / n_valid)  # [b_cap, 4], 0 off-mask
             injected = self.scaler.scale_tensor(injected)
@@ -520,12 +523,14 @@ class Trainer:
         with torch.no_grad():
             for p, e in zip(params, self.ema):
                 p.copy_(e)
+            self.field.sync_table_fp16()
         try:
             yield
         finally:
             with torch.no_grad():
                 for p, b in zip(params, backup):
                     p.copy_(b)
+                self.field.sync_table_fp16()
 
     def render_settings(self) -> RenderSettings:
         t = self.config.train

@@ -28,8 +28,8 @@ def _state(n, device, seed, zero_frac=0.0):
 def test_matches_reference(device, n, wd, skip, step_kind):
     p, grad, m, v = _state(n, device, seed=n, zero_frac=0.3)
     ref = [t.clone() for t in (p, m, v)]
-    h = torch.empty(n, dtype=torch.float16, device=device)
-    href = torch.empty_like(h)
+    h = p.half()  # in sync before the first step
+    href = h.clone()
     kw = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-15, weight_decay_l2=wd, skip_zero_grad=skip)
     for step in (1, 2, 7):
         s = torch.tensor(step, device=device) if step_kind == "tensor" else step
@@ -47,14 +47,16 @@ def test_skip_zero_grad_leaves_exact_values(device):
     zero = grad == 0
     assert zero.any() and (~zero).any()
     p0, m0, v0 = p.clone(), m.clone(), v.clone()
-    h = torch.zeros(n, dtype=torch.float16, device=device)
+    h = torch.full((n,), 7.0, dtype=torch.float16, device=device)
     adam_step(p, grad, m, v, 5, lr=1e-2, weight_decay_l2=0.1, skip_zero_grad=True,
               param_fp16=h, backend="triton")
+    assert (h[zero] == 7.0).all()  # untouched elements are neither read nor written
+    h[zero] = p[zero].half()
     assert torch.equal(p[zero], p0[zero])
     assert torch.equal(m[zero], m0[zero])
     assert torch.equal(v[zero], v0[zero])
     assert (p[~zero] != p0[~zero]).all()
-    assert torch.equal(h, p.half())  # untouched elements are written too: the copy is in sync
+    assert torch.equal(h, p.half())
 
 
 def test_l2_only_where_applied(device):
@@ -91,3 +93,22 @@ def test_lr_tensor_matches_reference(device, n):
                   backend="triton")
     torch.testing.assert_close(p, ref[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(m, ref[1], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("flag", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_skip_flag_matches_reference(device, flag, sparse):
+    p, grad, m, v = _state(517, device, seed=11, zero_frac=0.4)
+    ref = [t.clone() for t in (p, m, v)]
+    h = p.half()
+    href = h.clone()
+    skip = torch.tensor(flag, device=device)
+    kw = dict(lr=1e-2, weight_decay_l2=1e-2, skip_zero_grad=sparse, skip=skip)
+    adam_step(ref[0], grad, ref[1], ref[2], 3, param_fp16=href, backend="torch", **kw)
+    adam_step(p, grad, m, v, torch.tensor(3, device=device), param_fp16=h, backend="triton", **kw)
+    torch.testing.assert_close(p, ref[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m, ref[1], rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(v, ref[2], rtol=1e-5, atol=1e-10)
+    assert torch.equal(h, p.half())
+    if flag:
+        assert torch.equal(h, href) and torch.equal(p, _state(517, device, seed=11)[0])

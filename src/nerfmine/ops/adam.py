@@ -9,8 +9,12 @@ Semantics (shared by both backends):
   where ``t = step`` counts this update (1 for the first update: increment before calling).
 * ``skip_zero_grad``: where the raw ``grad`` is exactly 0 the element is left completely untouched
   (param and both moments), as instant-ngp's sparse Adam on hash-grid tables.
-* ``param_fp16``: when given, receives ``param.half()`` after the update (all elements), which
-  keeps the fp16 lookup copy of a hash table in sync for free.
+* ``param_fp16``: an fp16 copy of ``param`` that is in sync before the call; the updated
+  elements are written to it (``param.half()``), so it stays in sync: the fp16 lookup copy of a
+  hash table kept for free. Under ``skip_zero_grad`` untouched elements are not written.
+
+* ``skip``: a 0-dim bool device tensor; where it is True nothing at all is written (a step
+  discarded without a host synchronisation).
 
 ``step`` may be a Python int or a 0-dim tensor on the parameter's device (no host sync); so may
 ``lr`` (a 0-dim float32 tensor), which lets a captured CUDA graph follow a learning-rate schedule.
@@ -49,6 +53,7 @@ def adam_step_torch(
     weight_decay_l2: float = 0.0,
     skip_zero_grad: bool = False,
     param_fp16: Tensor | None = None,
+    skip: Tensor | None = None,
 ) -> None:
     """Pure-PyTorch reference of :func:`adam_step` (in place)."""
     g = grad.float()
@@ -61,8 +66,13 @@ def adam_step_torch(
     if isinstance(lr, Tensor):
         lr = lr.to(device=param.device, dtype=torch.float32)
     new_param = param - (lr / bc1) * m / denom
+    keep = None
     if skip_zero_grad:
         keep = grad == 0
+    if skip is not None:
+        skip = skip.to(device=param.device, dtype=torch.bool)
+        keep = skip if keep is None else keep | skip
+    if keep is not None:
         m = torch.where(keep, exp_avg, m)
         v = torch.where(keep, exp_avg_sq, v)
         new_param = torch.where(keep, param, new_param)
@@ -70,7 +80,10 @@ def adam_step_torch(
     exp_avg_sq.copy_(v)
     param.copy_(new_param)
     if param_fp16 is not None:
-        param_fp16.copy_(param)
+        if keep is not None:
+            param_fp16.copy_(torch.where(keep, param_fp16, param.half()))
+        else:
+            param_fp16.copy_(param)
 
 
 def adam_step(
@@ -87,15 +100,16 @@ def adam_step(
     skip_zero_grad: bool = False,
     param_fp16: Tensor | None = None,
     backend: str = "torch",
+    skip: Tensor | None = None,
 ) -> None:
     """One in-place Adam step; see the module docstring for the exact semantics."""
     if backend == "torch":
         adam_step_torch(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-                        weight_decay_l2, skip_zero_grad, param_fp16)
+                        weight_decay_l2, skip_zero_grad, param_fp16, skip)
     elif backend == "triton":
         from nerfmine.ops._triton.adam import fused_adam_step
 
         fused_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-                        weight_decay_l2, skip_zero_grad, param_fp16)
+                        weight_decay_l2, skip_zero_grad, param_fp16, skip)
     else:
         raise ValueError(f"unknown backend {backend!r}: expected 'torch' or 'triton'")

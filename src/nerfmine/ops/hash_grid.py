@@ -277,7 +277,7 @@ def _triton_module(op: str, *tensors: Tensor):
 
 def hash_grid_encode(
     x: Tensor, table: Tensor, spec: HashGridSpec, backend: str = "torch",
-    grad_sink: Tensor | None = None,
+    grad_sink: Tensor | None = None, table_fp16: Tensor | None = None,
 ) -> Tensor:
     """Multiresolution hash encoding: ``x`` [N, 3] in [0, 1] -> features [N, L*F] float32.
 
@@ -288,6 +288,8 @@ def hash_grid_encode(
     ``grad_sink``: a buffer of the table's shape; the backward then *adds* the table gradient
     into it in place and gives ``table`` no gradient of its own, so several backward passes (a
     chunked pass) accumulate into one preallocated buffer without a dense temporary each.
+    ``table_fp16``: triton only, an fp16 copy of ``table`` that the caller keeps in sync (the
+    kernel looks up fp16 values); without it each call makes one (a pass over the table).
     """
     if backend == "torch":
         return _hash_grid_encode_torch(x, table, spec, grad_sink)
@@ -302,7 +304,7 @@ def hash_grid_encode(
                 "nerfmine.ops._triton.hash_grid has no hash_grid_encode_triton; "
                 "use backend='torch'."
             ) from err
-        return encode(x, table, spec, grad_sink=grad_sink)
+        return encode(x, table, spec, table_fp16=table_fp16, grad_sink=grad_sink)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 

@@ -1,8 +1,9 @@
 """Fused Adam step in one Triton kernel (semantics: :mod:`nerfmine.ops.adam`).
 
-One pass over a flat fp32 parameter: reads param, grad, exp_avg, exp_avg_sq (16 B/element),
-writes them back (12 B, skipped where the gradient is exactly 0 under ``skip_zero_grad``) and
-optionally the fp16 copy (2 B). The step count may live on the device (0-dim tensor): the bias
+One pass over a flat fp32 parameter: reads grad, param, exp_avg, exp_avg_sq (16 B/element),
+writes them back (12 B) and optionally the fp16 copy (2 B); under ``skip_zero_grad`` only the
+gradient is read where it is exactly 0 (nothing else read or written there); a ``skip`` flag
+discards the whole step. The step count may live on the device (0-dim tensor): the bias
 corrections are then computed in the kernel, so no host synchronisation is needed.
 """
 
@@ -20,10 +21,11 @@ _BLOCK = 1024
 
 @triton.jit
 def _adam_kernel(
-    p_ptr, g_ptr, m_ptr, v_ptr, h_ptr, step_ptr, lr_ptr,
+    p_ptr, g_ptr, m_ptr, v_ptr, h_ptr, step_ptr, lr_ptr, skip_ptr,
     n, step_f, lr_f, beta1, beta2, log2_beta1, log2_beta2, eps, wd,
     STEP_FROM_PTR: tl.constexpr, LR_FROM_PTR: tl.constexpr, SKIP_ZERO: tl.constexpr,
-    WRITE_FP16: tl.constexpr, HAS_WD: tl.constexpr, BLOCK: tl.constexpr,
+    WRITE_FP16: tl.constexpr, HAS_WD: tl.constexpr, HAS_SKIP: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -38,10 +40,17 @@ def _adam_kernel(
         lr = lr_f
     bc1 = 1.0 - tl.exp2(t * log2_beta1)
     bc2_sqrt = tl.sqrt(1.0 - tl.exp2(t * log2_beta2))
-    p0 = tl.load(p_ptr + offs, mask=inb, other=0.0)
     graw = tl.load(g_ptr + offs, mask=inb, other=0.0).to(tl.float32)
-    m = tl.load(m_ptr + offs, mask=inb, other=0.0)
-    v = tl.load(v_ptr + offs, mask=inb, other=0.0)
+    upd = inb
+    if HAS_SKIP:  # the whole step is discarded (fp16 overflow, or nothing mined)
+        upd = upd & (tl.load(skip_ptr).to(tl.int32) == 0)
+    if SKIP_ZERO:
+        # Sparse: untouched elements are neither read nor written (a mining step's sparse
+        # table gradient then costs little more than the read of the gradient).
+        upd = upd & (graw != 0.0)
+    p0 = tl.load(p_ptr + offs, mask=upd, other=0.0)
+    m = tl.load(m_ptr + offs, mask=upd, other=0.0)
+    v = tl.load(v_ptr + offs, mask=upd, other=0.0)
     g = graw
     if HAS_WD:
         g = g + wd * p0
@@ -49,17 +58,12 @@ def _adam_kernel(
     v = v * beta2 + (1.0 - beta2) * (g * g)
     denom = tl.sqrt(v) / bc2_sqrt + eps
     p = p0 - (lr / bc1) * m / denom
-    upd = inb
-    if SKIP_ZERO:
-        upd = inb & (graw != 0.0)
     tl.store(p_ptr + offs, p, mask=upd)
     tl.store(m_ptr + offs, m, mask=upd)
     tl.store(v_ptr + offs, v, mask=upd)
     if WRITE_FP16:
-        if SKIP_ZERO:
-            # untouched elements: write the unchanged param (keeps the copy exactly in sync)
-            p = tl.where(upd, p, p0)
-        tl.store(h_ptr + offs, p.to(tl.float16), mask=inb)
+        # Only updated elements: a copy in sync before the step stays in sync.
+        tl.store(h_ptr + offs, p.to(tl.float16), mask=upd)
 
 
 def _check_flat(name: str, t: Tensor, ref: Tensor, dtype: torch.dtype | None = torch.float32):
@@ -96,6 +100,7 @@ def fused_adam_step(
     weight_decay_l2: float,
     skip_zero_grad: bool,
     param_fp16: Tensor | None = None,
+    skip: Tensor | None = None,
 ) -> None:
     """In-place fused Adam step over ``param`` (any shape, contiguous fp32)."""
     _check_flat("param", param, param)
@@ -112,14 +117,17 @@ def fused_adam_step(
         raise ValueError(f"adam step must count this update (>= 1), got {step}")
     step_ptr, step_f, from_ptr = _scalar_arg("step", step, param)
     lr_ptr, lr_f, lr_from_ptr = _scalar_arg("lr", lr, param)
+    if skip is not None and (skip.numel() != 1 or skip.device != param.device):
+        raise ValueError(f"fused_adam_step: skip must be one bool on {param.device}, got "
+                         f"{tuple(skip.shape)} on {skip.device}")
     grid = (triton.cdiv(n, _BLOCK),)
     _adam_kernel[grid](
         param, grad, exp_avg, exp_avg_sq,
         param_fp16 if param_fp16 is not None else param, step_ptr, lr_ptr,
-        n, step_f, lr_f, float(beta1), float(beta2),
+        skip if skip is not None else param, n, step_f, lr_f, float(beta1), float(beta2),
         math.log2(beta1) if beta1 > 0 else -1e30, math.log2(beta2) if beta2 > 0 else -1e30,
         float(eps), float(weight_decay_l2),
         STEP_FROM_PTR=from_ptr, LR_FROM_PTR=lr_from_ptr, SKIP_ZERO=bool(skip_zero_grad),
         WRITE_FP16=param_fp16 is not None, HAS_WD=weight_decay_l2 != 0.0,
-        BLOCK=_BLOCK, num_warps=4,
+        HAS_SKIP=skip is not None, BLOCK=_BLOCK, num_warps=4,
     )
