@@ -27,7 +27,7 @@ from torch import Tensor
 
 BLOCK = 1024
 _BINS = 1 << 16
-_SCAN = 1024  # bins per step of the single-program bin search
+_SCAN = 1024  # bins per chunk of the bin search (64 chunks)
 
 
 @triton.jit
@@ -69,43 +69,47 @@ def _keys_kernel(grad_ptr, n_ptr, seed_ptr, g_ptr, code_ptr, hist_ptr, part_ptr,
 
 
 @triton.jit
-def _find_bin_kernel(hist_ptr, state_ptr, LEVEL: tl.constexpr, BINS: tl.constexpr,
+def _chunk_sums_kernel(hist_ptr, sums_ptr, SCAN: tl.constexpr):
+    """Program i: the count of histogram bins [i * SCAN, (i + 1) * SCAN)."""
+    pid = tl.program_id(0)
+    h = tl.load(hist_ptr + pid * SCAN + tl.arange(0, SCAN))
+    tl.store(sums_ptr + pid, tl.sum(h, axis=0))
+
+
+@triton.jit
+def _find_bin_kernel(hist_ptr, sums_ptr, state_ptr, LEVEL: tl.constexpr, BINS: tl.constexpr,
                      SCAN: tl.constexpr):
     """One program. Finds the highest bin t whose count of codes in bins >= t reaches
-    ``need`` and records t and the count strictly above it.
+    ``need`` and records t and the count strictly above it: first the chunk of SCAN bins
+    (from the chunk sums), then the bin inside it.
 
     state (int64): [0] b (capped at the candidates by LEVEL 1), [1] t1, [2] count above t1,
     [3] need1 = b - [2], [4] t2, [5] count of codes > threshold, [6] ties to take at the
     threshold, [7] threshold code.
-    LEVEL 1 reads ``need = b`` and writes [1..3]; LEVEL 2 reads ``need = need1`` and writes
+    LEVEL 1 reads ``need = b`` and writes [0..3]; LEVEL 2 reads ``need = need1`` and writes
     [4..7]. ``need = 0`` (b = 0) gives t = BINS - 1 and nothing above it.
     """
-    r = tl.arange(0, SCAN)
+    NCHUNK: tl.constexpr = BINS // SCAN
+    c = tl.arange(0, NCHUNK)
+    sums = tl.load(sums_ptr + (NCHUNK - 1 - c)).to(tl.int64)  # highest chunk first
     if LEVEL == 1:
-        # b is capped at the number of candidates (stored back as the effective b).
-        total = tl.zeros((), dtype=tl.int64)
-        for step in range(BINS // SCAN):
-            total += tl.sum(tl.load(hist_ptr + step * SCAN + r).to(tl.int64), axis=0)
-        need = tl.minimum(tl.load(state_ptr), total)
+        need = tl.minimum(tl.load(state_ptr), tl.sum(sums, axis=0))  # b <= #candidates
         tl.store(state_ptr, need)
     else:
         need = tl.load(state_ptr + 3)
-    running = tl.zeros((), dtype=tl.int64)
-    found = tl.zeros((), dtype=tl.int64) + (BINS - 1)
-    above = tl.zeros((), dtype=tl.int64)
-    done = need <= 0
-    for step in range(BINS // SCAN):
-        idx = BINS - 1 - (step * SCAN + r)
-        h = tl.load(hist_ptr + idx).to(tl.int64)
-        cs = tl.cumsum(h, axis=0) + running
-        hit = cs >= need
-        p = tl.min(tl.where(hit, r, SCAN), axis=0)
-        take = (p < SCAN) & (~done)
-        sel = r == p
-        found = tl.where(take, tl.sum(tl.where(sel, idx, 0), axis=0).to(tl.int64), found)
-        above = tl.where(take, tl.sum(tl.where(sel, cs - h, 0), axis=0), above)
-        done = done | take
-        running += tl.sum(h, axis=0)
+    cs = tl.cumsum(sums, axis=0)
+    pc = tl.min(tl.where(cs >= need, c, NCHUNK - 1), axis=0)
+    chunk = NCHUNK - 1 - pc
+    above_chunk = tl.sum(tl.where(c == pc, cs - sums, 0), axis=0)
+    r = tl.arange(0, SCAN)
+    idx = chunk * SCAN + (SCAN - 1 - r)  # bins of the chunk, highest first
+    h = tl.load(hist_ptr + idx).to(tl.int64)
+    cs2 = tl.cumsum(h, axis=0) + above_chunk
+    p = tl.min(tl.where(cs2 >= need, r, SCAN - 1), axis=0)
+    found = tl.sum(tl.where(r == p, idx, 0), axis=0).to(tl.int64)
+    above = tl.sum(tl.where(r == p, cs2 - h, 0), axis=0)
+    found = tl.where(need > 0, found, BINS - 1)
+    above = tl.where(need > 0, above, 0)
     if LEVEL == 1:
         tl.store(state_ptr + 1, found)
         tl.store(state_ptr + 2, above)
@@ -211,6 +215,7 @@ class MineWorkspace:
         self.importance = torch.empty(capacity, dtype=torch.float32, device=device)
         self.codes = torch.empty(capacity, dtype=torch.int32, device=device)
         self.hist = torch.empty(2, _BINS, dtype=torch.int32, device=device)
+        self.chunks = torch.empty(2, _BINS // _SCAN, dtype=torch.int32, device=device)
         self.partial = torch.empty(self.n_blocks, 3, dtype=torch.float32, device=device)
         self.counts = torch.empty(self.n_blocks, 2, dtype=torch.int32, device=device)
         self.bases = torch.empty(self.n_blocks, 2, dtype=torch.int64, device=device)
@@ -241,10 +246,15 @@ def select_drawn(b: Tensor, size: int, ws: MineWorkspace) -> Tensor:
     if size == 0:
         return out
     ws.state[0:1].copy_(b.reshape(1).clamp(max=size))  # the top `size` when b > size
-    _find_bin_kernel[(1,)](ws.hist[0], ws.state, LEVEL=1, BINS=_BINS, SCAN=_SCAN, num_warps=4)
+    n_chunks = _BINS // _SCAN
+    _chunk_sums_kernel[(n_chunks,)](ws.hist[0], ws.chunks[0], SCAN=_SCAN, num_warps=4)
+    _find_bin_kernel[(1,)](ws.hist[0], ws.chunks[0], ws.state, LEVEL=1, BINS=_BINS, SCAN=_SCAN,
+                           num_warps=4)
     _low_hist_kernel[(ws.n_blocks,)](ws.codes, ws.state, ws.hist[1], c, BLOCK=BLOCK,
                                      num_warps=4)
-    _find_bin_kernel[(1,)](ws.hist[1], ws.state, LEVEL=2, BINS=_BINS, SCAN=_SCAN, num_warps=4)
+    _chunk_sums_kernel[(n_chunks,)](ws.hist[1], ws.chunks[1], SCAN=_SCAN, num_warps=4)
+    _find_bin_kernel[(1,)](ws.hist[1], ws.chunks[1], ws.state, LEVEL=2, BINS=_BINS, SCAN=_SCAN,
+                           num_warps=4)
     _block_counts_kernel[(ws.n_blocks,)](ws.codes, ws.state, ws.counts, c, BLOCK=BLOCK,
                                          num_warps=4)
     nbp = triton.next_power_of_2(max(ws.n_blocks, 16))
