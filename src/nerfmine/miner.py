@@ -188,12 +188,13 @@ class HardSampleMiner(nn.Module):
     def importance(
         self, grad_raw: torch.Tensor, n_samples: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        """G_i = L2 norm of the 4 output gradients of sample i, in float32.
+        """G_i = L2 norm of the 4 output gradients of sample i, in float32 (computed in
+        float64, so that the squares of tiny gradients cannot underflow to a G of 0).
 
         ``grad_raw`` [C, 4]. With ``n_samples`` given, slots ``>= n_samples`` (padding) get 0
         whatever ``grad_raw`` holds there.
         """
-        g = torch.linalg.vector_norm(grad_raw.float(), dim=-1)  # [C]
+        g = torch.linalg.vector_norm(grad_raw.double(), dim=-1).float()  # [C]
         if n_samples is not None:
             n = torch.as_tensor(n_samples, device=g.device)
             slot = torch.arange(g.shape[-1], device=g.device)  # [C]

@@ -44,7 +44,12 @@ def _keys_kernel(grad_ptr, n_ptr, seed_ptr, g_ptr, code_ptr, hist_ptr, part_ptr,
     g1 = tl.load(base + 1, mask=inb, other=0.0)
     g2 = tl.load(base + 2, mask=inb, other=0.0)
     g3 = tl.load(base + 3, mask=inb, other=0.0)
-    g = tl.sqrt(g0 * g0 + g1 * g1 + g2 * g2 + g3 * g3)
+    # The norm scaled by its largest component: squares of gradients below ~1e-19 would
+    # underflow (and a GPU flushes subnormals), turning G > 0 into 0.
+    big = tl.maximum(tl.maximum(tl.abs(g0), tl.abs(g1)), tl.maximum(tl.abs(g2), tl.abs(g3)))
+    inv = 1.0 / tl.where(big > 0.0, big, 1.0)
+    s0, s1, s2, s3 = g0 * inv, g1 * inv, g2 * inv, g3 * inv
+    g = big * tl.sqrt(s0 * s0 + s1 * s1 + s2 * s2 + s3 * s3)
     g = tl.where(inb & (offs < n), g, 0.0)
     tl.store(g_ptr + offs, g, mask=inb)
     cand = g > 0.0  # False for 0 and NaN
@@ -63,9 +68,10 @@ def _keys_kernel(grad_ptr, n_ptr, seed_ptr, g_ptr, code_ptr, hist_ptr, part_ptr,
     tl.store(code_ptr + offs, code, mask=inb)
     high = (code.to(tl.uint32, bitcast=True) >> 16).to(tl.int32)
     tl.atomic_add(hist_ptr + high, 1, mask=cand)
-    tl.store(part_ptr + pid * 3, tl.sum(g, axis=0))
-    tl.store(part_ptr + pid * 3 + 1, tl.sum(g * g, axis=0))
-    tl.store(part_ptr + pid * 3 + 2, tl.sum(cand.to(tl.float32), axis=0))
+    g64 = g.to(tl.float64)  # tau's sums in float64, as the torch path (G^2 may underflow)
+    tl.store(part_ptr + pid * 3, tl.sum(g64, axis=0))
+    tl.store(part_ptr + pid * 3 + 1, tl.sum(g64 * g64, axis=0))
+    tl.store(part_ptr + pid * 3 + 2, tl.sum(cand.to(tl.float64), axis=0))
 
 
 @triton.jit
@@ -216,7 +222,7 @@ class MineWorkspace:
         self.codes = torch.empty(capacity, dtype=torch.int32, device=device)
         self.hist = torch.empty(2, _BINS, dtype=torch.int32, device=device)
         self.chunks = torch.empty(2, _BINS // _SCAN, dtype=torch.int32, device=device)
-        self.partial = torch.empty(self.n_blocks, 3, dtype=torch.float32, device=device)
+        self.partial = torch.empty(self.n_blocks, 3, dtype=torch.float64, device=device)
         self.counts = torch.empty(self.n_blocks, 2, dtype=torch.int32, device=device)
         self.bases = torch.empty(self.n_blocks, 2, dtype=torch.int64, device=device)
         self.state = torch.empty(8, dtype=torch.int64, device=device)
@@ -225,7 +231,7 @@ class MineWorkspace:
 def importance_and_keys(grad_raw: Tensor, n_samples: Tensor, seed: Tensor,
                         ws: MineWorkspace) -> tuple[Tensor, Tensor]:
     """First kernel: fills ``ws.importance``, ``ws.codes``, the high histogram and the
-    partial sums; returns (importance [C] float32, partial sums [n_blocks, 3] float32)."""
+    partial sums; returns (importance [C] float32, partial sums [n_blocks, 3] float64)."""
     c = grad_raw.shape[0]
     if c != ws.capacity:
         raise ValueError(f"workspace is for {ws.capacity} slots, grad_raw has {c}")
