@@ -343,7 +343,7 @@ class HardSampleMiner(nn.Module):
             ws = kernels.MineWorkspace(n_slots, device)
             seed = torch.randint(0, 2**31 - 1, (1,), device=device, generator=generator)
             g, partial = kernels.importance_and_keys(grad_raw, n, seed, ws)  # [C], [blocks, 3]
-            sums = partial.to(torch.float64).sum(dim=0)  # [3]: sum G, sum G^2, #{G > 0}
+            sums = partial.sum(dim=0)  # [3] float64: sum G, sum G^2, #{G > 0}
             b = self._hard_batch_size(n, sums[2].to(torch.int64)).clamp(max=size)
             indices = kernels.select_drawn(b, size, ws)  # [S]
             mask = torch.arange(size, device=device) < b
