@@ -254,8 +254,9 @@ def bench_adam(res: dict, checks: dict) -> None:
 def bench_mining(n: int, res: dict, checks: dict) -> None:
     """The miner's Triton selection against the sort-based torch reference on the same keys,
     and one mining call (importance, b, draw, tau) with each backend."""
-    from nerfmine.miner import HardSampleMiner, select_by_keys
+    from nerfmine.miner import HardSampleMiner
     from nerfmine.ops._triton import mining as tm
+    from nerfmine.ops.mining import select_by_keys
 
     gen = torch.Generator(device="cuda").manual_seed(4)
     grad = torch.randn(n, 4, device="cuda", generator=gen)

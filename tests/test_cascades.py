@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from nerfmine.occupancy import OccupancyConfig, OccupancyGrid
-from nerfmine.ops.march import (
-    _cascade_cells,
+from nerfmine.ops.march import march_rays
+from nerfmine.ops.scene_box import (
     aabb_bounds,
+    cascade_cells,
     cascades_for_aabb_scale,
     default_max_step_size,
-    march_rays,
 )
 
 FIXTURE = Path(__file__).parent / "data" / "k1_regression.pt"
@@ -62,8 +62,15 @@ def test_one_cascade_reproduces_the_marcher_and_grid_before_cascades():
     grid.set_visible(vis)
     for step in (0, 16, 256, 272):
         grid.update(step, lambda p: 30.0 * torch.exp(-((p - 0.4) ** 2).sum(-1) / 0.02), gen)
-    for key, value in old["grid"].items():
-        assert torch.equal(grid.state_dict()[key], value), key
+    # The grid's logic is reproduced exactly: the occupied and visible cells bit for bit. Its
+    # densities come from torch.exp in the test's density function, whose vectorised CPU code
+    # rounds differently on different processors (1 ulp seen between two x86 machines), so
+    # they are compared to float32 rounding.
+    state = grid.state_dict()
+    for key in ("bitfield", "visible"):
+        assert torch.equal(state[key], old["grid"][key]), key
+    torch.testing.assert_close(state["density"], old["grid"]["density"], rtol=4e-7, atol=0)
+    assert set(state) == set(old["grid"])
 
 
 def test_cascade_count_box_and_max_step_follow_instant_ngp():
@@ -86,13 +93,13 @@ def test_a_point_in_cascade_k_looks_up_cascade_k(k):
     p[torch.arange(200), axis] = radius * torch.where(torch.rand(200, generator=g) < 0.5, -1, 1)
     p = p + 0.5
     small_dt = torch.full((200,), 1e-3)
-    linear = _cascade_cells(p[:, 0], p[:, 1], p[:, 2], small_dt, n_cascades, res)
+    linear = cascade_cells(p[:, 0], p[:, 1], p[:, 2], small_dt, n_cascades, res)
     assert (linear // res**3 == k).all()
     cell = (((p - 0.5) / 2**k + 0.5) * res).floor().long().clamp(0, res - 1)
     assert torch.equal(linear % res**3, (cell[:, 0] * res + cell[:, 1]) * res + cell[:, 2])
     # A long step looks up a coarser cascade (instant-ngp's mip_from_dt): dt * 2 res >= 2^(j-1).
     long_dt = torch.full((200,), 2.0 ** (k + 1) / (2 * res))
-    coarse = _cascade_cells(p[:, 0], p[:, 1], p[:, 2], long_dt, n_cascades, res) // res**3
+    coarse = cascade_cells(p[:, 0], p[:, 1], p[:, 2], long_dt, n_cascades, res) // res**3
     assert (coarse == min(k + 2, n_cascades - 1)).all()
 
 
@@ -110,7 +117,7 @@ def _instant_ngp_loop(o, d, t_near, t_far, u, occ, res, step, cone, max_step, ma
     while bool(t < t_far) and len(out) < max_steps:
         dt = calc_dt(t)
         pos = o + t * d
-        linear = _cascade_cells(pos[0:1], pos[1:2], pos[2:3], dt.reshape(1), occ.shape[0], res)
+        linear = cascade_cells(pos[0:1], pos[1:2], pos[2:3], dt.reshape(1), occ.shape[0], res)
         if bool(occ.reshape(-1)[linear]):
             out.append((float(t), float(dt)))
             t = t + dt

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from nerfmine.ops.composite import composite, composite_output_grads, trunc_exp
-from nerfmine.ops.march import PackedSamples, march_rays
+from nerfmine.ops.march import march_rays
+from nerfmine.ops.packed import PackedSamples
 
 MIN_T = 1e-4
 

@@ -7,7 +7,8 @@ import contextlib
 import pytest
 import torch
 
-from nerfmine.ops.march import PackedSamples, march_rays
+from nerfmine.ops.march import march_rays
+from nerfmine.ops.packed import PackedSamples
 from nerfmine.ops.rays import ray_aabb
 
 STEP = 0.03  # coarse steps keep the per-ray loop fast; the marcher does not care

@@ -20,9 +20,8 @@ from nerfmine.miner import (
     HardSampleMiner,
     MinerConfig,
     MiningResult,
-    race_keys,
-    select_by_keys,
 )
+from nerfmine.ops.mining import race_keys, select_by_keys
 
 P_MIN = 1e-3
 

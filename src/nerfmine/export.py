@@ -575,7 +575,7 @@ def export_point_cloud(
     if box is not None:
         lo, hi = box
     else:
-        from nerfmine.ops.march import aabb_bounds
+        from nerfmine.ops.scene_box import aabb_bounds
 
         b_lo, b_hi = aabb_bounds(getattr(trainer, "aabb_scale", 1.0))
         lo, hi = np.full(3, b_lo), np.full(3, b_hi)

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     data = trainer.config.data
     if args.bbox is not None:
         lo_w, hi_w = np.asarray(args.bbox[:3]), np.asarray(args.bbox[3:])
-        from nerfmine.ops.march import aabb_bounds
+        from nerfmine.ops.scene_box import aabb_bounds
 
         lo, hi, cut = clip_to_unit_cube(world_to_unit(lo_w, data.scale, data.offset),
                                         world_to_unit(hi_w, data.scale, data.offset),

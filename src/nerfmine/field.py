@@ -9,8 +9,8 @@ from torch import nn
 
 from nerfmine.config import ModelConfig
 from nerfmine.ops.hash_grid import HashGridSpec, hash_grid_encode, init_hash_table
-from nerfmine.ops.march import aabb_bounds
 from nerfmine.ops.mlp import density_layers, fused_shapes_ok, ngp_mlp_forward, ngp_mlps
+from nerfmine.ops.scene_box import aabb_bounds
 from nerfmine.ops.sh import sh_encode
 
 

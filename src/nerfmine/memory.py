@@ -54,7 +54,7 @@ import torch
 from nerfmine.config import RunConfig
 from nerfmine.errors import DataError, NerfmineError
 from nerfmine.ops.hash_grid import HashGridSpec
-from nerfmine.ops.march import cascades_for_aabb_scale
+from nerfmine.ops.scene_box import cascades_for_aabb_scale
 
 HEADROOM = 0.9
 ACTIVATION_BYTES_PER_SAMPLE = {"triton": 768, "torch": 1280}

@@ -10,9 +10,9 @@ graph), then calls :meth:`HardSampleMiner.mine`, which
 3. draws ``b`` distinct samples by successive sampling without replacement, with probability
    proportional to ``G`` (exponential race / Gumbel top-k, not a deterministic top-k of ``G``),
    into a fixed-size buffer whose size is a host int derived from a lagged host copy of
-   ``tau_bar`` (drawn samples first, ascending; then padding). The torch path sorts the race's
-   keys; the Triton path (``backend="triton"``) finds the ``b``-th largest key by a radix
-   select and compacts, without a sort;
+   ``tau_bar`` (drawn samples first, ascending; then padding). The draw is the op
+   :mod:`nerfmine.ops.mining` (its torch reference sorts the race's keys; its Triton kernels
+   find the ``b``-th largest key by a radix select and compact, without a sort);
 4. updates ``tau_bar`` with this step's ``tau`` (EMA, only where ``tau > 1``);
 5. records ``b / B`` statistics and issues a non-blocking copy of ``tau_bar`` to the host.
 
@@ -66,9 +66,10 @@ import torch
 from torch import nn
 
 from nerfmine.errors import ConfigError
+from nerfmine.lagged import LaggedHostValue
+from nerfmine.ops import mining
 
-__all__ = ["HardSampleMiner", "MinerConfig", "MiningResult", "BUFFER_MULTIPLE", "race_keys",
-           "select_by_keys"]
+__all__ = ["HardSampleMiner", "MinerConfig", "MiningResult", "BUFFER_MULTIPLE"]
 
 #: The buffer size of the second pass is rounded up to a multiple of this (kernel-friendly
 #: shapes, and fewer distinct shapes for allocator caching / compilation).
@@ -157,11 +158,10 @@ class HardSampleMiner(nn.Module):
     (old ``tau_bar``), :meth:`buffer_size` (host, lagged), :meth:`select`, :meth:`update_tau`.
 
     Besides the buffers, the module keeps a host copy of ``tau_bar`` for :meth:`buffer_size`
-    (a cache, not state: it is refreshed on ``load_state_dict`` and by
-    :meth:`refresh_host_copy`). On CUDA it is filled by a non-blocking copy into pinned memory
-    issued at the end of each :meth:`mine` and picked up by the next :meth:`buffer_size` once a
-    CUDA event says it has landed (``event.query()``, which does not block); on CPU it is
-    copied directly.
+    (a :class:`~nerfmine.lagged.LaggedHostValue`; a cache, not state: it is refreshed on
+    ``load_state_dict`` and by :meth:`refresh_host_copy`). Its copy is issued at the end of each
+    :meth:`mine` (or by the caller after a graph replay, :meth:`issue_host_copy`) and picked up
+    by a later :meth:`buffer_size` once it has landed; on a CPU it is read directly.
     """
 
     tau_bar: torch.Tensor
@@ -176,10 +176,7 @@ class HardSampleMiner(nn.Module):
         self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("sum_fraction", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("last_fraction", torch.tensor(0.0, dtype=torch.float64))
-        # Host copy of tau_bar (lagged) and the pending device->host copy, if any.
-        self._host_tau: float = float(self.config.tau_init)
-        self._host_buf: torch.Tensor | None = None  # [] float32, pinned host memory
-        self._host_event: torch.cuda.Event | None = None
+        self._host_tau = LaggedHostValue(float(self.config.tau_init), torch.float32)
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     # ------------------------------------------------------------------ hooks
@@ -188,18 +185,9 @@ class HardSampleMiner(nn.Module):
     def importance(
         self, grad_raw: torch.Tensor, n_samples: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        """G_i = L2 norm of the 4 output gradients of sample i, in float32 (computed in
-        float64, so that the squares of tiny gradients cannot underflow to a G of 0).
-
-        ``grad_raw`` [C, 4]. With ``n_samples`` given, slots ``>= n_samples`` (padding) get 0
-        whatever ``grad_raw`` holds there.
-        """
-        g = torch.linalg.vector_norm(grad_raw.double(), dim=-1).float()  # [C]
-        if n_samples is not None:
-            n = torch.as_tensor(n_samples, device=g.device)
-            slot = torch.arange(g.shape[-1], device=g.device)  # [C]
-            g = torch.where(slot < n, g, torch.zeros_like(g))
-        return g
+        """G_i, the L2 norm of sample i's output gradients (:func:`nerfmine.ops.mining.importance`;
+        0 on padding slots ``>= n_samples`` when it is given). ``grad_raw`` [C, 4] -> [C]."""
+        return mining.importance(grad_raw, n_samples)
 
     @torch.no_grad()
     def hard_batch_size(
@@ -262,9 +250,8 @@ class HardSampleMiner(nn.Module):
             return 0
         if multiple < 1:
             raise ValueError(f"multiple must be >= 1, got {multiple}")
-        self._poll_host_copy()
         cfg = self.config
-        size = _ceil_host(capacity / self._host_tau)
+        size = _ceil_host(capacity / self._host_tau.value)
         size = max(size, _ceil_host(cfg.min_fraction * capacity))
         size = min(size, _ceil_host(cfg.max_fraction * capacity))
         size = -(-size // multiple) * multiple
@@ -283,7 +270,7 @@ class HardSampleMiner(nn.Module):
         proportional to G among the remaining samples. Entries whose G is 0 come last (in
         arbitrary order) and are never part of a draw; :meth:`select` masks them.
         """
-        keys = race_keys(importance, generator)
+        keys = mining.race_keys(importance, generator)
         return torch.sort(keys, dim=-1, descending=True, stable=True).indices[..., :size]
 
     @torch.no_grad()
@@ -298,12 +285,13 @@ class HardSampleMiner(nn.Module):
         into a buffer of ``size`` slots.
 
         Returns ``(indices [size] int64, mask [size] bool)`` laid out as
-        :func:`select_by_keys` describes: the first ``b`` of :meth:`draw_order` that have
-        G > 0 (exactly ``min(b, size, #{G > 0})`` of them), ascending, then padding. Leading
+        :func:`nerfmine.ops.mining.select_by_keys` describes: the first ``b`` of
+        :meth:`draw_order` that have G > 0 (exactly ``min(b, size, #{G > 0})`` of them),
+        ascending, then padding. Leading
         batch dims of ``importance`` are allowed (one independent draw per row, ``b``
         broadcast over rows).
         """
-        return select_by_keys(race_keys(importance, generator), b, size)
+        return mining.select_by_keys(mining.race_keys(importance, generator), b, size)
 
     @torch.no_grad()
     def mine(
@@ -324,9 +312,8 @@ class HardSampleMiner(nn.Module):
         synchronisation. ``size`` overrides :meth:`buffer_size` (a caller that captures the
         step in a CUDA graph picks it before the capture); ``host_copy=False`` leaves the host
         copy of ``tau_bar`` to the caller (:meth:`issue_host_copy` after the graph's replay:
-        event records and host copies cannot be captured). ``backend="triton"`` computes the
-        importance, the race and the selection with the kernels of
-        :mod:`nerfmine.ops._triton.mining` (no sort; the same law, another random stream).
+        event records and host copies cannot be captured). ``backend`` is the backend of the
+        draw, :mod:`nerfmine.ops.mining` (triton: no sort; the same law, another random stream).
         """
         n_slots = grad_raw.shape[0]
         capacity = n_slots if capacity is None else int(capacity)
@@ -338,23 +325,13 @@ class HardSampleMiner(nn.Module):
         if size is None:
             size = self.buffer_size(capacity)  # host int, lagged
         size = min(int(size), n_slots)
-        if backend == "triton":
-            kernels = _triton_mining(grad_raw)
-            ws = kernels.MineWorkspace(n_slots, device)
-            seed = torch.randint(0, 2**31 - 1, (1,), device=device, generator=generator)
-            g, partial = kernels.importance_and_keys(grad_raw, n, seed, ws)  # [C], [blocks, 3]
-            sums = partial.sum(dim=0)  # [3] float64: sum G, sum G^2, #{G > 0}
-            b = self._hard_batch_size(n, sums[2].to(torch.int64)).clamp(max=size)
-            indices = kernels.select_drawn(b, size, ws)  # [S]
-            mask = torch.arange(size, device=device) < b
-            tau = self._update_tau(sums[0], sums[1], n)
-        elif backend == "torch":
-            g = self.importance(grad_raw, n)  # [C]
-            b = self.hard_batch_size(n, g).clamp(max=size)  # [] from tau_bar before the update
-            indices, mask = self.select(g, b, size, generator)  # [S], [S]
-            tau = self.update_tau(g, n)
-        else:
-            raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
+        drawing = mining.race(grad_raw, n, generator, backend)  # G, its sums, the race's keys
+        # b from tau_bar before this step's update (the one-step lag of the module doc).
+        b = self._hard_batch_size(n, drawing.n_candidates).clamp(max=size)  # []
+        indices = mining.select(drawing, b, size)  # [S]: drawn samples first, then padding
+        mask = torch.arange(size, device=device) < b  # [S]
+        tau = self._update_tau(drawing.sum_importance, drawing.sum_importance_sq, n)
+        g = drawing.importance
 
         fraction = b.to(torch.float64) / n.to(torch.float64).clamp_min(1.0)  # []
         self.steps.add_(1)
@@ -374,35 +351,11 @@ class HardSampleMiner(nn.Module):
     def refresh_host_copy(self) -> None:
         """Read ``tau_bar`` into the host copy now (synchronises once). Called after
         ``load_state_dict``; call it yourself after writing ``tau_bar`` by hand."""
-        self._host_event = None
-        self._host_tau = float(self.tau_bar.detach().cpu().numpy())
+        self._host_tau.reset(float(self.tau_bar.detach().cpu()))
 
     def issue_host_copy(self) -> None:
         """Start the (non-blocking) copy of ``tau_bar`` to the host for :meth:`buffer_size`."""
-        tau_bar = self.tau_bar.detach()
-        if tau_bar.device.type == "cuda":
-            if self._host_buf is None:
-                self._host_buf = torch.empty((), dtype=torch.float32, pin_memory=True)
-            if self._host_event is not None and not self._host_event.query():
-                # The previous copy has not landed yet. Replacing it (and its event) every
-                # step would starve the host copy whenever the host runs ahead of the GPU;
-                # keep waiting for it instead and skip this step's copy.
-                return
-            self._poll_host_copy()
-            self._host_buf.copy_(tau_bar, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            self._host_event = event
-        elif tau_bar.device.type == "cpu":
-            self._host_tau = float(tau_bar.numpy())  # plain memory read, no device involved
-        else:  # other accelerators: no event API assumed, copy synchronously
-            self._host_tau = float(tau_bar.cpu().numpy())
-
-    def _poll_host_copy(self) -> None:
-        if self._host_event is not None and self._host_event.query():
-            assert self._host_buf is not None
-            self._host_tau = float(self._host_buf.numpy())
-            self._host_event = None
+        self._host_tau.issue(self.tau_bar)
 
     def extra_repr(self) -> str:
         return f"config={self.config}"
@@ -411,54 +364,6 @@ class HardSampleMiner(nn.Module):
 def _refresh_after_load(module: nn.Module, incompatible_keys: object) -> None:
     assert isinstance(module, HardSampleMiner)
     module.refresh_host_copy()
-
-
-def race_keys(importance: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Keys of the exponential race: ``log G_i - log E_i``, E_i ~ Exp(1) i.i.d. (clamped to
-    the smallest normal float), ``-inf`` where ``G_i`` is not > 0 (0 or NaN)."""
-    g = importance.float()
-    e = torch.empty_like(g).exponential_(generator=generator)  # [..., C]
-    e = e.clamp_min_(torch.finfo(e.dtype).tiny)  # E = 0 would give key +inf
-    valid = g > 0  # False for 0 and NaN
-    safe_g = torch.where(valid, g, torch.ones_like(g))
-    return torch.where(valid, torch.log(safe_g) - torch.log(e), torch.full_like(g, -math.inf))
-
-
-def select_by_keys(keys: torch.Tensor, b: torch.Tensor | int, size: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``b`` largest finite keys (ties: lower index first) and padding, in ``size`` slots.
-
-    ``keys`` [..., C] (``-inf``: not drawable), ``b`` an int or a tensor broadcast over the
-    leading dims, ``size <= C``. Returns ``(indices [..., size] int64, mask [..., size] bool)``:
-    the ``d = min(b, size, #finite)`` drawn indices in ascending order, then the lowest undrawn
-    indices in ascending order; ``mask`` is True on the first ``d`` slots. This is the
-    pure-PyTorch reference of the Triton selection (:mod:`nerfmine.ops._triton.mining`).
-    """
-    c = keys.shape[-1]
-    if not 0 <= size <= c:
-        raise ValueError(f"size must lie in [0, {c}], got {size}")
-    device = keys.device
-    order = torch.sort(keys, dim=-1, descending=True, stable=True).indices  # [..., C]
-    rank = torch.arange(c, device=device)  # [C]
-    b_t = torch.as_tensor(b, device=device).clamp(max=size).unsqueeze(-1)  # the top `size`
-    take = (rank < b_t) & (torch.gather(keys, -1, order) > -math.inf)  # [..., C] by rank
-    drawn = torch.zeros_like(take).scatter_(-1, order, take)  # [..., C] by index
-    d = drawn.long()
-    before = d.cumsum(-1) - d  # drawn slots before each index
-    n_drawn = d.sum(-1, keepdim=True)  # [..., 1]
-    pos = torch.where(drawn, before, n_drawn + rank - before)
-    pos = torch.where(pos < size, pos, torch.full_like(pos, size))  # column `size`: discarded
-    out = torch.zeros(*keys.shape[:-1], size + 1, dtype=torch.int64, device=device)
-    out.scatter_(-1, pos, rank.expand_as(pos))
-    mask = torch.arange(size, device=device) < n_drawn
-    return out[..., :size], mask
-
-
-def _triton_mining(like: torch.Tensor):
-    """The Triton mining kernels, with the same errors as the other Triton ops."""
-    from nerfmine.ops.hash_grid import _triton_module
-
-    return _triton_module("mining", like)
 
 
 def _floor(x: torch.Tensor) -> torch.Tensor:

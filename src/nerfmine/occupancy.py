@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from nerfmine.ops.march import MAX_CASCADES, aabb_bounds, cascades_for_aabb_scale
+from nerfmine.ops.scene_box import MAX_CASCADES, aabb_bounds, cascades_for_aabb_scale
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import torch
 
 from nerfmine.field import NGPField
 from nerfmine.ops.composite import composite
-from nerfmine.ops.march import aabb_bounds, march_rays
+from nerfmine.ops.march import march_rays
 from nerfmine.ops.rays import image_rays, ray_aabb
+from nerfmine.ops.scene_box import aabb_bounds
 
 
 @dataclass(frozen=True)

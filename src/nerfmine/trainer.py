@@ -45,14 +45,10 @@ from nerfmine.miner import BUFFER_MULTIPLE, HardSampleMiner
 from nerfmine.occupancy import OccupancyGrid
 from nerfmine.ops.composite import composite, composite_output_grads
 from nerfmine.ops.distortion import camera_rays
-from nerfmine.ops.march import (
-    MAX_CASCADES,
-    PackedSamples,
-    cascades_for_aabb_scale,
-    default_cone_angle,
-    march_rays,
-)
+from nerfmine.ops.march import march_rays
+from nerfmine.ops.packed import PackedSamples
 from nerfmine.ops.rays import camera_frustum_mask, pixel_rays
+from nerfmine.ops.scene_box import MAX_CASCADES, cascades_for_aabb_scale, default_cone_angle
 from nerfmine.optim import DeviceLossScaler, NGPAdam
 from nerfmine.provenance import device_name, git_commit
 from nerfmine.render import RenderSettings, render_image, render_rays

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nerfmine.ops.composite import composite, composite_output_grads
-from nerfmine.ops.march import PackedSamples
+from nerfmine.ops.packed import PackedSamples
 
 pytestmark = pytest.mark.interpreter
 

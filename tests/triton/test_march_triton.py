@@ -179,7 +179,7 @@ def _cascade_grid(n_cascades, res, frac, seed):
 ])
 def test_cascades_and_exponential_steps_match_reference(device, n_rays, aabb_scale, cone,
                                                         capacity):
-    from nerfmine.ops.march import cascades_for_aabb_scale
+    from nerfmine.ops.scene_box import cascades_for_aabb_scale
 
     origins, directions, jitter = _large_scene(n_rays, seed=n_rays, aabb_scale=aabb_scale)
     grid = _cascade_grid(cascades_for_aabb_scale(aabb_scale), 12, 0.3, seed=n_rays)

@@ -1,5 +1,5 @@
 """Triton mining kernels (importance, race, radix select, compaction) vs the torch reference
-(nerfmine.miner.select_by_keys on the same keys, HardSampleMiner's torch path for tau and b)."""
+(nerfmine.ops.mining.select_by_keys on the same keys; HardSampleMiner's torch path for tau, b)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from nerfmine.miner import HardSampleMiner, select_by_keys
+from nerfmine.miner import HardSampleMiner
+from nerfmine.ops.mining import select_by_keys
 
 pytestmark = pytest.mark.interpreter
 

@@ -28,6 +28,8 @@ import math
 import torch
 from torch import Tensor
 
+from nerfmine.ops.backends import check_backend, triton_module
+
 
 def _bias_corrections(step: int | Tensor, beta1: float, beta2: float, like: Tensor):
     if isinstance(step, Tensor):
@@ -103,13 +105,11 @@ def adam_step(
     skip: Tensor | None = None,
 ) -> None:
     """One in-place Adam step; see the module docstring for the exact semantics."""
+    check_backend("adam_step", backend)
     if backend == "torch":
         adam_step_torch(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
                         weight_decay_l2, skip_zero_grad, param_fp16, skip)
-    elif backend == "triton":
-        from nerfmine.ops._triton.adam import fused_adam_step
-
-        fused_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-                        weight_decay_l2, skip_zero_grad, param_fp16, skip)
     else:
-        raise ValueError(f"unknown backend {backend!r}: expected 'torch' or 'triton'")
+        triton_module("adam", param, grad).fused_adam_step(
+            param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay_l2,
+            skip_zero_grad, param_fp16, skip)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nerfmine.ops.march import PackedSamples
+from nerfmine.ops.backends import check_backend, triton_module
+from nerfmine.ops.packed import PackedSamples
 
 # Optical depth sigma*dt of one sample is capped here. exp(-64) < 2e-28: the sample's alpha is
 # 1.0 in float64 either way and every later sample of its ray is terminated, so the cap changes
@@ -111,11 +112,6 @@ def _weights(
     return tau, transmittance, weights, active, capped
 
 
-def _check_backend(name: str, backend: str) -> None:
-    if backend != "torch":
-        raise ValueError(f"{name}: unknown backend {backend!r}; use 'torch' or 'triton'")
-
-
 def composite(
     raw: Tensor,
     samples: PackedSamples,
@@ -137,11 +133,10 @@ def composite(
         float64 ``raw``). Invalid rays
         have no samples: they get the background, opacity 0 and depth 0.
     """
+    check_backend("composite", backend)
     if backend == "triton":
-        from nerfmine.ops._triton.composite import composite_triton
-
-        return composite_triton(raw, samples, background, min_transmittance=min_transmittance)
-    _check_backend("composite", backend)
+        return triton_module("composite", raw).composite_triton(
+            raw, samples, background, min_transmittance=min_transmittance)
 
     n_rays = samples.n_rays
     dtype = _activation_dtype(raw)
@@ -178,13 +173,10 @@ def composite_output_grads(
     Returns:
         loss_per_ray [R], grad_raw [C, 4]: float32 (float64 for float64 ``raw``).
     """
+    check_backend("composite_output_grads", backend)
     if backend == "triton":
-        from nerfmine.ops._triton.composite import composite_output_grads_triton
-
-        return composite_output_grads_triton(
-            raw, samples, background, target, min_transmittance=min_transmittance
-        )
-    _check_backend("composite_output_grads", backend)
+        return triton_module("composite", raw).composite_output_grads_triton(
+            raw, samples, background, target, min_transmittance=min_transmittance)
 
     with torch.no_grad():
         n_rays = samples.n_rays

@@ -7,97 +7,15 @@ The layout of the parameter table and the per-level geometry are described by
 
 from __future__ import annotations
 
-import importlib
-import math
-import os
-from dataclasses import dataclass
-from functools import cached_property
-
 import torch
 from torch import Tensor
 
-from nerfmine.errors import NerfmineError
-
-# tiny-cuda-nn's coherent prime hash (one prime per dimension; the first is 1).
-HASH_PRIMES = (1, 2654435761, 805459861)
-
-
-@dataclass(frozen=True)
-class HashGridSpec:
-    """Geometry of a 3-D multiresolution hash grid (tiny-cuda-nn "HashGrid").
-
-    Defaults are instant-ngp's NeRF setting for a synthetic scene (aabb_scale 1): 16 levels of
-    2 features, 2^19 entries per level, resolutions 16 to 2048.
-    """
-
-    n_levels: int = 16
-    n_features: int = 2
-    log2_table_size: int = 19
-    base_resolution: int = 16
-    max_resolution: int = 2048
-
-    @property
-    def table_size(self) -> int:
-        """T: the most entries a level may have."""
-        return 1 << self.log2_table_size
-
-    @property
-    def output_dim(self) -> int:
-        return self.n_levels * self.n_features
-
-    @property
-    def log2_per_level_scale(self) -> float:
-        if self.n_levels == 1:
-            return 0.0
-        return math.log2(self.max_resolution / self.base_resolution) / (self.n_levels - 1)
-
-    @cached_property
-    def scales(self) -> tuple[float, ...]:
-        """s_l = Nmin * b^l - 1 (tcnn's grid_scale); positions map as x * s_l + 0.5."""
-        return tuple(
-            math.exp2(level * self.log2_per_level_scale) * self.base_resolution - 1.0
-            for level in range(self.n_levels)
-        )
-
-    @cached_property
-    def resolutions(self) -> tuple[int, ...]:
-        """Grid vertices per axis: ceil(s_l) + 1."""
-        return tuple(int(math.ceil(s)) + 1 for s in self.scales)
-
-    @cached_property
-    def level_sizes(self) -> tuple[int, ...]:
-        """Entries of each level: res^3 rounded up to a multiple of 8, at most T."""
-        sizes = []
-        for res in self.resolutions:
-            dense = min(res**3, (1 << 32) // 2 - 1)
-            dense = (dense + 7) // 8 * 8
-            sizes.append(min(dense, self.table_size))
-        return tuple(sizes)
-
-    @cached_property
-    def dense_levels(self) -> tuple[bool, ...]:
-        """True where a level is indexed densely (res^3 fits in the level's table)."""
-        return tuple(res**3 <= size for res, size in zip(self.resolutions, self.level_sizes))
-
-    @cached_property
-    def level_offsets(self) -> tuple[int, ...]:
-        """Row offset of each level in the flat table; the last entry is the total row count."""
-        offsets = [0]
-        for size in self.level_sizes:
-            offsets.append(offsets[-1] + size)
-        return tuple(offsets)
-
-    @property
-    def n_entries(self) -> int:
-        """Rows of the flat parameter table (shape [n_entries, n_features])."""
-        return self.level_offsets[-1]
-
+from nerfmine.ops.backends import check_backend, triton_module
+from nerfmine.ops.hash_grid_spec import HASH_PRIMES, HashGridSpec
 
 # ---------------------------------------------------------------------------------------------
 # Encoding
 # ---------------------------------------------------------------------------------------------
-
-BACKENDS = ("torch", "triton")
 
 _UINT32_MASK = 0xFFFFFFFF
 
@@ -252,29 +170,6 @@ def _hash_grid_encode_torch(x: Tensor, table: Tensor, spec: HashGridSpec,
     return _HashGridEncodeTorch.apply(x, table, spec, grad_sink)
 
 
-def _triton_module(op: str, *tensors: Tensor):
-    """Import ``nerfmine.ops._triton.<op>`` lazily, with errors that say what to do."""
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if not interpret and not all(t.is_cuda for t in tensors):
-        devices = sorted({str(t.device) for t in tensors})
-        raise NerfmineError(
-            f"backend='triton' for {op} needs CUDA tensors (got {', '.join(devices)}); "
-            "use backend='torch' on the CPU, or set TRITON_INTERPRET=1 to run the kernel "
-            "in Triton's interpreter."
-        )
-    name = f"nerfmine.ops._triton.{op}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name not in (name, "triton") and not (err.name or "").startswith("triton."):
-            raise
-        missing = "Triton is not installed" if err.name != name else f"{name} does not exist"
-        raise NerfmineError(
-            f"backend='triton' for {op} is unavailable: {missing}. Install the 'triton' extra "
-            "(pip install 'nerfmine[triton]') or use backend='torch'."
-        ) from err
-
-
 def hash_grid_encode(
     x: Tensor, table: Tensor, spec: HashGridSpec, backend: str = "torch",
     grad_sink: Tensor | None = None, table_fp16: Tensor | None = None,
@@ -291,21 +186,14 @@ def hash_grid_encode(
     ``table_fp16``: triton only, an fp16 copy of ``table`` that the caller keeps in sync (the
     kernel looks up fp16 values); without it each call makes one (a pass over the table).
     """
+    check_backend("hash_grid_encode", backend)
     if backend == "torch":
         return _hash_grid_encode_torch(x, table, spec, grad_sink)
-    if backend == "triton":
-        _check_inputs(x, table, spec)
-        _check_sink(grad_sink, table)
-        module = _triton_module("hash_grid", x, table)
-        try:
-            encode = module.hash_grid_encode_triton
-        except AttributeError as err:
-            raise NerfmineError(
-                "nerfmine.ops._triton.hash_grid has no hash_grid_encode_triton; "
-                "use backend='torch'."
-            ) from err
-        return encode(x, table, spec, table_fp16=table_fp16, grad_sink=grad_sink)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_inputs(x, table, spec)
+    _check_sink(grad_sink, table)
+    module = triton_module("hash_grid", x, table)
+    return module.hash_grid_encode_triton(x, table, spec, table_fp16=table_fp16,
+                                          grad_sink=grad_sink)
 
 
 def init_hash_table(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from nerfmine.ops.hash_grid import BACKENDS, _triton_module
+from nerfmine.ops.backends import check_backend, triton_module
 
 
 def fused_shapes_ok(enc_dim: int, hidden: int, geo: int, sh_dim: int) -> bool:
@@ -50,9 +50,7 @@ def ngp_mlp_forward(enc: Tensor, sh: Tensor, weights: list[Tensor],
 
     ``weights``: density_w1 [H, E], density_w2 [G, H], color_w1 [H, G + S], color_w2 [H, H],
     color_w3 [3, H] (:meth:`NGPField.mlp_parameters`)."""
+    check_backend("ngp_mlp_forward", backend)
     if backend == "torch":
         return _mlp_forward_torch(enc, sh, weights)
-    if backend == "triton":
-        module = _triton_module("mlp", enc, sh, *weights)
-        return module.mlp_forward_triton(enc, sh, weights)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return triton_module("mlp", enc, sh, *weights).mlp_forward_triton(enc, sh, weights)

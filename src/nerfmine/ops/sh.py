@@ -22,7 +22,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from nerfmine.ops.hash_grid import BACKENDS, _triton_module
+from nerfmine.ops.backends import check_backend, triton_module
 
 MAX_DEGREE = 8  # tcnn's limit; instant-ngp's NeRF uses degree 4 (16 outputs)
 
@@ -97,9 +97,7 @@ def sh_encode(directions: Tensor, degree: int = 4, backend: str = "torch") -> Te
         raise ValueError(f"degree must be an int in [1, {MAX_DEGREE}], got {degree!r}")
     if directions.dim() != 2 or directions.shape[1] != 3:
         raise ValueError(f"directions must have shape [N, 3], got {tuple(directions.shape)}")
+    check_backend("sh_encode", backend)
     if backend == "torch":
         return _sh_encode_torch(directions, degree)
-    if backend == "triton":
-        module = _triton_module("sh", directions)
-        return module.sh_encode_triton(directions, degree)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return triton_module("sh", directions).sh_encode_triton(directions, degree)

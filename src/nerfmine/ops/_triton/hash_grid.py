@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from nerfmine.ops.hash_grid import HashGridSpec
+from nerfmine.ops.hash_grid_spec import HashGridSpec
 
 # Module-level tuning switches (read at launch time).
 PRE_REDUCE = True  # run-length pre-reduction in the backward, all levels

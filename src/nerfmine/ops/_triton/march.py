@@ -29,18 +29,16 @@ No host synchronisation when ``capacity`` is given; ``capacity=None`` reads the 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from nerfmine.ops.march import (
-    PackedSamples,
-    _flat_occupancy,
-    aabb_bounds,
+from nerfmine.ops.packed import PackedSamples, pack_rays, packed_samples, ray_slots_active
+from nerfmine.ops.scene_box import (
+    NO_BOUNDARY,
     default_max_step_size,
-    ray_slots_active,
+    flat_occupancy,
+    ray_box,
     walk_start,
 )
 
@@ -55,7 +53,7 @@ _PAD_BLOCK = 1024
 EXP_BLOCK = 16
 EXP_NUM_WARPS = 1
 # Distance along an axis the ray does not move on (the reference uses the same value).
-_NO_BOUNDARY = tl.constexpr(3.0e38)  # a global read inside kernels must be a constexpr object
+_NO_BOUNDARY = tl.constexpr(NO_BOUNDARY)  # a global read inside kernels must be a constexpr
 
 
 @triton.jit
@@ -290,30 +288,6 @@ def _pad_kernel(
     tl.store(ray_ids_ptr + offs, tl.zeros([BLOCK], dtype=tl.int64) + n_rays, mask=pad)
 
 
-def _ray_box(origins: torch.Tensor, directions: torch.Tensor, lo: float = 0.0, hi: float = 1.0):
-    """Entry and exit distances with the box [lo, hi]^3, as the reference computes them.
-
-    The expressions of ``nerfmine.ops.rays.ray_aabb`` (slab method, axis-parallel rays handled
-    with +-inf), with the box bounds as Python scalars instead of device tensors: the same fp32
-    values, without the host-to-device copy (a synchronisation) that ``torch.as_tensor`` makes.
-    Misses become the empty segment [0, 0), as in the reference marcher.
-    """
-    parallel = directions == 0  # [R, 3]
-    safe_d = torch.where(parallel, 1.0, directions)  # [R, 3]
-    t0 = (lo - origins) / safe_d  # [R, 3]
-    t1 = (hi - origins) / safe_d  # [R, 3]
-    t_min = torch.minimum(t0, t1)  # [R, 3]
-    t_max = torch.maximum(t0, t1)  # [R, 3]
-    inside = (origins >= lo) & (origins <= hi)  # [R, 3]
-    inf = math.inf
-    t_min = torch.where(parallel, torch.where(inside, -inf, inf), t_min)
-    t_max = torch.where(parallel, torch.where(inside, inf, -inf), t_max)
-    t_near = t_min.amax(dim=-1).clamp_min(0.0)  # [R]
-    t_far = t_max.amin(dim=-1)  # [R]
-    hit = t_far > t_near  # [R]
-    return torch.where(hit, t_near, 0.0), torch.where(hit, t_far, 0.0)
-
-
 def march_rays_triton(
     origins: torch.Tensor,
     directions: torch.Tensor,
@@ -334,7 +308,7 @@ def march_rays_triton(
     origins, directions: [R, 3]; occupancy: [res, res, res] or [K, res, res, res] bool;
     jitter: [R] in [0, 1) or None (0.5). Returns a PackedSamples identical to the reference's.
     """
-    occ, n_cascades, res = _flat_occupancy(occupancy)
+    occ, n_cascades, res = flat_occupancy(occupancy)
     device = origins.device
     n_rays = origins.shape[0]
     origins = origins.float().contiguous()
@@ -342,7 +316,7 @@ def march_rays_triton(
     if jitter is None:
         jitter = torch.full((n_rays,), 0.5, device=device)
     jitter = jitter.float().contiguous()
-    t_near, t_far = _ray_box(origins, directions, *aabb_bounds(aabb_scale))
+    t_near, t_far = ray_box(origins, directions, aabb_scale)
     t_near = t_near.float().contiguous()
     active = ray_slots_active(n_rays, n_active, device)  # [R] bool or None
     if active is not None:
@@ -377,17 +351,9 @@ def march_rays_triton(
             origins, directions, t_near, t_far, jitter, occ, counts, max_steps, step_size,
             **launch,
         )
-    ends = torch.cumsum(counts, dim=0)  # [R], unclamped: dropped rays still take room
-    if capacity is None:
-        capacity = int(ends[-1].item()) if n_rays > 0 else 0  # the one host read
-    starts = ends - counts  # [R]
-    fits = ends <= capacity  # [R], a prefix of the rays
-    ray_counts = torch.where(fits, counts, 0)  # [R]
-    n_samples = ray_counts.sum()  # [] int64
-    ray_starts = torch.where(fits, starts, n_samples)  # [R]
-    ray_valid = fits | (counts == 0)  # [R]; an empty ray always fits: it sees the background
-    if active is not None:
-        ray_valid = ray_valid & active
+    packing = pack_rays(counts, capacity, active)  # capacity None: the one host read
+    capacity, fits, ray_starts, n_samples = (packing.capacity, packing.fits, packing.ray_starts,
+                                             packing.n_samples)
 
     positions = torch.empty((capacity, 3), dtype=torch.float32, device=device)
     sample_dirs = torch.empty((capacity, 3), dtype=torch.float32, device=device)
@@ -410,15 +376,4 @@ def march_rays_triton(
             n_samples, positions, sample_dirs, ts, dts, ray_ids, capacity, n_rays,
             BLOCK=_PAD_BLOCK,
         )
-    return PackedSamples(
-        positions=positions,
-        directions=sample_dirs,
-        t=ts,
-        dt=dts,
-        ray_ids=ray_ids,
-        ray_starts=ray_starts,
-        ray_counts=ray_counts,
-        ray_valid=ray_valid,
-        n_samples=n_samples,
-        n_rays=n_rays,
-    )
+    return packed_samples((positions, sample_dirs, ts, dts, ray_ids), packing, n_rays)

@@ -1,7 +1,7 @@
 """Triton: the miner's importance, exponential race and selection without a sort.
 
-Semantics (the reference is :meth:`nerfmine.miner.HardSampleMiner.select` on the same keys,
-through :func:`nerfmine.miner.select_by_keys`):
+Semantics (the reference is :mod:`nerfmine.ops.mining`'s torch backend; the selection equals
+:func:`nerfmine.ops.mining.select_by_keys` on the same keys):
 
 * ``G_i = ||grad_raw_i||_2`` for slots ``i < n`` (0 on padding slots), float32;
 * ``key_i = log G_i - log E_i`` with ``E_i = -log U_i``, ``U_i`` uniform from Triton's Philox
