@@ -27,8 +27,8 @@ def train(backend: str, mining: str, data: str | None, steps: int, run_dir: Path
     from nerfmine.trainer import Trainer
 
     overrides = {"backend": backend, "mining": mining, "data": {"path": data},
-                 "train": {"max_steps": steps, "seed": 0, "save_renders": False,
-                           "cuda_graphs": graphs}}
+                 "train": {"max_steps": steps, "seed": 0, "cuda_graphs": graphs},
+                 "eval": {"save_renders": False}}
     trainer = Trainer(make_config("gpu", overrides), run_dir)
     losses = []
     torch.cuda.synchronize()
@@ -40,7 +40,7 @@ def train(backend: str, mining: str, data: str | None, steps: int, run_dir: Path
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     result = trainer.evaluate()
-    graph_info = trainer.graph_stats()
+    graph_info = trainer.step_fn.graph_stats()
     return {"backend": backend, "mining": mining, "cuda_graphs": trainer.uses_cuda_graphs(),
             "graphs": graph_info, "steps": steps, "seconds": seconds,
             "psnr": result.psnr, "ssim": result.ssim, "loss_curve": losses,

@@ -95,7 +95,7 @@ def run(data: str, mining: str, graphs: bool, steps: int, overrides: dict | None
     captures = 0
     for step in range(steps):
         trainer.train_step()
-        now = (trainer.graph_stats() or {"captures": 0})["captures"]
+        now = (trainer.step_fn.graph_stats() or {"captures": 0})["captures"]
         if now != captures or step in (0, 1, 2, 10, steps - 1):
             torch.cuda.synchronize()
             captures = now

@@ -173,8 +173,7 @@ def bench_sh(n: int, res: dict, checks: dict) -> None:
 
 def bench_mlp(n: int, res: dict, checks: dict) -> None:
     """The fused inference MLP against the layer-by-layer fp16 path (cuBLAS) it replaces."""
-    from nerfmine.config import ModelConfig
-    from nerfmine.field import NGPField
+    from nerfmine.field import ModelConfig, NGPField
     from nerfmine.ops.mlp import ngp_mlp_forward
     from nerfmine.ops.sh import sh_encode
 

@@ -37,7 +37,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 class StageRanges:
     """A trainer stage marker that opens a profiler range at each mark and names it, when it
-    closes at the next mark, after the stage that mark ends (as Trainer.train_step names them)."""
+    closes at the next mark, after the stage that mark ends (as TrainStep names them)."""
 
     def __init__(self, sync: bool = False) -> None:
         self.names: dict[str, str] = {}
@@ -111,7 +111,7 @@ def profile_arm(data: str | None, mining: str, backend: str, warmup: int, steps:
     if cuda:
         torch.cuda.synchronize()
     ranges = StageRanges(sync=cuda)
-    trainer.stage_marker = ranges
+    trainer.step_fn.stage_marker = ranges
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
@@ -119,7 +119,7 @@ def profile_arm(data: str | None, mining: str, backend: str, warmup: int, steps:
         ranges.close()
         if cuda:
             torch.cuda.synchronize()
-    trainer.stage_marker = lambda name: None
+    trainer.step_fn.stage_marker = lambda name: None
 
     events = prof.events()
     # The host-side stage ranges (on CUDA a device-side annotation of each also exists).

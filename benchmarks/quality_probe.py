@@ -17,7 +17,6 @@ l2_reg 0 and rays through pixel centres).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import math
@@ -29,36 +28,35 @@ import torch
 VARIANTS: dict[str, dict] = {
     "default": {},
     "hsm": {"mining": "hsm"},
-    "lr_const": {"train": {"lr_milestones": []}},
-    "lr_4e-3_const": {"train": {"lr": 4e-3, "lr_milestones": []}},
+    "lr_const": {"optim": {"lr_milestones": []}},
+    "lr_4e-3_const": {"optim": {"lr": 0.004, "lr_milestones": []}},
     "scale_0.4": {"scene_scale": 0.4},
-    "step_half": {"train": {"step_size": math.sqrt(3) / 2048, "max_steps_per_ray": 2048},
-                  "occupancy": {"step_size": math.sqrt(3) / 2048}},
+    "step_half": {"occupancy": {"step_size": math.sqrt(3) / 2048},
+                  "march": {"step_size": math.sqrt(3) / 2048, "max_steps_per_ray": 2048}},
     "samples_2^19": {"train": {"target_samples": 1 << 19}},
     "fp32_mlp": {"train": {"mixed_precision": False}},
     "table_2^21": {"model": {"log2_table_size": 21}},
-    "occ_thresh_1e-3": {"occupancy": {"threshold": 1e-3}},
+    "occ_thresh_1e-3": {"occupancy": {"threshold": 0.001}},
     "res_4096": {"model": {"max_resolution": 4096}},
-    "no_ema": {"train": {"ema_decay": 0.0}},
-    "no_l2_lr_const": {"train": {"l2_reg": 0.0, "lr_milestones": []}},
-    "no_l2_lr_const_ema0.99": {"train": {"l2_reg": 0.0, "lr_milestones": [], "ema_decay": 0.99}},
-    "no_l2_lr_const_ema0.995": {"train": {"l2_reg": 0.0, "lr_milestones": [],
-                                          "ema_decay": 0.995}},
-    "no_l2_samples_2^19": {"train": {"l2_reg": 0.0, "target_samples": 1 << 19}},
-    "no_l2_table_2^21": {"train": {"l2_reg": 0.0}, "model": {"log2_table_size": 21}},
-    "no_l2_hsm": {"mining": "hsm", "train": {"l2_reg": 0.0}},
-    "no_l2_lr_4e-3": {"train": {"l2_reg": 0.0, "lr": 4e-3}},
-    "l2_1e-7": {"train": {"l2_reg": 1e-7}},
-    "no_l2_centres": {"train": {"l2_reg": 0.0, "subpixel": False}},
-    "no_l2_lr_4e-3_ema0.995": {"train": {"l2_reg": 0.0, "lr": 4e-3, "ema_decay": 0.995}},
-    "no_l2_lr_4e-3_hsm": {"mining": "hsm", "train": {"l2_reg": 0.0, "lr": 4e-3}},
-    "no_l2_lr_4e-3_centres": {"train": {"l2_reg": 0.0, "lr": 4e-3, "subpixel": False}},
+    "no_ema": {"optim": {"ema_decay": 0.0}},
+    "no_l2_lr_const": {"optim": {"l2_reg": 0.0, "lr_milestones": []}},
+    "no_l2_lr_const_ema0.99": {"optim": {"l2_reg": 0.0, "lr_milestones": [], "ema_decay": 0.99}},
+    "no_l2_lr_const_ema0.995": {"optim": {"l2_reg": 0.0, "lr_milestones": [], "ema_decay": 0.995}},
+    "no_l2_samples_2^19": {"train": {"target_samples": 1 << 19}, "optim": {"l2_reg": 0.0}},
+    "no_l2_table_2^21": {"model": {"log2_table_size": 21}, "optim": {"l2_reg": 0.0}},
+    "no_l2_hsm": {"mining": "hsm", "optim": {"l2_reg": 0.0}},
+    "no_l2_lr_4e-3": {"optim": {"lr": 0.004, "l2_reg": 0.0}},
+    "l2_1e-7": {"optim": {"l2_reg": 1e-07}},
+    "no_l2_centres": {"train": {"subpixel": False}, "optim": {"l2_reg": 0.0}},
+    "no_l2_lr_4e-3_ema0.995": {"optim": {"lr": 0.004, "l2_reg": 0.0, "ema_decay": 0.995}},
+    "no_l2_lr_4e-3_hsm": {"mining": "hsm", "optim": {"lr": 0.004, "l2_reg": 0.0}},
+    "no_l2_lr_4e-3_centres": {"train": {"subpixel": False}, "optim": {"lr": 0.004, "l2_reg": 0.0}},
     # Against the defaults of 4ac3f14 onwards (no L2, rays through pixel centres):
-    "l2_1e-6": {"train": {"l2_reg": 1e-6}},
-    "hsm_unchunked": {"mining": "hsm", "train": {"first_pass_chunk": 1 << 18,
-                                                 "second_pass_chunk": 1 << 18}},
-    "hsm_chunks_2^17": {"mining": "hsm", "train": {"first_pass_chunk": 1 << 17,
-                                                   "second_pass_chunk": 1 << 17}},
+    "l2_1e-6": {"optim": {"l2_reg": 1e-06}},
+    "hsm_unchunked": {"mining": "hsm",
+                      "train": {"first_pass_chunk": 1 << 18, "second_pass_chunk": 1 << 18}},
+    "hsm_chunks_2^17": {"mining": "hsm",
+                        "train": {"first_pass_chunk": 1 << 17, "second_pass_chunk": 1 << 17}},
     "subpixel": {"train": {"subpixel": True}},
     "hsm_subpixel": {"mining": "hsm", "train": {"subpixel": True}},
     "hsm_table_2^21": {"mining": "hsm", "model": {"log2_table_size": 21}},
@@ -82,10 +80,9 @@ VARIANTS: dict[str, dict] = {
     "res_1024": {"model": {"max_resolution": 1024}},
     "hsm_occ_thresh_0.03": {"mining": "hsm", "occupancy": {"threshold": 0.03}},
     "occ_every_step": {"occupancy": {"update_interval": 1}},
-    "no_l2": {"train": {"l2_reg": 0.0}},
-    "scale_0.4_step_half": {"scene_scale": 0.4,
-                            "train": {"step_size": math.sqrt(3) / 2048, "max_steps_per_ray": 2048},
-                            "occupancy": {"step_size": math.sqrt(3) / 2048}},
+    "no_l2": {"optim": {"l2_reg": 0.0}},
+    "scale_0.4_step_half": {"scene_scale": 0.4, "occupancy": {"step_size": math.sqrt(3) / 2048},
+                            "march": {"step_size": math.sqrt(3) / 2048, "max_steps_per_ray": 2048}},
 }
 
 
@@ -109,62 +106,60 @@ def run_variant(name: str, data: str | None, steps: int | None, eval_images: int
                 train_images: int, run_dir: Path, graphs: bool, preset: str = "gpu",
                 seconds: float | None = None, validation_every: int | None = None) -> dict:
     from nerfmine.config import make_config, merge_overrides
-    from nerfmine.data.transforms import holdout_indices
-    from nerfmine.trainer import Trainer
+    from nerfmine.data import holdout_indices, load_scene
+    from nerfmine.evaluator import Evaluator
+    from nerfmine.trainer import Trainer, resolve_data_path
 
     spec = json.loads(json.dumps(VARIANTS[name]))
     scene_scale = spec.pop("scene_scale", None)
     overrides = {"mining": "none", "data": {"path": data},
                  "train": {**({"max_seconds": seconds} if seconds else {"max_steps": steps}),
-                           "seed": 0, "save_renders": False,
-                           "cuda_graphs": graphs, "eval_max_images": eval_images}}
-    overrides = merge_overrides(overrides, spec)
-    original_load = Trainer._load
-    if scene_scale is not None or validation_every:
-        def _load(self, split, _scale=scene_scale, _every=validation_every):
-            d = self.config.data
-            if _every and split in (d.eval_split, d.train_split):
-                # Validation: every N-th training view (the loaders' hold-out rule), never
-                # trained on; the test split is not looked at, so a setting chosen here is not
-                # chosen on the test views.
-                scene = original_load(self, d.train_split)
-                part = "test" if split == d.eval_split else "train"
-                scene = _views(scene, holdout_indices(len(scene), part, _every,
-                                                      "--validation-every", "training view"))
-            else:
-                scene = original_load(self, split)
-            if _scale is not None:
-                scene.scale = _scale
-            return scene
-        Trainer._load = _load
-    try:
-        trainer = Trainer(make_config(preset, overrides), run_dir)
-        _sync()
-        start = time.perf_counter()
-        if seconds:  # the training clock, as Trainer.train keeps it (the lr schedule reads it)
-            while trainer.clock < seconds:
-                trainer.train_step()
-                if trainer.step % 64 == 0:
-                    _sync()
-                trainer.clock = time.perf_counter() - start
-        else:
-            for _ in range(steps):
-                trainer.train_step()
-        _sync()
-        elapsed = time.perf_counter() - start
-        test = trainer.evaluate()
-        trainer._eval_data = trainer._load(trainer.config.data.train_split)
-        trainer.config = dataclasses.replace(
-            trainer.config,
-            train=dataclasses.replace(trainer.config.train, eval_max_images=train_images))
-        train = trainer.evaluate()
-    finally:
-        Trainer._load = original_load
+                           "seed": 0, "cuda_graphs": graphs},
+                 "eval": {"save_renders": False, "max_images": eval_images}}
+    config = make_config(preset, merge_overrides(overrides, spec))
+    d = config.data
+
+    def load(split: str):
+        scene = load_scene(resolve_data_path(config), split, d.downscale,
+                           holdout_every=d.holdout_every, skip_missing=d.skip_missing,
+                           min_sharpness=d.min_sharpness)
+        if scene_scale is not None:
+            scene.scale = scene_scale
+        return scene
+
+    train_views = load(d.train_split)
+    if validation_every:
+        # Validation: every N-th training view (the loaders' hold-out rule), never trained on;
+        # the test split is not looked at, so a setting chosen here is not chosen on the test
+        # views.
+        everything = train_views
+        train_views = _views(load(d.train_split), holdout_indices(
+            len(everything), "train", validation_every, "--validation-every", "training view"))
+        tested = _views(everything, holdout_indices(
+            len(everything), "test", validation_every, "--validation-every", "training view"))
+    else:
+        tested = load(d.eval_split)
+    trainer = Trainer(config, run_dir, train_data=train_views)
+    _sync()
+    start = time.perf_counter()
+    if seconds:  # the training clock, as Trainer.train keeps it (the lr schedule reads it)
+        while trainer.clock < seconds:
+            trainer.train_step()
+            if trainer.step % 64 == 0:
+                _sync()
+            trainer.clock = time.perf_counter() - start
+    else:
+        for _ in range(steps):
+            trainer.train_step()
+    _sync()
+    elapsed = time.perf_counter() - start
+    test = Evaluator(trainer.scene, tested, eval_images).evaluate()
+    train = Evaluator(trainer.scene, train_views, train_images).evaluate()
     occupied = float(trainer.occupancy.bitfield.float().mean())
     steps = trainer.step
     return {"variant": name, "overrides": VARIANTS[name], "steps": steps, "seconds": elapsed,
             "test_psnr": test.psnr, "test_ssim": test.ssim, "train_psnr": train.psnr,
-            "samples_per_step": float(trainer.total_samples) / steps,
+            "samples_per_step": float(trainer.step_fn.total_samples) / steps,
             "occupied_fraction": occupied, "rays_last": trainer.n_rays,
             "evaluated_on": (f"validation: every {validation_every}-th training view, held out"
                              if validation_every else "test split"),

@@ -23,29 +23,25 @@ from pathlib import Path
 import torch
 
 
-def time_frames(trainer, backend: str, width: int, height: int, views: int) -> dict:
-    from nerfmine.render import render_image
+def time_frames(scene, data, backend: str, width: int, height: int, views: int) -> dict:
+    from nerfmine.cameras import Cameras
 
-    data = trainer.eval_data
-    c2w = data.c2w_unit().to(trainer.device)
-    settings = dataclasses.replace(trainer.render_settings(), backend=backend)
     scale = width / data.width
-    fx, fy = data.fx * scale, data.fy * scale
-    cx, cy = width / 2.0, height / 2.0
-    field = trainer.field
+    cameras = scene.to_unit(Cameras.pinhole(data.c2w, data.fx * scale, data.fy * scale, width,
+                                            height))
+    settings = dataclasses.replace(scene.render_settings, backend=backend)
+    field = scene.field
     field.backend = backend
     times = []
-    with trainer.ema_weights(), torch.no_grad():
-        render_image(field, trainer.occupancy.bitfield, c2w[0], fx, fy, cx, cy, width, height,
-                     (1.0, 1.0, 1.0), settings)  # warm-up: compiles kernels
+    with scene.ema_weights(), torch.no_grad():
+        scene.render(cameras, 0, settings=settings)  # warm-up: compiles kernels
         for i in range(views):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            render_image(field, trainer.occupancy.bitfield, c2w[i], fx, fy, cx, cy, width,
-                         height, (1.0, 1.0, 1.0), settings)
+            scene.render(cameras, i, settings=settings)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    field.backend = trainer.backend
+    field.backend = scene.backend
     ms = statistics.median(times) * 1e3
     return {"backend": backend, "width": width, "height": height, "views": views,
             "median_ms_per_frame": ms, "rays_per_second": width * height / (ms / 1e3),
@@ -70,10 +66,11 @@ def main() -> int:
     metrics = trainer.train()
     report = {"gpu": device_name("cuda"), "commit": git_commit(), "torch": torch.__version__,
               "data": args.data, "trained_seconds": args.seconds, "psnr": metrics["psnr"],
-              "rays_per_chunk": trainer.render_settings().rays_per_chunk, "runs": []}
+              "rays_per_chunk": trainer.scene.render_settings.rays_per_chunk, "runs": []}
+    data = trainer.eval_data
     for backend in ("triton", "torch"):
-        for width, height in ((trainer.eval_data.width, trainer.eval_data.height), (1920, 1080)):
-            r = time_frames(trainer, backend, width, height, args.views)
+        for width, height in ((data.width, data.height), (1920, 1080)):
+            r = time_frames(trainer.scene, data, backend, width, height, args.views)
             report["runs"].append(r)
             print(f"{report['gpu']} {backend:6s} {width}x{height}: "
                   f"{r['median_ms_per_frame']:.1f} ms/frame, "

@@ -84,15 +84,14 @@ def measure(data: str, backend: str, mining: str, warmup: int, steps: int,
     step_ms = [a.elapsed_time(b) for a, b in zip(starts, ends)]
     peak = torch.cuda.max_memory_allocated()
     uses_graphs = trainer.uses_cuda_graphs()
-    graph_info = trainer.graph_stats()
+    graph_info = trainer.step_fn.graph_stats()
     events = StageEvents()
-    trainer.stage_marker = events
-    if uses_graphs:
-        trainer._graphs.disable("stage timing runs eagerly")
+    trainer.step_fn.stage_marker = events
+    trainer.step_fn.disable_graphs("stage timing runs eagerly")
     for _ in range(steps):
         trainer.train_step()
     stages = events.medians()
-    trainer.stage_marker = lambda name: None
+    trainer.step_fn.stage_marker = lambda name: None
     return {
         "backend": backend,
         "mining": mining,

@@ -9,22 +9,25 @@ import math
 import numpy as np
 import torch
 
-from nerfmine.config import make_config
-from nerfmine.trainer import Trainer
+from nerfmine.config import make_config, resolve_for_scene
+from nerfmine.scene import TrainedScene
 
 TINY = {
     "model": {"log2_table_size": 12, "n_levels": 8, "max_resolution": 256},
     "occupancy": {"resolution": 32},
-    "train": {"max_steps": 3, "target_samples": 2048, "initial_rays": 128, "eval_max_images": 1,
-              # a coarser march than instant-ngp's keeps the CPU renders quick
-              "max_steps_per_ray": 128, "step_size": math.sqrt(3) / 128},
+    "train": {"max_steps": 3, "target_samples": 2048, "initial_rays": 128},
+    # a coarser march than instant-ngp's keeps the CPU renders quick
+    "march": {"max_steps_per_ray": 128, "step_size": math.sqrt(3) / 128},
+    "eval": {"max_images": 1},
 }
 
 
-def block_trainer(run_dir) -> Trainer:
-    """A trainer of the demo scene's config (no images loaded) with the opaque grey field."""
+def block_scene() -> TrainedScene:
+    """A scene of the demo scene's config (no images loaded) with the opaque grey field; it
+    keeps EMA weights apart, as a training run's scene does."""
     torch.set_num_threads(2)
-    trainer = Trainer(make_config("cpu", TINY), run_dir, load_train=False)
+    config, _ = resolve_for_scene(make_config("cpu", TINY), None)
+    trainer = TrainedScene.create(config, with_ema=True)
     with torch.no_grad():
         f = trainer.field
         f.table.fill_(1.0)
@@ -38,7 +41,7 @@ def block_trainer(run_dir) -> Trainer:
     return trainer
 
 
-def set_block(trainer: Trainer, center_unit, half: float = 0.08) -> None:
+def set_block(trainer: TrainedScene, center_unit, half: float = 0.08) -> None:
     """Occupy only the cells of a cube of half-size ``half`` around ``center_unit``."""
     res = trainer.occupancy.bitfield.shape[0]
     lo = [int((c - half) * res) for c in center_unit]
@@ -47,6 +50,6 @@ def set_block(trainer: Trainer, center_unit, half: float = 0.08) -> None:
     trainer.occupancy.bitfield[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
 
 
-def world(trainer: Trainer, unit) -> np.ndarray:
+def world(trainer: TrainedScene, unit) -> np.ndarray:
     d = trainer.config.data
     return (np.asarray(unit, dtype=np.float64) - np.asarray(d.offset)) / d.scale

@@ -62,7 +62,7 @@ def test_warm_steps_train_a_throwaway_run_of_the_same_arm_first(tmp_path, monkey
     (warm, warm_dir), (real, real_dir) = made
     assert warm.mining == real.mining == "hsm"
     assert warm.train.max_steps == 3 and warm.train.max_seconds is None
-    assert warm.train.eval_at == () and not warm.train.save_renders
+    assert warm.train.eval_at == () and not warm.eval.save_renders
     assert real.train.max_seconds == 7.0 and real.train.max_steps is None
     assert real_dir == tmp_path / "hsm" and tmp_path not in warm_dir.parents
     assert metrics["kernel_cache"].startswith("warm")

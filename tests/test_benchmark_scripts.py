@@ -20,9 +20,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # Smaller than the cpu preset, so that each run takes seconds.
 TINY = {"model": {"log2_table_size": 12, "max_resolution": 64},
         "occupancy": {"resolution": 16, "step_size": math.sqrt(3) / 64},
-        "train": {"target_samples": 1 << 10, "initial_rays": 64, "ray_granularity": 16,
-                  "eval_rays_per_chunk": 1 << 12, "step_size": math.sqrt(3) / 64,
-                  "max_steps_per_ray": 64}}
+        "train": {"target_samples": 1 << 10, "initial_rays": 64, "ray_granularity": 16},
+        "march": {"step_size": math.sqrt(3) / 64, "max_steps_per_ray": 64},
+        "eval": {"rays_per_chunk": 1 << 12}}
 
 
 def _load(name: str):
@@ -40,25 +40,26 @@ def test_quality_probe_applies_the_scene_scale_and_the_overrides(tmp_path, monke
     seen = {}
     original_init = Trainer.__init__
 
-    def spy(self, config, run_dir, load_train=True):
-        original_init(self, config, run_dir, load_train)
+    def spy(self, config, run_dir, train_data=None):
+        original_init(self, config, run_dir, train_data)
         seen.setdefault("scales", []).append(self.train_data.scale)
         seen.setdefault("configs", []).append(self.config)
 
     monkeypatch.setattr(Trainer, "__init__", spy)
     monkeypatch.setitem(probe.VARIANTS, "test_scaled",
                         {"scene_scale": 0.25, "model": TINY["model"],
-                         "occupancy": TINY["occupancy"],
-                         "train": {**TINY["train"], "lr": 3e-3}, "mining": "hsm"})
+                         "occupancy": TINY["occupancy"], "train": TINY["train"],
+                         "march": TINY["march"], "eval": TINY["eval"],
+                         "optim": {"lr": 3e-3}, "mining": "hsm"})
     monkeypatch.setitem(probe.VARIANTS, "test_tiny", TINY)
     r = probe.run_variant("test_scaled", None, 3, 1, 1, tmp_path / "a", graphs=False,
                           preset="cpu")
     assert seen["scales"] == [0.25]
     config = seen["configs"][0]
-    assert config.train.lr == 3e-3 and config.mining == "hsm"
+    assert config.optim.lr == 3e-3 and config.mining == "hsm" and config.data.scale == 0.25
     assert r["steps"] == 3 and math.isfinite(r["test_psnr"]) and math.isfinite(r["train_psnr"])
     assert r["mean_hard_fraction"] is not None
-    # The patch of the loader is undone: a plain run sees the scene's own scale again.
+    # A plain run sees the scene's own scale.
     probe.run_variant("test_tiny", None, 1, 1, 1, tmp_path / "b", graphs=False, preset="cpu")
     assert seen["scales"][1] == pytest.approx(0.33)
 
@@ -127,17 +128,22 @@ def test_graph_memory_names_what_is_alive_at_the_peak():
 
 def test_quality_probe_validation_holds_out_training_views(tmp_path, monkeypatch):
     probe = _load("quality_probe")
+    from nerfmine.evaluator import Evaluator
     from nerfmine.trainer import Trainer
 
     seen = {}
-    original_evaluate = Trainer.evaluate
+    original_init, original_evaluate = Trainer.__init__, Evaluator.evaluate
 
-    def spy(self, save_dir=None):
+    def spy_init(self, config, run_dir, train_data=None):
+        original_init(self, config, run_dir, train_data)
         seen.setdefault("train", []).append([str(p) for p in self.train_data.image_paths])
-        seen.setdefault("eval", []).append([str(p) for p in self.eval_data.image_paths])
-        return original_evaluate(self, save_dir)
 
-    monkeypatch.setattr(Trainer, "evaluate", spy)
+    def spy_evaluate(self, save_dir=None, mean_hard_fraction=None):
+        seen.setdefault("eval", []).append([str(p) for p in self.data.image_paths])
+        return original_evaluate(self, save_dir, mean_hard_fraction)
+
+    monkeypatch.setattr(Trainer, "__init__", spy_init)
+    monkeypatch.setattr(Evaluator, "evaluate", spy_evaluate)
     monkeypatch.setitem(probe.VARIANTS, "test_tiny", TINY)
     r = probe.run_variant("test_tiny", None, 2, 2, 2, tmp_path / "v", graphs=False,
                           preset="cpu", validation_every=3)
@@ -151,6 +157,6 @@ def test_quality_probe_validation_holds_out_training_views(tmp_path, monkeypatch
     assert sorted(trained + validation) == sorted(every)
     assert r["train_views"] == len(trained) and "validation" in r["evaluated_on"]
     assert math.isfinite(r["test_psnr"])
-    # Undone afterwards: a plain run evaluates on the scene's own evaluation split again.
+    # A plain run evaluates on the scene's own evaluation split.
     probe.run_variant("test_tiny", None, 1, 1, 1, tmp_path / "w", graphs=False, preset="cpu")
     assert not set(seen["eval"][2]) & set(every)  # [3]: its evaluation on training views

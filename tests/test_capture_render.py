@@ -15,16 +15,16 @@ from conftest import shared_data_dir
 from PIL import Image
 
 from nerfmine import cli
+from nerfmine.cli.eval import SIDE_BY_SIDE_GAP
 from nerfmine.config import make_config
-from nerfmine.render_cli import SIDE_BY_SIDE_GAP
 from nerfmine.trainer import Trainer
 
 SHARED = shared_data_dir()
 TINY = {"model": {"log2_table_size": 11, "n_levels": 4, "max_resolution": 64},
         "occupancy": {"resolution": 16},
-        "train": {"target_samples": 1024, "initial_rays": 64, "eval_max_images": 2,
-                  "save_renders": False, "max_steps_per_ray": 64,
-                  "step_size": math.sqrt(3) / 64}}
+        "train": {"target_samples": 1024, "initial_rays": 64},
+        "march": {"max_steps_per_ray": 64, "step_size": math.sqrt(3) / 64},
+        "eval": {"max_images": 2, "save_renders": False}}
 W, H, FRAMES = 16, 12, 10
 
 

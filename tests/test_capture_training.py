@@ -15,6 +15,7 @@ import torch
 from conftest import shared_data_dir
 
 from nerfmine.config import make_config
+from nerfmine.scene import TrainedScene
 from nerfmine.trainer import Trainer
 
 SHARED = shared_data_dir()
@@ -28,9 +29,9 @@ def test_fox_trains_with_the_every_eighth_holdout(tmp_path):
     config = make_config("cpu", {"data": {"path": str(SHARED / "fox"), "downscale": 16},
                                  "model": {"log2_table_size": 12, "n_levels": 8},
                                  "occupancy": {"resolution": 32},
-                                 "train": {"max_steps": 17, "target_samples": 4096,
-                                           "max_steps_per_ray": 256,
-                                           "eval_max_images": 1, "save_renders": False}})
+                                 "train": {"max_steps": 17, "target_samples": 4096},
+                                 "march": {"max_steps_per_ray": 256},
+                                 "eval": {"max_images": 1, "save_renders": False}})
     trainer = Trainer(config, tmp_path)
     assert len(trainer.train_data) == 43 and len(trainer.eval_data) == 7
     assert trainer.train_data.camera_model == "opencv"
@@ -42,15 +43,15 @@ def test_fox_trains_with_the_every_eighth_holdout(tmp_path):
     assert metrics["steps"] == 17 and math.isfinite(metrics["psnr"])
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["data"]["aabb_scale"] == 4.0 and saved["occupancy"]["cascades"] == 3
-    assert saved["train"]["cone_angle"] == 1 / 256
+    assert saved["march"]["cone_angle"] == 1 / 256
     # Samples of a training batch lie in the box and their steps grow with distance.
-    origins, directions, _, _, jitter = trainer._draw_rays(256, trainer.generator)
-    samples = trainer._march(origins, directions, jitter)
+    batch = trainer.step_fn.rays.draw(256, trainer.generator, trainer.step)
+    samples = trainer.step_fn.march(batch.origins, batch.directions, batch.jitter)
     n = int(samples.n_samples)
     assert n > 0 and ((samples.positions[:n] >= -1.5) & (samples.positions[:n] <= 2.5)).all()
     assert samples.dt[:n].max() > samples.dt[:n].min()
     # A run loads back for rendering with the same box and cascades.
-    loaded = Trainer.from_run_dir(tmp_path)
+    loaded = TrainedScene.load(tmp_path)
     assert loaded.aabb_scale == 4.0 and loaded.occupancy.n_cascades == 3
     assert torch.equal(loaded.occupancy.bitfield, trainer.occupancy.bitfield)
 
@@ -76,4 +77,4 @@ def test_missing_frames_are_reported_and_can_be_skipped(tmp_path):
     assert "17" in done.stdout  # the note on skipped frames
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data"]["aabb_scale"] == 1 and saved["occupancy"]["cascades"] == 1
-    assert saved["train"]["cone_angle"] == 0
+    assert saved["march"]["cone_angle"] == 0

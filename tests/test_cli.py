@@ -15,7 +15,8 @@ from nerfmine.cli import main
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = {"model": {"log2_table_size": 12, "n_levels": 8, "max_resolution": 256},
         "occupancy": {"resolution": 32},
-        "train": {"target_samples": 2048, "initial_rays": 128, "eval_max_images": 1}}
+        "train": {"target_samples": 2048, "initial_rays": 128},
+        "eval": {"max_images": 1}}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -102,7 +103,7 @@ def test_config_file_that_is_not_an_object(tmp_path):
 
 def test_bad_numbers_and_merge_inputs(tmp_path):
     _assert_user_error(_run("train", "--steps", "1", "--eval-images", "0", "--output",
-                            str(tmp_path / "run")), "eval_max_images")
+                            str(tmp_path / "run")), "eval.max_images (--eval-images)")
     _assert_user_error(_run("bench", "--merge", str(tmp_path / "missing.json"), "--output",
                             str(tmp_path / "b")), "missing.json")
     (tmp_path / "list.json").write_text("[]")
@@ -115,10 +116,10 @@ def test_bad_numbers_and_merge_inputs(tmp_path):
 def test_max_resolution_flag(tmp_path):
     import argparse
 
-    from nerfmine.cli import _train_overrides
+    from nerfmine.cli.common import training_overrides
 
     args = argparse.Namespace(max_resolution=768)
-    assert _train_overrides(args)["model"] == {"max_resolution": 768}
-    assert "model" not in _train_overrides(argparse.Namespace())
+    assert training_overrides(args)["model"] == {"max_resolution": 768}
+    assert "model" not in training_overrides(argparse.Namespace())
     _assert_user_error(_run("train", "--steps", "1", "--max-resolution", "4", "--output",
                             str(tmp_path / "run")), "--max-resolution", "16 or more")

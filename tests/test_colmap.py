@@ -1,4 +1,4 @@
-"""COLMAP sparse models through pycolmap (nerfmine.data.colmap and load_capture's dispatch).
+"""COLMAP sparse models through pycolmap (nerfmine.data.colmap and load_scene's dispatch).
 
 Every test writes its own tiny model with pycolmap (binary and text) and 8x6 images.
 """
@@ -15,8 +15,8 @@ pycolmap = pytest.importorskip(
     "pycolmap", reason="pycolmap is optional (pip install 'nerfmine[colmap]')"
 )
 
+from nerfmine.data import load_scene  # noqa: E402
 from nerfmine.data.colmap import load_colmap  # noqa: E402
-from nerfmine.data.transforms import load_capture  # noqa: E402
 from nerfmine.errors import DataError  # noqa: E402
 
 W, H = 8, 6
@@ -217,13 +217,13 @@ def test_unregistered_image_files_are_noted(tmp_path):
     assert len(note) == 1 and "2 of 11 image files" in note[0] and "img09.png" in note[0]
 
 
-def test_load_capture_dispatches_colmap_folder(tmp_path, monkeypatch):
+def test_load_scene_dispatches_colmap_folder(tmp_path, monkeypatch):
     _write_project(tmp_path)
-    scene = load_capture(tmp_path, split="test")
+    scene = load_scene(tmp_path, split="test")
     assert scene.dialect == "colmap"
     assert [p.name for p in scene.image_paths] == ["img00.png", "img08.png"]
     direct = load_colmap(tmp_path / "sparse/0", tmp_path / "images", split="test")
     np.testing.assert_allclose(scene.c2w, direct.c2w)
     monkeypatch.setitem(sys.modules, "pycolmap", None)  # import pycolmap -> ImportError
     with pytest.raises(DataError, match=r"pip install 'nerfmine\[colmap\]'"):
-        load_capture(tmp_path)
+        load_scene(tmp_path)

@@ -23,8 +23,8 @@ def test_gpu_preset_is_the_paper_setting():
     config = make_config("gpu", {"device": "cpu", "backend": "torch",
                                  "train": {"max_seconds": 60}})
     assert config.model.log2_table_size == 19 and config.model.n_levels == 16
-    assert config.train.target_samples == 1 << 18 and config.train.lr == 1e-2
-    assert config.train.eps == 1e-15 and config.train.betas == (0.9, 0.99)
+    assert config.train.target_samples == 1 << 18 and config.optim.lr == 1e-2
+    assert config.optim.eps == 1e-15 and config.optim.betas == (0.9, 0.99)
     assert config.occupancy.resolution == 128 and config.mining == "hsm"
 
 

@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nerfmine.data.blender import SceneData, available_splits, load_blender
+from nerfmine.data.blender import load_blender
 from nerfmine.data.demo import demo_scene_path
+from nerfmine.data.files import available_splits
+from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
 
 ANGLE = 0.69
@@ -116,10 +118,10 @@ def test_camera_angle_y_sets_fy(tmp_path):
     assert scene.fx == pytest.approx(0.5 * 8 / math.tan(0.5 * ANGLE))
 
 
-def test_c2w_unit_maps_translation_only(tmp_path):
+def test_unit_cameras_map_translation_only(tmp_path):
     write_scene(tmp_path)
     scene = load_blender(tmp_path, "train")
-    unit = scene.c2w_unit()
+    unit = scene.unit_cameras().c2w
     assert torch.equal(unit[:, :3, :3], scene.c2w[:, :3, :3])
     assert torch.allclose(unit[2, :3, 3], torch.tensor([2.0, 4.0, -3.0]) * 0.33 + 0.5)
     assert torch.equal(unit[:, 3], scene.c2w[:, 3])

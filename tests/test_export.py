@@ -224,14 +224,14 @@ def tiny_run(tmp_path_factory) -> Path:
         "data": {"downscale": 4},
         "model": {"log2_table_size": 12, "n_levels": 8, "max_resolution": 256},
         "occupancy": {"resolution": 32},
-        "train": {"max_steps": 3, "target_samples": 2048, "initial_rays": 128,
-                  "eval_max_images": 1}})
+        "train": {"max_steps": 3, "target_samples": 2048, "initial_rays": 128},
+        "eval": {"max_images": 1}})
     Trainer(config, run_dir).train()
     return run_dir
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    from nerfmine import export_cli
+    from nerfmine.cli import export as export_cli
 
     parser = argparse.ArgumentParser(prog="nerfmine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,11 +240,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_exports_points_and_mesh_of_a_tiny_run(tiny_run, tmp_path, capsys):
-    from nerfmine import export_cli
+    from nerfmine.cli import export as export_cli
     from nerfmine.export import occupied_bbox
-    from nerfmine.trainer import Trainer
+    from nerfmine.scene import TrainedScene
 
-    trainer = Trainer.from_run_dir(tiny_run)
+    trainer = TrainedScene.load(tiny_run)
     lo, hi = occupied_bbox(trainer.occupancy.bitfield)
     with trainer.ema_weights():
         grid = sample_density_grid(trainer.field.density, 32, lo, hi)
@@ -277,7 +277,7 @@ def test_cli_exports_points_and_mesh_of_a_tiny_run(tiny_run, tmp_path, capsys):
 
 
 def test_cli_explains_bad_input(tiny_run, tmp_path):
-    from nerfmine import export_cli
+    from nerfmine.cli import export as export_cli
 
     def run(*extra):
         return export_cli.run(_parse(["export", str(tiny_run), *extra]))

@@ -1,9 +1,10 @@
 """The CUDA-graph step's device-side logic, run eagerly on the CPU.
 
-On a GPU the trainer captures ``_device_step`` with fixed ray slots, a device-side ray count
-and a bucketed mining buffer (nerfmine.graphs). CUDA graphs themselves need a GPU
-(benchmarks/gpu_check.py exercises them there); these tests run the same code path through a
-stand-in that calls the step function eagerly, and check it against the ordinary step.
+On a GPU the training step (nerfmine.train_step) captures ``TrainStep.device_step`` with fixed
+ray slots, a device-side ray count and a bucketed mining buffer (nerfmine.graphs). CUDA graphs
+themselves need a GPU (benchmarks/gpu_check.py exercises them there); these tests run the same
+code path through a stand-in that calls the step function eagerly, and check it against the
+ordinary step.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import torch
 
 from nerfmine.config import make_config
 from nerfmine.miner import BUFFER_MULTIPLE
-from nerfmine.trainer import GRAPH_BUFFER_BUCKETS, Trainer
+from nerfmine.train_step import GRAPH_BUFFER_BUCKETS
+from nerfmine.trainer import Trainer
 
 TINY = {"model": {"log2_table_size": 12, "n_levels": 8, "max_resolution": 256},
         "occupancy": {"resolution": 32, "update_interval": 4, "warmup_steps": 8},
         "train": {"target_samples": 2048, "initial_rays": 128, "ray_granularity": 32,
-                  "eval_max_images": 1, "checkpoint_every": 1e9, "max_steps": 50}}
+                  "checkpoint_every": 1e9, "max_steps": 50},
+        "eval": {"max_images": 1}}
 
 
 class EagerGraphs:
@@ -53,8 +56,8 @@ def test_graph_path_equals_the_eager_step(tmp_path, mining):
     """With as many ray slots as rays, the graph path's step is the ordinary step."""
     eager = _trainer(tmp_path, mining, "eager")
     graph = _trainer(tmp_path, mining, "graph")
-    graph._graphs = EagerGraphs()
-    assert graph.n_rays == 128 and graph._ray_slots() == 128
+    graph.step_fn.graphs = EagerGraphs()
+    assert graph.n_rays == 128 and graph.step_fn.ray_count.slots(bucketed=True) == 128
     # The graph path draws from the default generator: give it the eager run's stream (and
     # leave out the occupancy update, which draws from the trainer's own generator).
     for t in (eager, graph):
@@ -68,22 +71,23 @@ def test_graph_path_equals_the_eager_step(tmp_path, mining):
     for (name, p), q in zip(eager.field.named_parameters(), graph.field.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7, msg=name)
     assert not torch.equal(graph.field.density_w1, _trainer(tmp_path, mining, "x").field.density_w1)
-    # The ray count follows the same rule on the device as on the host.
+    # The ray count follows the same rule in both paths; a graph step of 128 slots marches
+    # the wanted count, at most 128.
     assert graph.n_rays == eager.n_rays
-    assert int(graph._n_active) == min(eager.n_rays, 128)
+    assert int(graph.step_fn.ray_count.active(128)) == min(eager.n_rays, 128)
 
 
 @pytest.mark.parametrize("mining", ["none", "hsm"])
 def test_graph_path_trains_with_slots_and_buckets(tmp_path, mining):
     trainer = _trainer(tmp_path, mining)
-    trainer._graphs = graphs = EagerGraphs()
+    trainer.step_fn.graphs = graphs = EagerGraphs()
     losses = []
     for _ in range(40):
         stats = trainer.train_step()
         losses.append(float(stats.loss))
         slots = graphs.keys[-1][0]
         assert slots & (slots - 1) == 0 and slots >= trainer.config.train.ray_granularity
-        assert 0 < int(trainer._n_active) <= slots
+        assert 0 < int(trainer.step_fn.ray_count.active(slots)) <= slots
         assert int(stats.n_samples) <= trainer.config.train.target_samples
     assert all(torch.isfinite(torch.tensor(losses)))
     quantum = max(BUFFER_MULTIPLE, 2048 // GRAPH_BUFFER_BUCKETS)
@@ -102,21 +106,20 @@ def test_graph_path_trains_with_slots_and_buckets(tmp_path, mining):
 def test_inactive_ray_slots_do_not_enter_the_loss(tmp_path):
     """Slots past n_active are not marched and do not count in the mean over rays."""
     trainer = _trainer(tmp_path, "none")
-    trainer._n_active.fill_(0)
-    loss, samples, _ = trainer._device_step(64, trainer._n_active, None, 0.0, None,
-                                           lambda name: None, capturing=False)
+    trainer.step_fn.ray_count.wanted.fill_(0)
+    loss, samples, _ = trainer.step_fn.device_step(64, None, 0.0, None)
     assert int(samples.n_samples) == 0 and not samples.ray_valid.any()
     assert float(loss.detach()) == 0.0
 
 
 def test_lr_schedule_reaches_the_graph_step(tmp_path):
     trainer = _trainer(tmp_path, "none")
-    trainer._graphs = EagerGraphs()
+    trainer.step_fn.graphs = EagerGraphs()
     trainer.step = 25  # between the first two milestones (0.4 and 0.6 of 50 steps)
     trainer.train_step()
-    expected = trainer.config.train.lr * trainer.config.train.lr_gamma
-    assert float(trainer._lr_tensor) == pytest.approx(expected)
-    assert trainer.optimizer.param_groups[0]["lr"] is trainer._lr_tensor
+    expected = trainer.config.optim.lr * trainer.config.optim.lr_gamma
+    assert float(trainer.step_fn.lr_tensor) == pytest.approx(expected)
+    assert trainer.optimizer.param_groups[0]["lr"] is trainer.step_fn.lr_tensor
 
 
 def test_chunked_second_pass_equals_one_pass(tmp_path):
@@ -134,4 +137,4 @@ def test_chunked_second_pass_equals_one_pass(tmp_path):
     assert drawn > 64  # the second pass ran in several chunks
     for (name, p), q in zip(whole.field.named_parameters(), chunked.field.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
-    assert whole.field.table.grad is whole._table_grad  # the optimizer read the sink
+    assert whole.field.table.grad is whole.step_fn.table_grad  # the optimizer read the sink

@@ -13,8 +13,9 @@ from nerfmine.trainer import Trainer
 
 TINY = {"model": {"log2_table_size": 11, "n_levels": 4, "max_resolution": 64},
         "occupancy": {"resolution": 16, "update_interval": 2, "warmup_steps": 4},
-        "train": {"target_samples": 1024, "initial_rays": 64, "eval_max_images": 1,
-                  "checkpoint_every": 1e9, "max_steps": 8},
+        "train": {"target_samples": 1024, "initial_rays": 64, "checkpoint_every": 1e9,
+                  "max_steps": 8},
+        "eval": {"max_images": 1},
         "data": {"images_on_host": True}}
 
 
@@ -49,9 +50,10 @@ def test_draws_are_deterministic_per_step():
 
 def test_trainer_keeps_images_on_the_host_and_trains(tmp_path):
     trainer = Trainer(_config(), tmp_path)
-    assert trainer._images is None and trainer._host_pixels is not None
+    sampler = trainer.step_fn.rays
+    assert sampler.on_host and sampler.host_pixels is not None
     assert trainer.config.data.images_on_host
-    cam, col, row, pixels = trainer._host_pixels.draw(32, step=0)
+    cam, col, row, pixels = sampler.host_pixels.draw(32, step=0)
     assert torch.equal(pixels, trainer.train_data.images[cam, row, col])
     losses = [float(trainer.train_step().loss) for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))

@@ -10,17 +10,17 @@ import torch
 
 from nerfmine import cli, memory
 from nerfmine.config import make_config
+from nerfmine.data import load_scene
 from nerfmine.data.demo import demo_scene_path
-from nerfmine.data.transforms import load_capture
 from nerfmine.errors import ConfigError, DataError
 from nerfmine.field import NGPField
 from nerfmine.memory import HEADROOM, MemoryFitError, fit_memory, model_bytes
 
 TINY = {"model": {"log2_table_size": 11, "n_levels": 4, "max_resolution": 64},
         "occupancy": {"resolution": 16},
-        "train": {"target_samples": 1024, "initial_rays": 64, "max_steps": 1,
-                  "eval_max_images": 1, "save_renders": False, "max_steps_per_ray": 64,
-                  "step_size": 0.0271}}
+        "train": {"target_samples": 1024, "initial_rays": 64, "max_steps": 1},
+        "march": {"max_steps_per_ray": 64, "step_size": 0.0271},
+        "eval": {"max_images": 1, "save_renders": False}}
 DEMO = demo_scene_path()
 TRAIN_BYTES = 100 * 100 * 100 * 4  # the demo's 100 training images of 100x100 RGBA
 BIG = 1 << 40
@@ -46,7 +46,7 @@ def test_estimate_counts_images_and_model():
     assert est["fits"] and est["action"] is None and est["device"] == "cuda"
     assert est["device_bytes"]["training images (100 x 100x100 RGBA)"] == TRAIN_BYTES
     assert est["host_bytes"]["training images (100 x 100x100 RGBA)"] == TRAIN_BYTES
-    n_eval = len(load_capture(DEMO, "test", decode=False))
+    n_eval = len(load_scene(DEMO, "test", decode=False))
     assert est["host_bytes"][f"evaluation images ({n_eval} x 100x100 RGBA)"] == n_eval * 40000
     # the parameter count behind the model's bytes is the real model's
     params = sum(p.numel() for p in NGPField(config.model).parameters())
@@ -80,7 +80,7 @@ def test_auto_fit_keeps_images_on_the_host_when_the_host_has_room():
 def test_auto_fit_downscales_when_the_host_is_short_too():
     config = _config(memory_fit="auto")
     device = int((_model(config) + TRAIN_BYTES / 3) / HEADROOM)
-    n_eval = len(load_capture(DEMO, "test", decode=False))
+    n_eval = len(load_scene(DEMO, "test", decode=False))
     # room for the images once, not for the extra copy made while pinning them
     host = int((TRAIN_BYTES * 1.5 + n_eval * 40000) / HEADROOM)
     out = fit_memory(config, DEMO, host_available=host, device_available=device)
@@ -130,10 +130,10 @@ def test_header_scan_decodes_no_pixels(tmp_path):
         (scene / name).write_bytes(data[: len(data) // 2])  # header intact, pixels cut off
         frame["file_path"] = name
     (scene / "transforms_train.json").write_text(json.dumps(meta))
-    scan = load_capture(scene, "train", 2, decode=False)
+    scan = load_scene(scene, "train", 2, decode=False)
     assert scan.images.device.type == "meta" and tuple(scan.images.shape) == (2, 50, 50, 4)
     with pytest.raises(DataError, match="corrupt or unreadable"):
-        load_capture(scene, "train", 2)
+        load_scene(scene, "train", 2)
 
 
 def test_cli_refuses_then_auto_fits(tmp_path, monkeypatch, capsys):
@@ -169,8 +169,8 @@ def test_header_scan_matches_the_full_load(tmp_path, kind):
 
         root, split = tmp_path, "all"
         _write_project(root)
-    full = load_capture(root, split, 2)
-    scan = load_capture(root, split, 2, decode=False)
+    full = load_scene(root, split, 2)
+    scan = load_scene(root, split, 2, decode=False)
     assert scan.images.device.type == "meta" and scan.images.shape == full.images.shape
     assert torch.equal(scan.c2w, full.c2w) and scan.image_paths == full.image_paths
     assert (scan.fx, scan.fy, scan.cx, scan.cy) == (full.fx, full.fy, full.cx, full.cy)

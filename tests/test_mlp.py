@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nerfmine.config import ModelConfig
-from nerfmine.field import NGPField
+from nerfmine.field import ModelConfig, NGPField
 from nerfmine.ops.mlp import _mlp_forward_torch, fused_shapes_ok, ngp_mlp_forward
 from nerfmine.ops.sh import sh_encode
 

@@ -1,7 +1,7 @@
 import torch
 
-from nerfmine.config import ModelConfig
-from nerfmine.field import NGPField
+from nerfmine.cameras import Cameras
+from nerfmine.field import ModelConfig, NGPField
 from nerfmine.ops.composite import composite
 from nerfmine.ops.march import march_rays
 from nerfmine.render import RenderSettings, render_image, render_rays
@@ -46,11 +46,12 @@ def test_render_image_shapes_and_ranges():
     c2w[:3, 3] = torch.tensor([0.5, 0.5, 1.8])  # looking down -z at the unit cube
     settings = RenderSettings(step_size=0.01, max_steps=300, min_transmittance=1e-4,
                               rays_per_chunk=64)
-    out = render_image(field, torch.ones(8, 8, 8, dtype=torch.bool), c2w, 20.0, 20.0, 8.5, 6.0,
-                       17, 12, (1.0, 1.0, 1.0), settings)
+    cameras = Cameras.pinhole(c2w[None], 20.0, 20.0, 17, 12, cx=8.5, cy=6.0)
+    out = render_image(field, torch.ones(8, 8, 8, dtype=torch.bool), cameras, 0,
+                       (1.0, 1.0, 1.0), settings)
     assert out["rgb"].shape == (12, 17, 3) and out["depth"].shape == (12, 17)
     assert out["rgb"].min() >= 0 and out["rgb"].max() <= 1
     assert out["opacity"].min() >= 0 and out["opacity"].max() <= 1
-    again = render_image(field, torch.ones(8, 8, 8, dtype=torch.bool), c2w, 20.0, 20.0, 8.5, 6.0,
-                         17, 12, (1.0, 1.0, 1.0), settings)
+    again = render_image(field, torch.ones(8, 8, 8, dtype=torch.bool), cameras, 0,
+                         (1.0, 1.0, 1.0), settings)
     assert torch.equal(out["rgb"], again["rgb"])  # deterministic

@@ -1,4 +1,4 @@
-"""``nerfmine render`` (nerfmine.render_cli) on a tiny run trained for 3 steps on the CPU."""
+"""``nerfmine render`` (nerfmine.cli.render) on a tiny run trained for 3 steps on the CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from nerfmine import camera_paths as cp
-from nerfmine import render_cli
+from nerfmine.cli import render as render_cli
 from nerfmine.config import make_config
 from nerfmine.trainer import Trainer
 
@@ -28,10 +28,10 @@ def run_dir(tmp_path_factory):
     config = make_config("cpu", {
         "model": {"log2_table_size": 12, "n_levels": 8, "max_resolution": 256},
         "occupancy": {"resolution": 32},
-        "train": {"max_steps": 3, "target_samples": 2048, "initial_rays": 128,
-                  "eval_max_images": 1,
-                  # a coarser march than instant-ngp's keeps the CPU renders quick
-                  "max_steps_per_ray": 128, "step_size": math.sqrt(3) / 128},
+        "train": {"max_steps": 3, "target_samples": 2048, "initial_rays": 128},
+        # a coarser march than instant-ngp's keeps the CPU renders quick
+        "march": {"max_steps_per_ray": 128, "step_size": math.sqrt(3) / 128},
+        "eval": {"max_images": 1},
     })
     Trainer(config, run).train()
     return run

@@ -19,8 +19,8 @@ from nerfmine.trainer import Trainer
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = {"model": {"log2_table_size": 12, "n_levels": 8, "max_resolution": 256},
         "occupancy": {"resolution": 32, "update_interval": 4, "warmup_steps": 8},
-        "train": {"target_samples": 2048, "initial_rays": 128, "eval_max_images": 1,
-                  "checkpoint_every": 1e9}}
+        "train": {"target_samples": 2048, "initial_rays": 128, "checkpoint_every": 1e9},
+        "eval": {"max_images": 1}}
 
 
 def _config(mining: str, **train):
@@ -139,14 +139,16 @@ def test_training_rays_go_through_pixel_centres_unless_subpixel(subpixel, tmp_pa
     that pixel (instant-ngp)."""
     trainer = Trainer(_config("none", max_steps=1, subpixel=subpixel), tmp_path)
     seen = {}
-    original = trainer._rays
+    sampler = trainer.step_fn.rays
+    cameras = sampler.cameras
 
-    def spy(data, c2w, px, py, cam):
-        seen["px"], seen["py"] = px, py
-        return original(data, c2w, px, py, cam)
+    class Spy:
+        def rays(self, px, py, cam):
+            seen["px"], seen["py"] = px, py
+            return cameras.rays(px, py, cam)
 
-    trainer._rays = spy
-    trainer._draw_rays(512, trainer.generator)
+    sampler.cameras = Spy()
+    sampler.draw(512, trainer.generator, step=0)
     frac = torch.cat([seen["px"], seen["py"]]) % 1.0
     if subpixel:
         assert frac.min() < 0.25 and frac.max() > 0.75  # spread over the pixel

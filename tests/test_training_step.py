@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nerfmine.config import ModelConfig, make_config
-from nerfmine.field import NGPField
+from nerfmine.config import make_config
+from nerfmine.field import ModelConfig, NGPField
 from nerfmine.miner import HardSampleMiner, MinerConfig
 from nerfmine.ops.composite import composite, composite_output_grads
 from nerfmine.ops.march import march_rays
@@ -150,15 +150,16 @@ def test_train_step_reduces_loss_on_a_fixed_batch(mining, tmp_path):
     from nerfmine.trainer import Trainer
 
     trainer = Trainer(config, tmp_path)
-    origins, directions, background, target, jitter = trainer._draw_rays(
-        256, torch.Generator().manual_seed(123))
+    batch = trainer.step_fn.rays.draw(256, torch.Generator().manual_seed(123), step=0)
+    origins, directions, background, target, jitter = (
+        batch.origins, batch.directions, batch.background, batch.target, batch.jitter)
 
     @torch.no_grad()
     def batch_loss() -> float:
-        t = trainer.config.train
+        m = trainer.config.march
         samples = march_rays(origins, directions, trainer.occupancy.bitfield,
-                             step_size=t.step_size, max_steps=t.max_steps_per_ray,
-                             capacity=256 * t.max_steps_per_ray, jitter=jitter)  # every ray fits
+                             step_size=m.step_size, max_steps=m.max_steps_per_ray,
+                             capacity=256 * m.max_steps_per_ray, jitter=jitter)  # every ray fits
         raw = trainer.field(samples.positions, samples.directions)
         rgb, _, _ = composite(raw, samples, background, backend=trainer.backend)
         assert bool(samples.ray_valid.all())

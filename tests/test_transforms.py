@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nerfmine.data.transforms import load_capture
+from nerfmine.data import load_scene
 from nerfmine.errors import DataError
 
 W, H = 8, 6
@@ -62,18 +62,18 @@ NGP = {
 def test_instant_ngp_dialect_and_holdout(tmp_path):
     order = list(reversed(range(20)))  # sorting by file name must undo this
     path = write_capture(tmp_path, NGP, 20, ext="jpg", order=order)
-    test = load_capture(path, "test")
-    train = load_capture(tmp_path, "train")  # the folder works too
-    every = load_capture(path, "all")
+    test = load_scene(path, "test")
+    train = load_scene(tmp_path, "train")  # the folder works too
+    every = load_scene(path, "all")
     names = lambda s: [int(p.stem) for p in s.image_paths]  # noqa: E731
     assert names(test) == [0, 8, 16]
     assert names(train) == [i for i in range(20) if i % 8]
     assert names(every) == list(range(20))
-    assert names(load_capture(path, "test", holdout_every=5)) == [0, 5, 10, 15]
+    assert names(load_scene(path, "test", holdout_every=5)) == [0, 5, 10, 15]
     assert test.dialect == "instant-ngp" and test.camera_model == "opencv"
     assert test.aabb_scale == 4.0 and test.scale == 0.33 and test.offset == (0.5, 0.5, 0.5)
     assert test.intrinsics.shape == (3, 4) and test.distortion.shape == (3, 6)
-    assert torch.allclose(test.intrinsics[0], torch.tensor([10.0, 11.0, 4.1, 2.9]))
+    assert torch.allclose(test.intrinsics[0].float(), torch.tensor([10.0, 11.0, 4.1, 2.9]))
     assert torch.allclose(test.distortion[0], torch.tensor([0.01, -0.02, 0, 0, 1e-3, -1e-3]))
     assert torch.allclose(test.c2w[1], torch.tensor(pose(8), dtype=torch.float32))
     assert test.images.shape == (3, H, W, 4) and test.images.dtype == torch.uint8
@@ -83,20 +83,20 @@ def test_instant_ngp_dialect_and_holdout(tmp_path):
 def test_scale_offset_from_file_and_downscale(tmp_path):
     meta = {**NGP, "scale": 0.5, "offset": [0.1, 0.2, 0.3], "w": 8, "h": 6}
     path = write_capture(tmp_path, meta, 3)
-    s = load_capture(path, "all", downscale=2)
+    s = load_scene(path, "all", downscale=2)
     assert s.scale == 0.5 and s.offset == (0.1, 0.2, 0.3)
     assert (s.width, s.height) == (4, 3)
-    assert torch.allclose(s.intrinsics[0], torch.tensor([5.0, 5.5, 2.05, 1.45]))
+    assert torch.allclose(s.intrinsics[0].float(), torch.tensor([5.0, 5.5, 2.05, 1.45]))
     assert (s.fx, s.cx) == pytest.approx((5.0, 2.05))
-    assert torch.allclose(s.c2w_unit()[0, :3, 3], torch.tensor([0.1, 0.2, 1.3]))
+    assert torch.allclose(s.unit_cameras().c2w[0, :3, 3], torch.tensor([0.1, 0.2, 1.3]))
 
 
 def test_pinhole_from_camera_angle(tmp_path):
     path = write_capture(tmp_path, {"camera_angle_x": 0.9}, 2)
-    s = load_capture(path, "all")
+    s = load_scene(path, "all")
     assert s.camera_model == "pinhole" and s.distortion is None and s.aabb_scale == 1.0
     fx = 0.5 * W / math.tan(0.45)
-    assert torch.allclose(s.intrinsics[1], torch.tensor([fx, fx, W / 2, H / 2]))
+    assert torch.allclose(s.intrinsics[1].float(), torch.tensor([fx, fx, W / 2, H / 2]))
 
 
 def test_nerfstudio_dialect_per_frame_intrinsics(tmp_path):
@@ -115,21 +115,21 @@ def test_nerfstudio_dialect_per_frame_intrinsics(tmp_path):
     for i, f in enumerate(meta["frames"]):
         f.update({"fl_x": 9.0 + i, "fl_y": 9.5 + i, "cx": 4.0, "cy": 3.0, "k2": 0.01 * i})
     path.write_text(json.dumps(meta))
-    s = load_capture(path, "all")
+    s = load_scene(path, "all")
     assert s.dialect == "nerfstudio" and s.camera_model == "fisheye"
-    assert torch.allclose(s.intrinsics[:, 0], torch.tensor([9.0, 10.0, 11.0]))
-    assert torch.allclose(s.intrinsics[2], torch.tensor([11.0, 11.5, 4.0, 3.0]))
+    assert torch.allclose(s.intrinsics[:, 0].float(), torch.tensor([9.0, 10.0, 11.0]))
+    assert torch.allclose(s.intrinsics[2].float(), torch.tensor([11.0, 11.5, 4.0, 3.0]))
     assert torch.allclose(s.distortion[:, 1], torch.tensor([0.0, 0.01, 0.02]))
     assert torch.allclose(s.distortion[:, 0], torch.tensor([0.05] * 3))
     assert any("applied_transform" in n for n in s.notes)
     # PINHOLE and OPENCV names map too
     meta["camera_model"] = "PINHOLE"
     path.write_text(json.dumps(meta))
-    assert load_capture(path, "all").camera_model == "pinhole"
+    assert load_scene(path, "all").camera_model == "pinhole"
     meta["camera_model"] = "EQUIRECTANGULAR"
     path.write_text(json.dumps(meta))
     with pytest.raises(DataError, match="EQUIRECTANGULAR"):
-        load_capture(path, "all")
+        load_scene(path, "all")
 
 
 def test_inconsistent_intrinsics_name_the_frame(tmp_path):
@@ -140,12 +140,12 @@ def test_inconsistent_intrinsics_name_the_frame(tmp_path):
     del meta["frames"][1]["fl_x"]  # no focal length anywhere for this frame
     path.write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"frames\[1\] \('images/0001.png'\) has no focal length"):
-        load_capture(path, "all")
+        load_scene(path, "all")
     meta["frames"][1]["fl_x"] = 10.0
     meta["frames"][2]["w"] = W * 2  # says 16 wide, the image is 8
     path.write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"frames\[2\] \('images/0002.png'\) has w=16"):
-        load_capture(path, "test")  # reported whatever the split
+        load_scene(path, "test")  # reported whatever the split
 
 
 def test_missing_images_error_and_skip(tmp_path):
@@ -156,11 +156,11 @@ def test_missing_images_error_and_skip(tmp_path):
         r"\(first: images/0003.png, images/0005.png, "
         r"images/0007.png\).*skip_missing=True.*the 9 that do",
     ):
-        load_capture(path)
-    s = load_capture(path, "all", skip_missing=True)
+        load_scene(path)
+    s = load_scene(path, "all", skip_missing=True)
     assert len(s) == 9 and "3 of 12" in s.notes[0]
     # hold-out over the frames that exist: sorted index 0 and 8 of [0,1,2,4,6,8,9,10,11]
-    assert [int(p.stem) for p in load_capture(path, "test", skip_missing=True).image_paths] == [
+    assert [int(p.stem) for p in load_scene(path, "test", skip_missing=True).image_paths] == [
         0,
         11,
     ]
@@ -169,11 +169,11 @@ def test_missing_images_error_and_skip(tmp_path):
 def test_bad_arguments(tmp_path):
     path = write_capture(tmp_path, NGP, 3)
     with pytest.raises(DataError, match="'train', 'test'"):
-        load_capture(path, "val")
+        load_scene(path, "val")
     with pytest.raises(DataError, match="does not exist"):
-        load_capture(tmp_path / "nope.json")
+        load_scene(tmp_path / "nope.json")
     with pytest.raises(DataError, match="neither transforms.json"):
-        load_capture(tmp_path / "images")
+        load_scene(tmp_path / "images")
 
 
 def test_blender_folder_is_delegated(tmp_path):
@@ -181,7 +181,7 @@ def test_blender_folder_is_delegated(tmp_path):
     Image.fromarray(np.zeros((H, W, 4), dtype=np.uint8)).save(tmp_path / "r_0.png")
     meta = {"camera_angle_x": 0.7, "frames": [{"file_path": "./r_0", "transform_matrix": pose(0)}]}
     (tmp_path / "transforms_train.json").write_text(json.dumps(meta))
-    s = load_capture(tmp_path, "train")
+    s = load_scene(tmp_path, "train")
     assert s.dialect == "blender" and len(s) == 1 and s.intrinsics is None
 
 
@@ -194,8 +194,8 @@ needs_fox = pytest.mark.skipif(
 
 @needs_fox
 def test_fox_holdout_split():
-    train = load_capture(FOX, "train", downscale=4)
-    test = load_capture(FOX / "transforms.json", "test", downscale=4)
+    train = load_scene(FOX, "train", downscale=4)
+    test = load_scene(FOX / "transforms.json", "test", downscale=4)
     assert (len(train), len(test)) == (43, 7)
     assert (train.width, train.height) == (135, 240)
     assert train.dialect == "instant-ngp" and train.camera_model == "opencv"
@@ -210,10 +210,10 @@ def test_fox_holdout_split():
 def test_fox_all_frames_missing_images():
     path = FOX / "transforms_all_frames.json"
     with pytest.raises(DataError, match="17 of 67"):
-        load_capture(path, downscale=8)
-    s = load_capture(path, "all", downscale=8, skip_missing=True)
+        load_scene(path, downscale=8)
+    s = load_scene(path, "all", downscale=8, skip_missing=True)
     assert len(s) == 50 and "17 of 67" in s.notes[0]
-    assert len(load_capture(path, "test", downscale=8, skip_missing=True)) == 7
+    assert len(load_scene(path, "test", downscale=8, skip_missing=True)) == 7
 
 
 def test_the_run_records_the_scale_and_offset_it_applied(tmp_path):
@@ -247,9 +247,10 @@ def test_nerfstudio_file_without_scale_is_centred_from_the_poses(tmp_path):
         m[:3, 3] = rng.normal(size=3) * 5.0 + [10.0, -3.0, 7.0]
         f["transform_matrix"] = m.tolist()
     path.write_text(json.dumps(meta))
-    train, test = load_capture(path, "train"), load_capture(path, "test")
+    train, test = load_scene(path, "train"), load_scene(path, "test")
     assert train.scale == test.scale and tuple(train.offset) == tuple(test.offset)
-    everything = torch.cat([train.c2w_unit(), test.c2w_unit()])[:, :3, 3].double()  # [9, 3]
+    poses = torch.cat([train.unit_cameras().c2w, test.unit_cameras().c2w])  # [9, 4, 4]
+    everything = poses[:, :3, 3].double()  # [9, 3]
     torch.testing.assert_close(everything.mean(0), torch.full((3,), 0.5, dtype=torch.float64),
                                rtol=0, atol=1e-5)
     assert float((everything - 0.5).norm(dim=-1).max()) == pytest.approx(0.33, abs=1e-5)
@@ -257,7 +258,7 @@ def test_nerfstudio_file_without_scale_is_centred_from_the_poses(tmp_path):
     # A file that gives its own scale and offset keeps them.
     meta["scale"], meta["offset"] = 0.1, [0.2, 0.3, 0.4]
     path.write_text(json.dumps(meta))
-    kept = load_capture(path, "all")
+    kept = load_scene(path, "all")
     assert kept.scale == pytest.approx(0.1) and tuple(kept.offset) == pytest.approx((0.2, 0.3, 0.4))
 
 
@@ -267,29 +268,29 @@ def test_min_sharpness_drops_blurry_frames_before_the_holdout(tmp_path):
     for i, f in enumerate(meta["frames"]):
         f["sharpness"] = float(i * 10)  # frames 0..2 are below 25
     path.write_text(json.dumps(meta))
-    everything = load_capture(path, "all")
+    everything = load_scene(path, "all")
     assert everything.sharpness.tolist() == [float(i * 10) for i in range(10)]
-    kept = load_capture(path, "all", min_sharpness=25.0)
+    kept = load_scene(path, "all", min_sharpness=25.0)
     assert [p.name for p in kept.image_paths] == [f"{i:04d}.png" for i in range(3, 10)]
     assert any("kept 7 of 10 frames" in n for n in kept.notes)
-    test = load_capture(path, "test", min_sharpness=25.0)  # every 8th of the 7 kept frames
+    test = load_scene(path, "test", min_sharpness=25.0)  # every 8th of the 7 kept frames
     assert [p.name for p in test.image_paths] == ["0003.png"]
     with pytest.raises(DataError, match="range from 0 to 90"):
-        load_capture(path, "all", min_sharpness=1000.0)
+        load_scene(path, "all", min_sharpness=1000.0)
     meta["frames"][4]["sharpness"] = "sharp"
     path.write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"frames\[4\] 'sharpness'"):
-        load_capture(path, "all")
+        load_scene(path, "all")
     for f in meta["frames"]:
         f.pop("sharpness")
     path.write_text(json.dumps(meta))
-    assert load_capture(path, "all").sharpness is None
+    assert load_scene(path, "all").sharpness is None
     with pytest.raises(DataError, match="no frame has a 'sharpness'"):
-        load_capture(path, "all", min_sharpness=1.0)
+        load_scene(path, "all", min_sharpness=1.0)
 
 
 def test_min_sharpness_is_refused_for_blender_scenes():
     from nerfmine.data.demo import demo_scene_path
 
     with pytest.raises(DataError, match="min-sharpness"):
-        load_capture(demo_scene_path(), "train", min_sharpness=1.0)
+        load_scene(demo_scene_path(), "train", min_sharpness=1.0)

@@ -81,8 +81,9 @@ def test_view_camera_size():
 
 # --------------------------------------------------------------------------- rendering
 @pytest.fixture(scope="module")
-def block_trainer(tmp_path_factory):
-    return scene.block_trainer(tmp_path_factory.mktemp("block") / "run")
+def block_trainer():
+    """The block scene (named as the training run's scene it stands for)."""
+    return scene.block_scene()
 
 
 _set_block = scene.set_block
@@ -186,22 +187,27 @@ def test_moving_camera_frames_march_coarser(block_trainer):
     assert 0 < n_coarse < n_fine
 
 
-def test_share_step_lock_excludes_renders_from_training_steps(block_trainer, monkeypatch):
+def test_share_lock_excludes_renders_from_training_steps(block_trainer, tmp_path):
     """On CUDA, training steps and render work take turns (a step may be captured as a CUDA
-    graph); checked here on the CPU with the same wrapping."""
-    trainer = block_trainer
+    graph): the renderer's lock is the trainer's step guard. Checked here on the CPU."""
+    from nerfmine.config import make_config
+    from nerfmine.trainer import Trainer
+
+    renderer = viewer.FieldRenderer(block_trainer)
+    lock = renderer.share_lock()
+    trainer = Trainer(make_config("cpu", scene.TINY), tmp_path)
+    trainer.hooks.step_guard = lock
     held = []
-    monkeypatch.setattr(trainer, "train_step", lambda: held.append(lock.locked()) or "stats")
-    renderer = viewer.FieldRenderer(trainer)
-    lock = renderer.share_step_lock(trainer)
-    assert trainer.train_step() == "stats" and held == [True] and not lock.locked()
+    step = trainer.step_fn
+    trainer.step_fn = lambda index, lr: held.append(lock.locked()) or step(index, lr)
+    trainer.train_step()
+    assert held == [True] and not lock.locked() and trainer.step == 1
     seen = []
 
     def abort():
         seen.append(lock.locked())
         return False
 
-    _set_block(trainer, (0.5, 0.5, 0.5))
     cam = viewer.ViewCamera(np.eye(4), 0.8, 1.0)
     assert renderer.render(cam, 8, 8, should_abort=abort) is not None
     assert seen == [False]  # released between chunks, so steps go on while a frame renders
@@ -283,14 +289,14 @@ def test_server_starts_serves_and_stops(block_trainer):
 @needs_viser
 def test_progress_updates_panel_and_publishes_only_with_a_browser(block_trainer):
     v = viewer.Viewer(viewer.FieldRenderer(block_trainer), None, port=viewer.free_port(),
-                      trainer=block_trainer, refresh_seconds=0.0)
+                      scene=block_trainer, refresh_seconds=0.0)
     v.start()
     try:
         info = {"step": 7, "clock": 12.5, "loss": 0.0123, "time_left": 30.0, "psnr": None}
         v.on_progress(info)
         assert "**step** 7" in v._status.content and "0.01230" in v._status.content
         assert v.renderer._pending is None  # no browser: no snapshot taken
-        v._states[0] = viewer._ClientState()  # as if a browser were connected
+        v._states[0] = viewer.server._ClientState()  # as if a browser were connected
         v.on_progress(info | {"step": 8})
         assert v.renderer._pending is not None and v.renderer._pending[2] == block_trainer.step
         v.on_progress({"event": "eval", "step": 8, "clock": 13.0, "psnr": 21.5, "ssim": 0.8})

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from nerfmine import viewer
-from nerfmine.render_cli import load_run
+from nerfmine.cli.common import load_scene
 
 
 def _find(*names: str) -> str | None:
@@ -58,11 +58,11 @@ def run_dir(tmp_path_factory):
     """A run folder holding a hand-built model (tests/_viewer_scene.py): an opaque grey block
     off the scene centre, which moves across the frame when the camera orbits."""
     run = tmp_path_factory.mktemp("browser") / "run"
-    trainer = scene.block_trainer(run)
-    scene.set_block(trainer, (0.65, 0.5, 0.55), half=0.18)
+    block = scene.block_scene()
+    scene.set_block(block, (0.65, 0.5, 0.55), half=0.18)
     run.mkdir(parents=True)
-    trainer.config.save(run / "config.json")
-    trainer.save()
+    block.config.save(run / "config.json")
+    block.save(run / "checkpoint.pt")
     return run
 
 
@@ -131,9 +131,9 @@ def test_page_shows_frames_and_follows_the_camera(run_dir, browser):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    trainer = load_run(run_dir)
+    trained = load_scene(run_dir)
     port = viewer.free_port()
-    v = viewer.make_viewer(trainer, host="127.0.0.1", port=port, max_res=MAX_RES)
+    v = viewer.make_viewer(trained, host="127.0.0.1", port=port, max_res=MAX_RES)
     v.start()
     try:
         browser.get(v.url)

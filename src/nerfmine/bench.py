@@ -39,9 +39,8 @@ def run_arm(arm: str, overrides: dict[str, Any], preset: str, out_dir: Path,
     if (run_dir / "checkpoint.pt").exists():
         raise NerfmineError(f"{run_dir} already holds a run; choose another --output")
     if warm_steps > 0:
-        warm = merge_overrides(values, {"train": {
-            "max_steps": warm_steps, "eval_at": (), "eval_max_images": 1,
-            "save_renders": False}})
+        warm = merge_overrides(values, {"train": {"max_steps": warm_steps, "eval_at": ()},
+                                        "eval": {"max_images": 1, "save_renders": False}})
         warm["train"].pop("max_seconds", None)
         with tempfile.TemporaryDirectory(prefix=f"nerfmine-warm-{arm}-") as tmp:
             Trainer(make_config(preset, warm), Path(tmp)).train()

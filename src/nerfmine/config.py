@@ -13,11 +13,16 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nerfmine.errors import ConfigError
+from nerfmine.field import ModelConfig
 from nerfmine.miner import MinerConfig
 from nerfmine.occupancy import OccupancyConfig
+from nerfmine.ops.scene_box import MAX_AABB_SCALE, cascades_for_aabb_scale, default_cone_angle
+from nerfmine.optim import OptimConfig
+
+CONFIG_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -66,36 +71,38 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    n_levels: int = 16
-    """Hash-grid levels L (instant-ngp Table 1)."""
-    n_features: int = 2
-    """Features per table entry F."""
-    log2_table_size: int = 19
-    """log2 of the entries per level T (2^19 in instant-ngp's NeRF setting)."""
-    base_resolution: int = 16
-    """Coarsest grid resolution Nmin."""
-    max_resolution: int = 2048
-    """Finest grid resolution Nmax over the unit cube; the field uses max_resolution x
-    aabb_scale over the scene's box (instant-ngp), the same cell size (--max-resolution).
+class MarchConfig:
+    """Ray marching and compositing, shared by training and rendering (instant-ngp's)."""
 
-    instant-ngp's 2048 is made for 800-px images. On lego_400 (400 px; a pixel's footprint
-    at the object is ~1/418 of the unit cube) coarser finest levels generalise better to the
-    test views: mining, 60 s on an H200, 35.39 / 35.65 / 35.74 / 36.03 / 35.93 / 35.59 dB at
-    2048 / 1024 / 768 / 512 / 384 / 256, and 528 gave 35.85 dB at 240 s. On fox (real photos,
-    held-out frames between training frames) 512 cost 1.3 dB against 2048 (28.77 vs 30.09 at
-    60 s), so the default stays instant-ngp's (benchmarks/results/probe60*_h200_*.json;
-    BENCHMARKS.md, "What the finest resolution does")."""
-    hidden_dim: int = 64
-    """Width of the density and colour MLPs' hidden layers."""
-    geo_feature_dim: int = 16
-    """Outputs of the density MLP; the first is the raw log-density."""
-    sh_degree: int = 4
-    """Degree of the spherical-harmonics view-direction encoding (16 coefficients)."""
+    step_size: float = math.sqrt(3) / 1024
+    """Marching step in the unit cube (instant-ngp: sqrt(3)/1024); the smallest step when the
+    steps grow (cone_angle > 0)."""
+    max_steps_per_ray: int = 1024
+    """Most marching steps per ray (instant-ngp)."""
+    cone_angle: float | None = None
+    """Exponential stepping: dt = clamp(t * cone_angle, step_size, max step). None: instant-ngp's
+    choice, 0 (constant steps) for aabb_scale 1 and 1/256 above; a run records the value."""
+    min_transmittance: float = 1e-4
+    """A sample is composited while the transmittance before it is at least this."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a run's test views are rendered and scored (benchmark-protocol.md)."""
+
+    max_images: int | None = None
+    """Evaluate only the first N images of the evaluation split (None: all, as the protocol;
+    --eval-images)."""
+    rays_per_chunk: int = 1 << 16
+    """Rays rendered at once."""
+    save_renders: bool = True
+    """Write the final evaluation's renders as PNG."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The training loop (budget, evaluation points, checkpoints) and its step."""
+
     seed: int = 0
     """Seed of every random draw of the run (rays, jitter, occupancy, mining, init)."""
     max_steps: int | None = None
@@ -104,80 +111,37 @@ class TrainConfig:
     """Budget in seconds of training clock (evaluation and checkpoints excluded)."""
     eval_at: tuple[float, ...] = ()
     """Evaluation points, in the budget's unit (seconds or steps); the end is always evaluated."""
+    checkpoint_every: float = 60.0
+    """Seconds of training clock between checkpoints (also written at each evaluation)."""
     target_samples: int = 1 << 18
     """Samples per step the ray count adapts to; also the fixed capacity of the packed buffers."""
     subpixel: bool = False
     """True: train on rays through a random point of each drawn pixel (instant-ngp); False
     (default): through the pixel's centre (torch-ngp), where evaluation and renders sample
     too. A pixel's colour is its area's average, which a ray through one random point of it
-    does not see; on lego_400 centres gave +0.8 dB of test PSNR at 30 s
-    (benchmarks/results/probe30b_h200_4ac3f14.json)."""
+    does not see (measured on lego_400: BENCHMARKS.md, "What moves lego_400 quality")."""
     initial_rays: int = 4096
     """Rays in the first step (instant-ngp starts at 4096)."""
     ray_granularity: int = 128
     """The adaptive ray count is a multiple of this."""
     max_rays: int = 1 << 18
     """Upper bound of the adaptive ray count."""
-    lr: float = 1e-2
-    """Adam learning rate (instant-ngp)."""
-    betas: tuple[float, float] = (0.9, 0.99)
-    """Adam betas (instant-ngp)."""
-    eps: float = 1e-15
-    """Adam epsilon (instant-ngp)."""
-    l2_reg: float = 0.0
-    """L2 regularisation added to the gradients of the MLP weights only (tiny-cuda-nn style).
-
-    instant-ngp uses 1e-6 with its own loss normalisation; with ours (the mean over RGB and
-    over rays, hard-sample-mining.md's l_r) it cost 0.8 dB of test PSNR on lego_400 at 10k
-    steps; 1e-7 was level with none at 30 s (benchmarks/results/probe_h200_8b6338a.json,
-    probe30_h200_966a2b6.json, probe30b_h200_4ac3f14.json). Off by default."""
-    lr_milestones: tuple[float, ...] = (0.4, 0.6, 0.8)
-    """Fractions of the budget at which the learning rate is multiplied by lr_gamma.
-
-    instant-ngp decays by 0.33 at step 20k and every 10k after, for a ~50k-step (5-minute) run:
-    0.4, 0.6 and 0.8 of the budget. A budget in seconds measures the fraction on the training
-    clock, so a fast run keeps the same shape of schedule."""
-    lr_gamma: float = 0.33
-    """Learning-rate factor at each milestone."""
-    ema_decay: float = 0.95
-    """Decay of the exponential moving average of the weights used for evaluation."""
     mixed_precision: bool = True
     """fp16 autocast with loss scaling for the MLPs (CUDA only; ignored on CPU)."""
     fused_inference_mlp: bool = True
     """Run the MLPs of passes without a backward (mining's first pass, evaluation renders) as
-    one Triton kernel (triton backend with mixed precision; nerfmine.ops.mlp). On an H200 both
-    MLPs over 2^18 samples take 0.030 ms fused against 0.203 ms layer by layer through cuBLAS
-    (kernels_gpu.py, same outputs) and the mining step 1.483 ms against ~1.68 ms (f0a1704,
-    step_time.py); False keeps the layer-by-layer path."""
-    max_steps_per_ray: int = 1024
-    """Most marching steps per ray (instant-ngp)."""
-    step_size: float = math.sqrt(3) / 1024
-    """Marching step in the unit cube (instant-ngp: sqrt(3)/1024); the smallest step when the
-    steps grow (cone_angle > 0)."""
-    cone_angle: float | None = None
-    """Exponential stepping: dt = clamp(t * cone_angle, step_size, max step). None: instant-ngp's
-    choice, 0 (constant steps) for aabb_scale 1 and 1/256 above; a run records the value."""
-    min_transmittance: float = 1e-4
-    """A sample is composited while the transmittance before it is at least this."""
+    one Triton kernel (triton backend with mixed precision; nerfmine.ops.mlp); False keeps the
+    layer-by-layer path through cuBLAS. Same outputs; the timings are in BENCHMARKS.md."""
     first_pass_chunk: int = 1 << 17
     """Samples per chunk of the mining's first forward (no graph): bounds its transient memory,
-    so that the mining step's peak is set by its (smaller) graph. 2^17: on an H200 (43df077) the
-    mining step took 1.676 ms against 1.795 ms with 2^16, for the same training increment."""
+    so that the mining step's peak is set by its (smaller) graph (the chunk size was chosen on
+    an H200: BENCHMARKS.md, "Memory of a mining step")."""
     second_pass_chunk: int = 1 << 16
     """Samples per chunk of the mining's second pass (forward with a graph, then backward):
     the injected gradients are known from the first pass, so each chunk's backward can run on
     its own and the graph of at most this many samples is alive at once. 2^16 holds the usual
-    b (0.13-0.15 of 2^18) in one chunk; each extra chunk costs time (on an H200 chunks of 2^16
-    and 2^15 made the mining step 1.97 ms, one pass 1.64 ms: step_time_h200_b635c9a*.json)
-    and only the first steps (b up to B/2) need two."""
-    checkpoint_every: float = 60.0
-    """Seconds of training clock between checkpoints (also written at each evaluation)."""
-    eval_rays_per_chunk: int = 1 << 16
-    """Rays rendered at once during evaluation."""
-    eval_max_images: int | None = None
-    """Evaluate only the first N images of the evaluation split (None: all, as the protocol)."""
-    save_renders: bool = True
-    """Write the final evaluation's renders as PNG."""
+    b (0.13-0.15 of 2^18) in one chunk; each extra chunk costs a round of small kernels, and
+    only the first steps (b up to B/2) need two."""
     cuda_graphs: bool = True
     """Replay each training step as a captured CUDA graph (CUDA with the triton backend only):
     one launch instead of hundreds. The ray count and the mining buffer then live on fixed,
@@ -194,10 +158,16 @@ class RunConfig:
     """Torch device of the run."""
     mining: str = "hsm"
     """"hsm": online hard sample mining (Korhonen et al. 2024); "none": plain Instant-NGP."""
+    config_version: int = CONFIG_VERSION
+    """Layout of this config: 2 since the march, optim and eval sections (1: before, when
+    their fields were in train; old files are upgraded on load, see upgrade_layout)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
+    march: MarchConfig = field(default_factory=MarchConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     miner: MinerConfig = field(default_factory=MinerConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,10 +193,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "initial_rays": 512,
             "ray_granularity": 32,
             "mixed_precision": False,
-            "eval_rays_per_chunk": 1 << 12,
             "max_seconds": 300.0,
             "eval_at": (60.0,),
         },
+        "eval": {"rays_per_chunk": 1 << 12},
     },
 }
 
@@ -234,10 +204,13 @@ _SECTIONS = {
     "data": DataConfig,
     "model": ModelConfig,
     "occupancy": OccupancyConfig,
+    "march": MarchConfig,
+    "optim": OptimConfig,
     "train": TrainConfig,
+    "eval": EvalConfig,
     "miner": MinerConfig,
 }
-_TOP_LEVEL = {"preset", "backend", "device", "mining"}
+_TOP_LEVEL = {"preset", "backend", "device", "mining", "config_version"}
 MEMORY_FIT_MODES = ("check", "auto", "off")
 
 
@@ -284,6 +257,8 @@ def load_config(path: Path) -> RunConfig:
         raise ConfigError(f"{path}: config file not found") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(values, dict):
+        values, _ = upgrade_layout(values, where=str(path))
     return config_from_dict(values)
 
 
@@ -341,6 +316,10 @@ def default_backend(device: str) -> str:
 def validate(config: RunConfig) -> None:
     """Reject values that cannot work, naming the field and what was expected."""
     t = config.train
+    if config.config_version != CONFIG_VERSION:
+        raise ConfigError(f"config_version {config.config_version!r}: this nerfmine reads "
+                          f"layout {CONFIG_VERSION} (and upgrades 1); was the file written by a "
+                          "newer nerfmine?")
     if config.backend not in ("torch", "triton"):
         raise ConfigError(
             f"backend must be 'torch' or 'triton' (or 'auto'), got '{config.backend}'")
@@ -370,18 +349,19 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"data.min_sharpness (--min-sharpness) must be a number >= 0, got {ms!r}")
     if config.data.downscale < 1:
         raise ConfigError(f"data.downscale must be an integer >= 1, got {config.data.downscale}")
-    if t.eval_max_images is not None and t.eval_max_images < 1:
-        raise ConfigError(f"train.eval_max_images (--eval-images) must be at least 1, got "
-                          f"{t.eval_max_images}")
+    e = config.eval
+    if e.max_images is not None and e.max_images < 1:
+        raise ConfigError(f"eval.max_images (--eval-images) must be at least 1, got "
+                          f"{e.max_images}")
     if not t.checkpoint_every > 0:
         raise ConfigError(f"train.checkpoint_every must be positive, got {t.checkpoint_every}")
-    if t.first_pass_chunk < 1 or t.second_pass_chunk < 1 or t.eval_rays_per_chunk < 1:
+    if t.first_pass_chunk < 1 or t.second_pass_chunk < 1 or e.rays_per_chunk < 1:
         raise ConfigError("train.first_pass_chunk, train.second_pass_chunk and "
-                          "train.eval_rays_per_chunk must be >= 1")
+                          "eval.rays_per_chunk must be >= 1")
     if config.data.aabb_scale is not None and not config.data.aabb_scale > 0:
         raise ConfigError(f"data.aabb_scale must be positive, got {config.data.aabb_scale}")
-    if t.cone_angle is not None and not t.cone_angle >= 0:
-        raise ConfigError(f"train.cone_angle must be >= 0, got {t.cone_angle}")
+    if config.march.cone_angle is not None and not config.march.cone_angle >= 0:
+        raise ConfigError(f"march.cone_angle must be >= 0, got {config.march.cone_angle}")
     if t.target_samples < 256:
         raise ConfigError(f"train.target_samples must be at least 256, got {t.target_samples}")
     m = config.miner
@@ -400,9 +380,9 @@ RESUMABLE_CHANGES = {
     ("train", "max_seconds"),
     ("train", "eval_at"),
     ("train", "checkpoint_every"),
-    ("train", "eval_max_images"),
-    ("train", "save_renders"),
-    ("train", "eval_rays_per_chunk"),
+    ("eval", "max_images"),
+    ("eval", "save_renders"),
+    ("eval", "rays_per_chunk"),
     ("train", "cuda_graphs"),
     ("train", "first_pass_chunk"),
     ("train", "second_pass_chunk"),
@@ -422,7 +402,7 @@ def check_resume_compatible(saved: RunConfig, new: RunConfig) -> None:
                 va, vb = a[key].get(sub), b.get(key, {}).get(sub)
                 if _norm(va) != _norm(vb):
                     problems.append(f"{key}.{sub}: checkpoint has {va!r}, now {vb!r}")
-        elif key != "preset" and _norm(a.get(key)) != _norm(b.get(key)):
+        elif key not in ("preset", "config_version") and _norm(a.get(key)) != _norm(b.get(key)):
             problems.append(f"{key}: checkpoint has {a.get(key)!r}, now {b.get(key)!r}")
     if problems:
         raise ConfigError(
@@ -434,3 +414,92 @@ def check_resume_compatible(saved: RunConfig, new: RunConfig) -> None:
 
 def _norm(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+# Where the fields of layout 1 (before the march, optim and eval sections) live now.
+LAYOUT_1_MOVES = {
+    ("train", "step_size"): ("march", "step_size"),
+    ("train", "max_steps_per_ray"): ("march", "max_steps_per_ray"),
+    ("train", "cone_angle"): ("march", "cone_angle"),
+    ("train", "min_transmittance"): ("march", "min_transmittance"),
+    ("train", "lr"): ("optim", "lr"),
+    ("train", "betas"): ("optim", "betas"),
+    ("train", "eps"): ("optim", "eps"),
+    ("train", "l2_reg"): ("optim", "l2_reg"),
+    ("train", "lr_milestones"): ("optim", "lr_milestones"),
+    ("train", "lr_gamma"): ("optim", "lr_gamma"),
+    ("train", "ema_decay"): ("optim", "ema_decay"),
+    ("train", "eval_rays_per_chunk"): ("eval", "rays_per_chunk"),
+    ("train", "eval_max_images"): ("eval", "max_images"),
+    ("train", "save_renders"): ("eval", "save_renders"),
+}
+
+
+def upgrade_layout(values: dict[str, Any], where: str = "config") -> tuple[dict[str, Any],
+                                                                          list[str]]:
+    """A config dict of an older layout in today's (a new dict), and what was moved.
+
+    Layout 1 kept marching, optimizer and evaluation settings in ``train``; they are moved to
+    ``march``, ``optim`` and ``eval`` (:data:`LAYOUT_1_MOVES`). A key given in both places is
+    an error naming both. Dicts of today's layout come back unchanged."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    train = out.get("train")
+    moved: list[str] = []
+    if isinstance(train, dict):
+        for (old_section, old_key), (section, key) in LAYOUT_1_MOVES.items():
+            if old_key not in train:
+                continue
+            target = out.setdefault(section, {})
+            if not isinstance(target, dict):
+                continue  # config_from_dict names the malformed section
+            if key in target:
+                raise ConfigError(f"{where}: {old_section}.{old_key} and {section}.{key} are "
+                                  f"the same setting; give only {section}.{key}")
+            target[key] = train.pop(old_key)
+            moved.append(f"{old_section}.{old_key} -> {section}.{key}")
+    if out.get("config_version", 1) < CONFIG_VERSION:
+        out["config_version"] = CONFIG_VERSION
+    return out, moved
+
+
+class SceneFacts(Protocol):
+    """What config resolution reads of a loaded training split (a SceneData)."""
+
+    aabb_scale: float
+    scale: float
+    offset: tuple
+
+
+def resolve_for_scene(config: RunConfig, scene: SceneFacts | None) -> tuple[RunConfig, list[str]]:
+    """The config a run uses on ``scene`` (its training split; None when a run is loaded
+    without its data): every ``None`` that means "the scene's" replaced by the value used, so
+    that config.json records it. Pure: reads nothing else and changes nothing.
+
+    - ``data.scale`` / ``data.offset``: the scene's world-to-unit-cube transform (recorded for
+      renders and exports; a loaded run keeps its recorded values);
+    - ``data.aabb_scale``: the config's, else the scene's (a transforms.json's), else 1 (a run
+      recorded before the field existed modelled the unit cube); at most 128 (instant-ngp);
+    - ``occupancy.cascades``: 1 + ceil(log2 aabb_scale) unless set;
+    - ``march.cone_angle``: 0 for aabb_scale 1, 1/256 above, unless set.
+
+    Returns the config and notes for the user (what was chosen from the scene).
+    """
+    d, m, o = config.data, config.march, config.occupancy
+    notes: list[str] = []
+    if scene is not None:
+        d = dataclasses.replace(d, scale=float(scene.scale),
+                                offset=tuple(float(v) for v in scene.offset))
+    aabb_scale = d.aabb_scale
+    if aabb_scale is None:
+        aabb_scale = float(scene.aabb_scale) if scene is not None else 1.0
+    aabb_scale = min(float(aabb_scale), MAX_AABB_SCALE)
+    cascades = o.cascades if o.cascades is not None else cascades_for_aabb_scale(aabb_scale)
+    cone = m.cone_angle if m.cone_angle is not None else default_cone_angle(aabb_scale)
+    if scene is not None and d.aabb_scale is None and scene.aabb_scale > 1:
+        notes.append(f"aabb_scale {aabb_scale:g}: {cascades} occupancy cascades, exponential "
+                     f"stepping with cone angle {cone:g}")
+    return dataclasses.replace(
+        config, data=dataclasses.replace(d, aabb_scale=aabb_scale),
+        occupancy=dataclasses.replace(o, cascades=cascades),
+        march=dataclasses.replace(m, cone_angle=float(cone))), notes
+

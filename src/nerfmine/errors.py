@@ -19,3 +19,7 @@ class DataError(NerfmineError):
 
 class ConfigError(NerfmineError):
     """A configuration value or a checkpoint does not fit."""
+
+
+class TrainingInterrupted(NerfmineError):
+    """Raised after a checkpoint was written because the run got SIGINT or SIGTERM."""

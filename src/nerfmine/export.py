@@ -1,4 +1,4 @@
-"""What users take away from a trained run: a coloured triangle mesh or a coloured point cloud.
+"""What users take away from a trained scene: a coloured triangle mesh or a coloured point cloud.
 
 Pipeline (``nerfmine export``):
 
@@ -45,6 +45,8 @@ import numpy as np
 import torch
 
 from nerfmine.errors import NerfmineError
+from nerfmine.ops.scene_box import aabb_bounds
+from nerfmine.scene import TrainedScene
 
 DEFAULT_THRESHOLD = 2.5
 """Density threshold of the iso-surface (instant-ngp's marching-cubes default)."""
@@ -427,13 +429,12 @@ def clip_to_unit_cube(lo: np.ndarray, hi: np.ndarray,
     return c_lo, c_hi, bool(np.any(c_lo != lo) or np.any(c_hi != hi))
 
 
-def _world(trainer, points: np.ndarray) -> np.ndarray:
-    d = trainer.config.data
-    return unit_to_world(points, d.scale, d.offset)
+def _world(scene: TrainedScene, points: np.ndarray) -> np.ndarray:
+    return unit_to_world(points, scene.scale, np.asarray(scene.offset))
 
 
 def export_mesh(
-    trainer,
+    scene: TrainedScene,
     path: Path | str,
     resolution: int = DEFAULT_RESOLUTION,
     threshold: float = DEFAULT_THRESHOLD,
@@ -449,19 +450,19 @@ def export_mesh(
         raise NerfmineError(f"format '{fmt}': choose ply or obj")
     check_resolution(resolution)
     _require_trimesh()  # fail before the expensive part
-    lo, hi = bbox if bbox is not None else occupied_bbox(trainer.occupancy.bitfield)
+    lo, hi = bbox if bbox is not None else occupied_bbox(scene.occupancy.bitfield)
     lo, hi = check_bbox(lo, hi)
-    field = trainer.field
-    with trainer.ema_weights():
-        grid = sample_density_grid(field.density, resolution, lo, hi, chunk, trainer.device)
+    field = scene.field
+    with scene.ema_weights():
+        grid = sample_density_grid(field.density, resolution, lo, hi, chunk, scene.device)
         vertices, faces = extract_mesh(grid, threshold, lo, hi)
         colours = vertex_colours(field, vertices, vertex_normals(vertices, faces), chunk,
-                                 trainer.device)
-    world = _world(trainer, vertices)
+                                 scene.device)
+    world = _world(scene, vertices)
     writer = write_ply if fmt == "ply" else write_obj
     out = writer(path, world, faces, colours)
     return ExportResult(path=out, kind="mesh", n_vertices=len(world), n_faces=len(faces),
-                        bbox_min_world=_world(trainer, lo), bbox_max_world=_world(trainer, hi),
+                        bbox_min_world=_world(scene, lo), bbox_max_world=_world(scene, hi),
                         threshold=float(threshold), extent_min_world=world.min(0),
                         extent_max_world=world.max(0))
 
@@ -518,7 +519,7 @@ def _inside_box(points: torch.Tensor, bbox) -> torch.Tensor:
 
 
 def export_point_cloud(
-    trainer,
+    scene: TrainedScene,
     path: Path | str,
     n_points: int = 500_000,
     threshold: float = DEFAULT_THRESHOLD,
@@ -538,19 +539,19 @@ def export_point_cloud(
     if n_points < 1:
         raise NerfmineError(f"--n-points {n_points}: expected a positive number of points")
     _require_trimesh()
-    field, device = trainer.field, trainer.device
+    field, device = scene.field, scene.device
     box = None
     if bbox is not None:
         box = check_bbox(*bbox)
     generator = torch.Generator(device).manual_seed(seed)
-    h = max(0.5 / float(trainer.config.model.max_resolution), 1.0 / 2048.0)
+    h = max(0.5 / float(scene.config.model.max_resolution), 1.0 / 2048.0)
     kept: list[torch.Tensor] = []
     n_kept = 0
     candidates = 0
     density_seen: list[torch.Tensor] = []
-    with trainer.ema_weights():
+    with scene.ema_weights():
         for _ in range(max_rounds):
-            points = sample_occupied_points(trainer.occupancy.bitfield, n_points, generator, box)
+            points = sample_occupied_points(scene.occupancy.bitfield, n_points, generator, box)
             candidates += points.shape[0]
             for start in range(0, points.shape[0], chunk):
                 p = points[start:start + chunk]
@@ -563,29 +564,27 @@ def export_point_cloud(
             if n_kept >= n_points or n_kept == 0:  # done, or hopeless at this threshold
                 break
         if n_kept == 0:
-            raise _no_points_error(trainer, threshold, density_seen, candidates)
+            raise _no_points_error(threshold, density_seen, candidates)
         points = torch.cat(kept)[:n_points]
         normals = torch.cat([_density_normals(field.density, points[s:s + chunk], h)
                              for s in range(0, points.shape[0], chunk)])
         colours = vertex_colours(field, points.cpu().numpy(), normals.cpu().numpy(), chunk,
                                  device)
     unit = points.cpu().numpy().astype(np.float64)
-    world = _world(trainer, unit)
+    world = _world(scene, unit)
     out = write_ply(path, world, None, colours)
     if box is not None:
         lo, hi = box
     else:
-        from nerfmine.ops.scene_box import aabb_bounds
-
-        b_lo, b_hi = aabb_bounds(getattr(trainer, "aabb_scale", 1.0))
+        b_lo, b_hi = aabb_bounds(scene.aabb_scale)
         lo, hi = np.full(3, b_lo), np.full(3, b_hi)
     return ExportResult(path=out, kind="points", n_vertices=len(world), n_faces=0,
-                        bbox_min_world=_world(trainer, lo), bbox_max_world=_world(trainer, hi),
+                        bbox_min_world=_world(scene, lo), bbox_max_world=_world(scene, hi),
                         threshold=float(threshold), extent_min_world=world.min(0),
                         extent_max_world=world.max(0), candidates=candidates)
 
 
-def _no_points_error(trainer, threshold: float, density_seen: list[torch.Tensor],
+def _no_points_error(threshold: float, density_seen: list[torch.Tensor],
                      candidates: int) -> NerfmineError:
     if candidates == 0:
         return NerfmineError(

@@ -3,15 +3,43 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from nerfmine.config import ModelConfig
 from nerfmine.ops.hash_grid import HashGridSpec, hash_grid_encode, init_hash_table
 from nerfmine.ops.mlp import density_layers, fused_shapes_ok, ngp_mlp_forward, ngp_mlps
 from nerfmine.ops.scene_box import aabb_bounds
 from nerfmine.ops.sh import sh_encode
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The field's hyperparameters; defaults are instant-ngp's NeRF setting (Table 1)."""
+
+    n_levels: int = 16
+    """Hash-grid levels L (instant-ngp Table 1)."""
+    n_features: int = 2
+    """Features per table entry F."""
+    log2_table_size: int = 19
+    """log2 of the entries per level T (2^19 in instant-ngp's NeRF setting)."""
+    base_resolution: int = 16
+    """Coarsest grid resolution Nmin."""
+    max_resolution: int = 2048
+    """Finest grid resolution Nmax over the unit cube; the field uses max_resolution x
+    aabb_scale over the scene's box (instant-ngp), the same cell size (--max-resolution).
+
+    instant-ngp's 2048 is made for 800-px images. Small images of an object seen from new
+    viewpoints generalise better with a coarser finest level, real captures worse; what it
+    does on lego_400 and fox is measured in BENCHMARKS.md ("What the finest resolution
+    does"), which is why the default stays instant-ngp's."""
+    hidden_dim: int = 64
+    """Width of the density and colour MLPs' hidden layers."""
+    geo_feature_dim: int = 16
+    """Outputs of the density MLP; the first is the raw log-density."""
+    sh_degree: int = 4
+    """Degree of the spherical-harmonics view-direction encoding (16 coefficients)."""
 
 
 def _xavier_uniform(out_dim: int, in_dim: int, generator: torch.Generator) -> torch.Tensor:

@@ -200,13 +200,13 @@ def scan_splits(config: RunConfig, data_root: Path) -> tuple[Split, Split | None
     """The training and evaluation splits' image counts and sizes, from the image headers.
 
     A problem with the evaluation split is only noted here (evaluation reports it in full)."""
-    from nerfmine.data.transforms import load_capture
+    from nerfmine.data import load_scene
 
     d = config.data
     notes: list[str] = []
 
     def scan(split: str) -> Split:
-        data = load_capture(data_root, split, 1, holdout_every=d.holdout_every,
+        data = load_scene(data_root, split, 1, holdout_every=d.holdout_every,
                             skip_missing=d.skip_missing, decode=False,
                             min_sharpness=d.min_sharpness)
         return Split(split, len(data), data.width, data.height)

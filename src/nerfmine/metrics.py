@@ -12,11 +12,30 @@ LPIPS needs pretrained network weights that cannot be downloaded here: it is rep
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.nn import functional as F
 
 LPIPS_NOT_MEASURED = "not measured (LPIPS network weights are not available)"
+
+
+@dataclass
+class EvalResult:
+    """One evaluation of a run: mean PSNR and SSIM over a split at a point of training."""
+
+    clock: float
+    step: int
+    psnr: float
+    ssim: float
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    mean_hard_fraction: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The point of the PSNR curve (metrics.json's ``curve``), without the per-image list."""
+        return {"clock": self.clock, "step": self.step, "psnr": self.psnr, "ssim": self.ssim,
+                "mean_hard_fraction": self.mean_hard_fraction}
 
 
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:

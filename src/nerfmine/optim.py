@@ -10,9 +10,45 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from nerfmine.ops.adam import adam_step
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam, its learning-rate schedule and the EMA of the weights; defaults are instant-ngp's
+    except ``l2_reg`` (see its note)."""
+
+    lr: float = 1e-2
+    """Adam learning rate (instant-ngp)."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam betas (instant-ngp)."""
+    eps: float = 1e-15
+    """Adam epsilon (instant-ngp)."""
+    l2_reg: float = 0.0
+    """L2 regularisation added to the gradients of the MLP weights only (tiny-cuda-nn style).
+
+    instant-ngp uses 1e-6 with its own loss normalisation; with ours (the mean over RGB and
+    over rays, hard-sample-mining.md's l_r) it cost test PSNR on lego_400 (BENCHMARKS.md,
+    "What moves lego_400 quality"), so it is off by default."""
+    lr_milestones: tuple[float, ...] = (0.4, 0.6, 0.8)
+    """Fractions of the budget at which the learning rate is multiplied by lr_gamma.
+
+    instant-ngp decays by 0.33 at step 20k and every 10k after, for a ~50k-step (5-minute) run:
+    0.4, 0.6 and 0.8 of the budget. A budget in seconds measures the fraction on the training
+    clock, so a fast run keeps the same shape of schedule."""
+    lr_gamma: float = 0.33
+    """Learning-rate factor at each milestone."""
+    ema_decay: float = 0.95
+    """Decay of the exponential moving average of the weights used for evaluation."""
+
+    def lr_at(self, fraction: float) -> float:
+        """The learning rate at ``fraction`` of the budget (the step schedule above)."""
+        passed = sum(1 for m in self.lr_milestones if fraction >= m)
+        return self.lr * self.lr_gamma**passed
 
 
 class NGPAdam(torch.optim.Optimizer):

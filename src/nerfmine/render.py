@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
+from nerfmine.cameras import Cameras
 from nerfmine.field import NGPField
 from nerfmine.ops.composite import composite
 from nerfmine.ops.march import march_rays
-from nerfmine.ops.rays import image_rays, ray_aabb
+from nerfmine.ops.rays import ray_aabb
 from nerfmine.ops.scene_box import aabb_bounds
 
 
@@ -163,22 +164,19 @@ def _render_whole(field, occupancy, origins, directions, background, settings):
 def render_image(
     field: NGPField,
     occupancy: torch.Tensor,
-    c2w: torch.Tensor,
-    fx: float,
-    fy: float,
-    cx: float,
-    cy: float,
-    width: int,
-    height: int,
+    cameras: Cameras,
+    index: int,
     background: tuple[float, float, float],
     settings: RenderSettings,
 ) -> dict[str, torch.Tensor]:
-    """Render one view (camera-to-world c2w [4, 4] in unit-cube coordinates).
+    """Render camera ``index`` of ``cameras`` (poses in unit-cube coordinates, any lens model)
+    at every pixel centre.
 
     Returns "rgb" [H, W, 3], "opacity" [H, W] and "depth" [H, W] (distance along the ray in
     unit-cube units).
     """
-    origins, directions = image_rays(c2w, fx, fy, cx, cy, width, height)
+    height, width = cameras.height, cameras.width
+    origins, directions = cameras.image_rays(index)  # [H*W, 3] each
     bg = torch.tensor(background, dtype=torch.float32, device=origins.device)
     bg = bg.expand(origins.shape[0], 3)
     rgb, opacity, depth = render_rays(field, occupancy, origins, directions, bg, settings)

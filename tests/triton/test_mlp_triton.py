@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nerfmine.config import ModelConfig
-from nerfmine.field import NGPField
+from nerfmine.field import ModelConfig, NGPField
 from nerfmine.ops.mlp import ngp_mlp_forward
 
 pytestmark = pytest.mark.interpreter

@@ -3,7 +3,7 @@
 pycolmap is an optional extra: ``pip install 'nerfmine[colmap]'``. It is imported only when a
 model is loaded, so the rest of nerfmine works without it.
 
-Conventions (the result is a :class:`~nerfmine.data.blender.SceneData` like every other loader):
+Conventions (the result is a :class:`~nerfmine.data.scene_data.SceneData` like every loader's):
 
 - Poses: COLMAP stores ``cam_from_world`` (world-to-camera, OpenCV camera axes: x right, y down,
   camera looking down +z). The camera-to-world pose is ``[R^T | -R^T t]`` (the camera centre is
@@ -28,7 +28,7 @@ Conventions (the result is a :class:`~nerfmine.data.blender.SceneData` like ever
 - Images: ``images_dir / image.name``. Only registered images (``reg_image_ids()``) are used;
   image files in ``images_dir`` without a registered image are listed in a note. Registered
   images missing on disk raise DataError, or are dropped with ``skip_missing`` (a note), before
-  the hold-out, like :func:`nerfmine.data.transforms.load_capture`.
+  the hold-out, like :func:`nerfmine.data.transforms.load_transforms`.
 - Splits: registered images sorted by name; "test" holds every ``holdout_every``-th (sorted
   index % holdout_every == 0), "train" the rest, "all" every image. ``downscale`` box-filters the
   images and scales the intrinsics.
@@ -41,15 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nerfmine.data.blender import (
-    SceneData,
-    _HeaderOnly,
-    _read_image,
-    downscaled_size,
-    image_size,
-    placeholder_images,
-)
-from nerfmine.data.transforms import (
+from nerfmine.data.capture import (
     DEFAULT_OFFSET,
     DEFAULT_SCALE,
     capture_scene,
@@ -58,6 +50,14 @@ from nerfmine.data.transforms import (
     holdout_indices,
     pose_centre_and_radius,
 )
+from nerfmine.data.files import (
+    HeaderOnly,
+    downscaled_size,
+    image_size,
+    placeholder_images,
+    read_image,
+)
+from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
 
 # model name -> (our camera model, function params -> (fx, fy, cx, cy), (k1, k2, k3, k4, p1, p2))
@@ -210,7 +210,7 @@ def load_colmap(
         im = found[i]
         path = images_dir / im.name
         cam = rec.cameras[im.camera_id]
-        img = _read_image(path, i, model_file) if decode else _HeaderOnly(
+        img = read_image(path, i, model_file) if decode else HeaderOnly(
             image_size(path, i, model_file))
         if img.size != (int(cam.width), int(cam.height)):
             raise DataError(

@@ -30,12 +30,9 @@ Conventions (both dialects, and the same as the Blender loader):
   (sorted index % holdout_every == 0), "train" the rest, "all" every frame. Frames whose image
   is missing are dropped (with ``skip_missing``) *before* the hold-out, so a file with missing
   images splits like the same file without those frames.
-- A folder with ``transforms_{split}.json`` is a Blender scene and goes to
-  :func:`nerfmine.data.blender.load_blender`.
-- A COLMAP project folder, i.e. one holding the sparse model ``sparse/0/`` and the images
-  ``images/`` and no ``transforms.json`` or ``transforms_{split}.json`` (a converted
-  transforms.json wins), goes to :func:`nerfmine.data.colmap.load_colmap` (needs the optional
-  pycolmap: ``pip install 'nerfmine[colmap]'``).
+
+:func:`nerfmine.data.load_scene` sends a transforms.json here, a Blender folder and a COLMAP
+project elsewhere.
 """
 
 from __future__ import annotations
@@ -47,22 +44,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nerfmine.data.blender import (
-    SceneData,
-    _read_angle,
-    _read_image,
-    _read_json,
-    _read_transform,
-    available_splits,
-    downscaled_size,
-    load_blender,
-    placeholder_images,
+from nerfmine.data.capture import (
+    DEFAULT_OFFSET,
+    DEFAULT_SCALE,
+    capture_scene,
+    handle_missing,
+    holdout_indices,
+    pose_centre_and_radius,
 )
+from nerfmine.data.files import (
+    downscaled_size,
+    placeholder_images,
+    read_angle,
+    read_image,
+    read_json,
+    read_transform,
+)
+from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
 
-DEFAULT_SCALE = 0.33
-DEFAULT_OFFSET = (0.5, 0.5, 0.5)
-SPLITS = ("train", "test", "all")
 _NERFSTUDIO_MODELS = {
     "OPENCV": "opencv",
     "OPENCV_FISHEYE": "fisheye",
@@ -70,78 +70,6 @@ _NERFSTUDIO_MODELS = {
     "SIMPLE_PINHOLE": "pinhole",
 }
 _DIST_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
-
-
-def load_capture(
-    path: str | Path,
-    split: str = "train",
-    downscale: int = 1,
-    holdout_every: int = 8,
-    skip_missing: bool = False,
-    decode: bool = True,
-    min_sharpness: float | None = None,
-) -> SceneData:
-    """Load a capture: a transforms.json file, a folder holding one, a Blender folder, or a
-    COLMAP project folder (``sparse/0/`` + ``images/``, see :mod:`nerfmine.data.colmap`).
-
-    ``min_sharpness`` (transforms.json only): drop the frames whose per-frame ``sharpness``
-    (instant-ngp's colmap2nerf writes one: the variance of the image's Laplacian) is below it,
-    before the hold-out, so every split sees the same frames.
-
-    ``decode=False`` reads poses, intrinsics and image headers only: ``images`` is then a
-    placeholder on the ``meta`` device with the split's shape [N, H, W, 4] (memory estimates,
-    camera paths), and the image files are not decoded.
-
-    Returns the split's images with per-image ``intrinsics`` [N, 4] and ``distortion`` [N, 6]
-    (None for a pinhole camera), ``camera_model``, ``dialect``, ``aabb_scale``, ``scale``,
-    ``offset`` and ``notes``. ``SceneData.fx/fy/cx/cy`` hold the first image's intrinsics.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(
-            f"data path {path} does not exist; pass a transforms.json file or the folder "
-            "that holds it (or a Blender folder with transforms_train.json)."
-        )
-    if (
-        path.is_dir()
-        and (path / "sparse" / "0").is_dir()
-        and (path / "images").is_dir()
-        and not (path / "transforms.json").is_file()
-        and not (path / f"transforms_{split}.json").is_file()
-    ):
-        _no_sharpness(min_sharpness, f"{path} is a COLMAP model")
-        from nerfmine.data.colmap import load_colmap  # pycolmap is imported only there
-
-        return load_colmap(
-            path / "sparse" / "0", path / "images", split, downscale, holdout_every, skip_missing,
-            decode=decode,
-        )
-    if path.is_dir():
-        if (path / f"transforms_{split}.json").is_file():
-            _no_sharpness(min_sharpness, f"{path} is a NeRF-synthetic (Blender) scene")
-            return load_blender(path, split, downscale, decode=decode)
-        if not (path / "transforms.json").is_file():
-            if available_splits(path):
-                return load_blender(path, split, downscale, decode=decode)  # lists the splits
-            raise DataError(
-                f"{path} holds neither transforms.json nor transforms_{split}.json; pass the "
-                "capture's transforms.json (instant-ngp or nerfstudio) or a Blender folder."
-            )
-        path = path / "transforms.json"
-    check_capture_args(f"{path} is a single transforms file", split, downscale, holdout_every,
-                       "frame")
-    if min_sharpness is not None and not (
-            isinstance(min_sharpness, (int, float)) and math.isfinite(min_sharpness)
-            and min_sharpness >= 0):
-        raise DataError(f"min_sharpness must be a number >= 0, got {min_sharpness!r}.")
-    return _load_single(path, split, downscale, holdout_every, skip_missing, decode,
-                        min_sharpness)
-
-
-def _no_sharpness(min_sharpness: float | None, what: str) -> None:
-    if min_sharpness is not None:
-        raise DataError(f"{what}: --min-sharpness (data.min_sharpness) applies to a "
-                        "transforms.json whose frames carry a 'sharpness'; leave it out.")
 
 
 def _sharpness_filter(frames: list, found: list, min_sharpness: float | None,
@@ -175,12 +103,15 @@ def _sharpness_filter(frames: list, found: list, min_sharpness: float | None,
     return kept, sharp
 
 
-def _load_single(
+def load_transforms(
     meta_path: Path, split: str, downscale: int, holdout_every: int, skip_missing: bool,
     decode: bool = True, min_sharpness: float | None = None,
 ) -> SceneData:
+    """A split of the capture ``meta_path`` (a transforms.json, either dialect; see the module
+    docstring for the conventions). The arguments are :func:`nerfmine.data.load_scene`'s,
+    checked there."""
     root = meta_path.parent
-    meta = _read_json(meta_path, root, split)
+    meta = read_json(meta_path, root, split)
     notes: list[str] = []
     dialect = "nerfstudio" if "camera_model" in meta else "instant-ngp"
     camera_model = _camera_model(meta, meta_path, dialect)
@@ -251,9 +182,9 @@ def _load_single(
                 f"{w}x{h} but {image} (frames[{i}]) is {size[0]}x{size[1]}; all images of a "
                 "split must share one size."
             )
-        c2w[k] = _read_transform(frames[i], i, meta_path)
+        c2w[k] = read_transform(frames[i], i, meta_path)
         if decode:
-            img = _read_image(image, i, meta_path)
+            img = read_image(image, i, meta_path)
             if downscale > 1:
                 img = img.resize(out_size, Image.BOX)
             images[k] = np.asarray(img)  # [H, W, 4]
@@ -276,7 +207,7 @@ def _load_single(
     if dialect == "nerfstudio" and "scale" not in meta and "offset" not in meta:
         # nerfstudio's loader centres and scales the poses itself (its files carry neither):
         # do the same, from every frame with an image so that all splits share one world.
-        centres = np.stack([_read_transform(frames[i], i, meta_path)[:3, 3] for i, _ in found])
+        centres = np.stack([read_transform(frames[i], i, meta_path)[:3, 3] for i, _ in found])
         centre, radius = pose_centre_and_radius(centres)
         scale = DEFAULT_SCALE / radius
         offset = tuple(float(v) for v in DEFAULT_OFFSET - centre * scale)
@@ -295,17 +226,6 @@ def _load_single(
         scene.sharpness = torch.tensor([sharpness.get(i, math.nan) for i, _ in chosen],
                                        dtype=torch.float32)
     return scene
-
-
-def pose_centre_and_radius(centres: np.ndarray) -> tuple[np.ndarray, float]:
-    """Centre (mean camera position, [3]) and radius (largest camera distance from it) of
-    camera positions ``centres`` [M, 3]; radius 1 when the cameras coincide."""
-    centres = np.asarray(centres, dtype=np.float64)
-    centre = centres.mean(axis=0)
-    radius = float(np.linalg.norm(centres - centre, axis=1).max())
-    if not np.isfinite(radius) or radius < 1e-12:
-        radius = 1.0
-    return centre, radius
 
 
 def _find_image(root: Path, rel: str) -> Path | None:
@@ -354,8 +274,8 @@ def _frame_intrinsics(
     try:
         with Image.open(image) as im:
             size = im.size  # header only
-    except Exception as e:  # unreadable: let _read_image word it
-        _read_image(image, i, meta_path)
+    except Exception as e:  # unreadable: let read_image word it
+        read_image(image, i, meta_path)
         raise DataError(f"{image} (frames[{i}]) cannot be read: {e}") from e
 
     def get(key, positive=False):
@@ -378,7 +298,7 @@ def _frame_intrinsics(
         if given is not None:
             return given
         key = f"camera_angle_{axis}"
-        angle = _read_angle(frame if key in frame else meta, key, meta_path, required=False)
+        angle = read_angle(frame if key in frame else meta, key, meta_path, required=False)
         return None if angle is None else 0.5 * extent / math.tan(0.5 * angle)
 
     fx = focal("x", w)
@@ -414,94 +334,3 @@ def _scale_offset(meta: dict, meta_path: Path) -> tuple[float, tuple]:
             raise DataError(f"{meta_path}: 'offset' must be a list of 3 numbers, got {o!r:.60}.")
         offset = tuple(float(v) for v in o)
     return scale, offset
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared by the capture loaders (transforms.json here, COLMAP in colmap.py)
-# ---------------------------------------------------------------------------------------------
-
-
-def check_capture_args(source: str, split: str, downscale, holdout_every, unit: str) -> None:
-    """Validate the arguments every capture loader takes; ``source`` says what was given
-    ("<path> is a single transforms file"), ``unit`` what is held out ("frame", "image")."""
-    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
-        raise DataError(
-            f"downscale must be a whole number >= 1 (1 keeps full resolution), got {downscale!r}."
-        )
-    if isinstance(holdout_every, bool) or not isinstance(holdout_every, int) or holdout_every < 2:
-        raise DataError(f"holdout_every must be a whole number >= 2, got {holdout_every!r}.")
-    if split not in SPLITS:
-        raise DataError(
-            f"{source}: its splits are 'train', 'test' (every {holdout_every}th {unit} after "
-            f"sorting by name) and 'all'; got '{split}'."
-        )
-
-
-def handle_missing(where, noun: str, absent: str, n_all: int, missing: list[str],
-                   n_found: int, skip_missing: bool, notes: list[str], hint: str) -> None:
-    """Stop on items whose image file is missing, or note them when ``skip_missing``.
-
-    ``noun`` names the items for the all-missing message ("frames' images"), ``absent`` the
-    missing ones after "N of M" ("frames name images that do not exist").
-    """
-    if not missing:
-        return
-    n_miss = len(missing)
-    first = ", ".join(missing[:3]) + (" ..." if n_miss > 3 else "")
-    if n_found == 0:
-        raise DataError(f"{where}: none of the {n_all} {noun} exist (first: {first}); {hint}.")
-    if not skip_missing:
-        raise DataError(
-            f"{where}: {n_miss} of {n_all} {absent} (first: {first}); pass skip_missing=True "
-            f"(--skip-missing) to train on the {n_found} that do."
-        )
-    notes.append(
-        f"skipped {n_miss} of {n_all} {absent} (first: {first}); using the {n_found} that do."
-    )
-
-
-def holdout_indices(n: int, split: str, holdout_every: int, where, unit: str) -> list[int]:
-    """Indices (into name-sorted items) of a split: "test" every ``holdout_every``-th, "train"
-    the rest, "all" everything; an empty split is an error."""
-    if split == "all":
-        chosen = list(range(n))
-    else:
-        test = split == "test"
-        chosen = [k for k in range(n) if (k % holdout_every == 0) == test]
-    if not chosen:
-        raise DataError(
-            f"{where}: split '{split}' is empty ({n} {unit}s with holdout_every="
-            f"{holdout_every}); use split 'all' or more {unit}s."
-        )
-    return chosen
-
-
-def capture_scene(images: np.ndarray | torch.Tensor, c2w: np.ndarray, intrinsics: np.ndarray,
-                  distortion: np.ndarray, camera_model: str, paths: list[Path], split: str,
-                  size: tuple[int, int], scale: float, offset: tuple, aabb_scale: float,
-                  dialect: str, notes: list[str]) -> SceneData:
-    """A SceneData with per-image intrinsics [N, 4] and distortion [N, 6] (None for a
-    pinhole camera); ``fx/fy/cx/cy`` hold the first image's intrinsics. ``images`` may be a
-    tensor already (a ``meta`` placeholder when the loader did not decode)."""
-    return SceneData(
-        images=images if isinstance(images, torch.Tensor) else torch.from_numpy(images),
-        c2w=torch.from_numpy(np.ascontiguousarray(c2w, dtype=np.float32)),
-        fx=float(intrinsics[0, 0]),
-        fy=float(intrinsics[0, 1]),
-        cx=float(intrinsics[0, 2]),
-        cy=float(intrinsics[0, 3]),
-        width=size[0],
-        height=size[1],
-        image_paths=paths,
-        split=split,
-        scale=scale,
-        offset=offset,
-        intrinsics=torch.from_numpy(intrinsics.astype(np.float32)),
-        distortion=None
-        if camera_model == "pinhole"
-        else torch.from_numpy(distortion.astype(np.float32)),
-        camera_model=camera_model,
-        aabb_scale=aabb_scale,
-        dialect=dialect,
-        notes=notes,
-    )

@@ -1,8 +1,7 @@
 """``nerfmine export``: a trained run as a coloured mesh (PLY/OBJ) and/or point cloud (PLY).
 
-Wiring (in ``nerfmine.cli``): ``export_cli.add_parser(sub)`` adds the subcommand;
-``export_cli.run(args)`` runs it and returns the exit status. ``run`` raises
-:class:`~nerfmine.errors.NerfmineError` for user mistakes, which ``cli.main`` prints (status 2).
+``run`` raises :class:`~nerfmine.errors.NerfmineError` for user mistakes, which
+:func:`nerfmine.cli.main` prints (status 2). The meshing itself is :mod:`nerfmine.export`.
 """
 
 from __future__ import annotations
@@ -131,30 +130,29 @@ def run(args: argparse.Namespace) -> int:
     fmt = _mesh_format(args)
     mesh_path, points_path = _outputs(args, fmt)
 
+    from nerfmine.cli.common import load_scene
     from nerfmine.export import export_mesh, export_point_cloud, occupied_bbox
-    from nerfmine.trainer import Trainer
+    from nerfmine.ops.scene_box import aabb_bounds
 
-    trainer = Trainer.from_run_dir(args.run_dir)
-    data = trainer.config.data
+    scene = load_scene(args.run_dir)
+    scale, offset = scene.scale, np.asarray(scene.offset)
     if args.bbox is not None:
         lo_w, hi_w = np.asarray(args.bbox[:3]), np.asarray(args.bbox[3:])
-        from nerfmine.ops.scene_box import aabb_bounds
-
-        lo, hi, cut = clip_to_unit_cube(world_to_unit(lo_w, data.scale, data.offset),
-                                        world_to_unit(hi_w, data.scale, data.offset),
-                                        aabb_bounds(trainer.aabb_scale))
+        lo, hi, cut = clip_to_unit_cube(world_to_unit(lo_w, scale, offset),
+                                        world_to_unit(hi_w, scale, offset),
+                                        aabb_bounds(scene.aabb_scale))
         if cut:
             print(f"note: --bbox cut to the scene's unit cube, world "
-                  f"{_fmt_vec(unit_to_world(lo, data.scale, data.offset))} to "
-                  f"{_fmt_vec(unit_to_world(hi, data.scale, data.offset))}")
+                  f"{_fmt_vec(unit_to_world(lo, scale, offset))} to "
+                  f"{_fmt_vec(unit_to_world(hi, scale, offset))}")
         box = (lo, hi)
     else:
-        box = occupied_bbox(trainer.occupancy.bitfield)
+        box = occupied_bbox(scene.occupancy.bitfield)
 
     if mesh_path is not None:
-        _report(export_mesh(trainer, mesh_path, resolution=args.resolution,
+        _report(export_mesh(scene, mesh_path, resolution=args.resolution,
                             threshold=args.threshold, bbox=box, fmt=fmt))
     if points_path is not None:
-        _report(export_point_cloud(trainer, points_path, n_points=args.n_points,
+        _report(export_point_cloud(scene, points_path, n_points=args.n_points,
                                    threshold=args.threshold, bbox=box))
     return 0

@@ -25,13 +25,19 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from nerfmine import camera_paths as cp
-from nerfmine.errors import ConfigError, NerfmineError
+from nerfmine.cameras import Cameras
+from nerfmine.cli.common import (
+    EXIT_USER_ERROR,
+    check_scene_exists,
+    load_scene,
+    parse_background,
+)
+from nerfmine.errors import NerfmineError
 
 PATH_KINDS = ("orbit", "spiral", "interpolate")
 OUTPUTS = ("rgb", "depth", "alpha")
@@ -41,7 +47,6 @@ MAX_RAY_BUFFER_BYTES = 4 << 30
 # their concatenated copies (~40 B): 128 B is a safe upper estimate.
 RAY_BYTES_PER_PIXEL = 128
 MAX_INTERPOLATE_KEYS = 12
-EXIT_USER_ERROR = 2
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -93,22 +98,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- argument checks
-def parse_background(text: str) -> tuple[float, float, float]:
-    t = str(text).strip().lower()
-    if t == "white":
-        return (1.0, 1.0, 1.0)
-    if t == "black":
-        return (0.0, 0.0, 0.0)
-    try:
-        values = tuple(float(v) for v in t.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
-        raise NerfmineError(f"--background: expected white, black or r,g,b with three numbers "
-                            f"in [0, 1] (e.g. 0.5,0.5,0.5), got '{text}'.")
-    return values  # type: ignore[return-value]
-
-
 def parse_outputs(text: str) -> list[str]:
     names = [n.strip().lower() for n in str(text).split(",") if n.strip()]
     bad = [n for n in names if n not in OUTPUTS]
@@ -141,104 +130,8 @@ def video_available() -> bool:
             and importlib.util.find_spec("imageio_ffmpeg") is not None)
 
 
-# --------------------------------------------------------------------------- training cameras
-class TrainCameras:
-    """Training poses (world) and intrinsics, read without loading the images."""
-
-    def __init__(self, c2w: np.ndarray, fx: float, fy: float, width: int, height: int):
-        self.c2w, self.fx, self.fy, self.width, self.height = c2w, fx, fy, width, height
-
-    @property
-    def fov_y(self) -> float:
-        return cp.focal_to_fov(self.fy, self.height)
-
-
-def load_train_cameras(data_root: Path, split: str, downscale: int, holdout_every: int = 8,
-                       skip_missing: bool = False,
-                       min_sharpness: float | None = None) -> TrainCameras:
-    """The training split's poses and the first camera's intrinsics, from any scene format the
-    trainer reads (NeRF-synthetic, transforms.json capture, COLMAP), without decoding images.
-
-    A capture's poses are those it trained on (every ``holdout_every``-th frame held out), in
-    the world the loader returns (a COLMAP model's is normalised); the run's recorded scale and
-    offset map them into the unit cube. Generated paths use a pinhole camera with the first
-    training image's focal lengths (lens distortion is not rendered)."""
-    from nerfmine.data.transforms import load_capture
-
-    data = load_capture(data_root, split, downscale, holdout_every=holdout_every,
-                        skip_missing=skip_missing, decode=False, min_sharpness=min_sharpness)
-    return TrainCameras(data.c2w.numpy().astype(np.float64), data.fx, data.fy, data.width,
-                        data.height)
-
-
-def check_scene_exists(data_root: Path, run_dir: Path) -> None:
-    """A run's scene must still be where it was trained (or be given with --data)."""
-    if not Path(data_root).exists():
-        raise NerfmineError(
-            f"{data_root}: the scene {run_dir} was trained on is not there any more (it is "
-            "read for the cameras and photographs); pass its new location with --data PATH.")
-
-
-# --------------------------------------------------------------------------- eval pairs
-SIDE_BY_SIDE_GAP = 4  # white pixels between a render and its photograph
-
-
-def side_by_side(render: np.ndarray, photo_rgba: np.ndarray) -> np.ndarray:
-    """[H, 2W + gap, 3] uint8: ``render`` ([H, W, 3] uint8) left, the photograph ([H, W, 4]
-    uint8 RGBA, composited over white as evaluation does) right."""
-    rgb = photo_rgba[..., :3].astype(np.float64)
-    alpha = photo_rgba[..., 3:].astype(np.float64) / 255.0
-    photo = (rgb * alpha + 255.0 * (1.0 - alpha) + 0.5).clip(0, 255).astype(np.uint8)
-    if render.shape != photo.shape:
-        raise NerfmineError(f"a render of {render.shape[1]}x{render.shape[0]} cannot be paired "
-                            f"with a photograph of {photo.shape[1]}x{photo.shape[0]}.")
-    gap = np.full((render.shape[0], SIDE_BY_SIDE_GAP, 3), 255, dtype=np.uint8)
-    return np.concatenate([render, gap, photo], axis=1)
-
-
-def write_side_by_side(folder: Path, data, names: list[str]) -> list[Path]:
-    """Write ``<name>_vs_photo.png`` in ``folder`` for the evaluation renders ``<name>.png``
-    there, pairing each with the photograph of the same name in ``data`` (a SceneData)."""
-    from PIL import Image
-
-    index = {p.stem: i for i, p in enumerate(data.image_paths)}
-    written = []
-    for name in names:
-        render_path = Path(folder) / f"{name}.png"
-        if name not in index:
-            raise NerfmineError(f"no photograph named '{name}' in the evaluation split "
-                                f"'{data.split}' to pair with {render_path}.")
-        try:
-            with Image.open(render_path) as im:
-                render = np.asarray(im.convert("RGB"))
-        except OSError as exc:
-            raise NerfmineError(f"{render_path}: cannot read the render ({exc}).") from None
-        photo = data.images[index[name]].cpu().numpy()
-        out = Path(folder) / f"{name}_vs_photo.png"
-        Image.fromarray(side_by_side(render, photo)).save(out)
-        written.append(out)
-    return written
-
-
 # --------------------------------------------------------------------------- the command
-def load_run(run_dir: Path, data: Path | None = None):
-    """A run's trainer from its last checkpoint (``render`` and ``view``); ``data`` replaces
-    the scene folder recorded in its config, if the scene moved since training."""
-    from nerfmine.trainer import Trainer
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run folder; pass the folder a 'nerfmine train' "
-                          "wrote (it holds checkpoint.pt).")
-
-    def update(values: dict[str, Any]) -> None:
-        if data:
-            values["data"]["path"] = str(Path(data).resolve())
-
-    return Trainer.from_run_dir(run_dir, update)
-
-
-def _resolve_size(args, cams: TrainCameras | None, file_path: cp.CameraPath | None):
+def _resolve_size(args, cams: Cameras | None, file_path: cp.CameraPath | None):
     width, height = args.width, args.height
     if file_path is not None:
         base_w, base_h = file_path.width, file_path.height
@@ -255,8 +148,10 @@ def _resolve_size(args, cams: TrainCameras | None, file_path: cp.CameraPath | No
     return int(width), int(height)
 
 
-def _build_path(args, trainer, cams: TrainCameras | None) -> tuple[str, cp.CameraPath, float]:
-    """(name, path in world coordinates, fx / fy of the pixels)."""
+def _build_path(args, scene, cams: Cameras | None) -> tuple[str, cp.CameraPath, float]:
+    """(name, path in world coordinates, fx / fy of the pixels). Generated paths start from
+    the training cameras ``cams`` (world frame) and use a pinhole camera with the first
+    training image's focal lengths (lens distortion is not rendered)."""
     kind = str(args.path)
     file_path = None
     if kind not in PATH_KINDS:
@@ -271,7 +166,8 @@ def _build_path(args, trainer, cams: TrainCameras | None) -> tuple[str, cp.Camer
     check_size(width, height)
     pixel_aspect = 1.0
     if file_path is None and cams is not None:
-        pixel_aspect = cams.fx / cams.fy
+        fx, fy = (float(v) for v in cams.intrinsics[0, :2])
+        pixel_aspect = fx / fy
 
     if file_path is not None:
         n = len(file_path)
@@ -284,10 +180,9 @@ def _build_path(args, trainer, cams: TrainCameras | None) -> tuple[str, cp.Camer
 
     if args.frames is None or args.frames < 1:
         raise NerfmineError(f"--frames must be a whole number >= 1, got {args.frames}.")
-    scale, offset = trainer.config.data.scale, trainer.config.data.offset
-    offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), (3,))
-    center = (0.5 - offset) / scale  # the unit cube's centre, in world coordinates
-    params = cp.default_path_params(cams.c2w, center)
+    center = scene.world_center()  # the unit cube's centre, in world coordinates
+    poses = cams.c2w.double().numpy()  # [N, 4, 4] world
+    params = cp.default_path_params(poses, center)
     n = int(args.frames)
     if kind == "orbit":
         c2w = cp.orbit_path(params.center, params.radius, params.height, n, up=params.up)
@@ -296,12 +191,12 @@ def _build_path(args, trainer, cams: TrainCameras | None) -> tuple[str, cp.Camer
         c2w = cp.spiral_path(params.center, params.radius, amplitude, n, n_turns=2,
                              height=params.height, up=params.up)
     else:
-        order = cp.sort_by_azimuth(cams.c2w, params.center, params.up)
+        order = cp.sort_by_azimuth(poses, params.center, params.up)
         if len(order) > MAX_INTERPOLATE_KEYS:
             pick = np.round(np.linspace(0, len(order) - 1, MAX_INTERPOLATE_KEYS)).astype(int)
             order = order[pick]
-        c2w = cp.interpolate_path(cams.c2w[order], n)
-    fov_value = float(args.fov) if args.fov is not None else cams.fov_y
+        c2w = cp.interpolate_path(poses[order], n)
+    fov_value = float(args.fov) if args.fov is not None else math.degrees(cams.fov_y(0))
     fps = args.fps if args.fps is not None else cp.DEFAULT_FPS
     path = cp.CameraPath(c2w=c2w, fov_y=torch.full((n,), fov_value), width=width,
                          height=height, fps=fps)
@@ -354,8 +249,6 @@ def render(args: argparse.Namespace) -> int:
     """Like :func:`run`, but raises :class:`NerfmineError` for user mistakes."""
     from PIL import Image
 
-    from nerfmine.render import render_image
-
     # Checks that need no run first, so a typo fails fast.
     check_size(getattr(args, "width", None), getattr(args, "height", None))
     background = parse_background(args.background)
@@ -375,16 +268,13 @@ def render(args: argparse.Namespace) -> int:
     want_video = can_video if args.video is None else bool(args.video)
 
     run_dir = Path(args.run_dir)
-    trainer = load_run(run_dir, getattr(args, "data", None))
-    config = trainer.config
+    scene = load_scene(run_dir, getattr(args, "data", None))
 
     cams = None
     if str(args.path) in PATH_KINDS:  # a file brings its own size and field of view
-        check_scene_exists(trainer.data_root, run_dir)
-        cams = load_train_cameras(trainer.data_root, config.data.train_split,
-                                  config.data.downscale, config.data.holdout_every,
-                                  config.data.skip_missing, config.data.min_sharpness)
-    name, path, pixel_aspect = _build_path(args, trainer, cams)
+        check_scene_exists(scene.data_root, run_dir)
+        cams = scene.train_cameras()
+    name, path, pixel_aspect = _build_path(args, scene, cams)
 
     out_dir = Path(args.output) if args.output else run_dir / f"render_{name}"
     try:
@@ -395,23 +285,18 @@ def render(args: argparse.Namespace) -> int:
                             "choose another place with --output.") from None
     cp.write_camera_path(out_dir / "camera_path.json", path)
 
-    scale = float(config.data.scale)
-    offset = torch.as_tensor(config.data.offset, dtype=torch.float32).expand(3)
-    c2w_unit = path.c2w.clone()
-    c2w_unit[:, :3, 3] = c2w_unit[:, :3, 3] * scale + offset
-    c2w_unit = c2w_unit.to(trainer.device)
-    near, far = _depth_range(c2w_unit, trainer.occupancy.bitfield)
-
-    settings = trainer.render_settings()
     w, h = path.width, path.height
+    fy = [path.focal(i) for i in range(len(path))]
+    frames_cams = scene.to_unit(Cameras.pinhole(path.c2w, [f * pixel_aspect for f in fy], fy,
+                                                w, h))
+    near, far = _depth_range(frames_cams.c2w, scene.occupancy.bitfield)
+    scale = scene.scale
+
     frames: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
     print(f"rendering {len(path)} frames of {w}x{h} ({name}) into {out_dir}", flush=True)
-    with trainer.ema_weights():
+    with scene.ema_weights():
         for i in range(len(path)):
-            fy = path.focal(i)
-            fx = fy * pixel_aspect
-            out = render_image(trainer.field, trainer.occupancy.bitfield, c2w_unit[i], fx, fy,
-                               0.5 * w, 0.5 * h, w, h, background, settings)
+            out = scene.render(frames_cams, i, background)
             images = {}
             if "rgb" in outputs:
                 images["rgb"] = _to_u8(out["rgb"])
@@ -448,7 +333,7 @@ def render(args: argparse.Namespace) -> int:
             videos.append(video)
 
     info = {
-        "run_dir": str(run_dir), "step": trainer.step, "path": str(args.path),
+        "run_dir": str(run_dir), "step": scene.step, "path": str(args.path),
         "frames": len(path), "width": w, "height": h, "fps": path.fps,
         "background": list(background), "outputs": outputs,
         "depth_png": "8-bit turbo colormap of expected depth times opacity",

@@ -1,0 +1,7 @@
+"""``python -m nerfmine.cli``: the ``nerfmine`` command."""
+
+import sys
+
+from nerfmine.cli import main
+
+sys.exit(main())

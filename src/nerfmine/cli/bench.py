@@ -1,0 +1,56 @@
+"""``nerfmine bench``: train the baseline (mining none) and hard sample mining side by side on
+the same scene, seed and settings, and compare them (:mod:`nerfmine.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nerfmine.cli.common import Progress, add_training_flags, check_writable, training_overrides
+from nerfmine.errors import NerfmineError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench", help="train the baseline (--mining none) and hard sample mining side by side")
+    add_training_flags(p, "bench")
+    p.add_argument("--arms", default="none,hsm", help="comma-separated: none, hsm")
+    p.add_argument("--output", "-o", type=Path, default=Path("runs/bench"))
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="combine metrics.json / bench.json files of arms run separately")
+    p.add_argument("--warm-steps", type=int, default=0, metavar="N",
+                   help="before each arm, train a throwaway run of N steps, so that its clock "
+                        "starts with the kernels compiled (the protocol's warm figure; "
+                        "default 0: cold)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from nerfmine.bench import ARMS, merge, run_arm, write_report
+
+    if args.merge:
+        report = merge(args.merge, args.output)
+    else:
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        bad = [a for a in arms if a not in ARMS]
+        if bad:
+            raise NerfmineError(f"--arms: unknown arm(s) {', '.join(bad)}; choose from none, hsm")
+        overrides = training_overrides(args)
+        check_writable(args.output)
+        results = {}
+        for arm in arms:
+            print(f"bench: training arm mining={arm} into {args.output / arm}", flush=True)
+            progress = Progress(args.quiet or not sys.stdout.isatty())
+            try:
+                results[arm] = run_arm(arm, overrides, args.preset, args.output, progress,
+                                       warm_steps=args.warm_steps)
+            finally:
+                progress.close()
+            print(f"bench: mining={arm}: PSNR {results[arm]['psnr']:.2f} dB after "
+                  f"{results[arm]['steps']} steps", flush=True)
+        report = write_report(results, args.output)
+    print(json.dumps(report["comparison"], indent=2))
+    print(f"written: {args.output / 'bench.json'}, bench_psnr_time.png, bench_psnr_steps.png")
+    return 0

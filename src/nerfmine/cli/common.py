@@ -1,0 +1,288 @@
+"""What the subcommands share: the table of training flags (train and bench), the progress bar,
+run-folder checks and loading a trained run.
+
+:data:`TRAINING_FLAGS` lists every flag that sets a config value, where the value goes and
+which commands take it; :func:`add_training_flags` adds them to a subcommand's parser and
+:func:`training_overrides` turns the parsed arguments into nested config overrides (on top of
+a ``--config`` file, which may use the config layout of older nerfmine versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nerfmine.errors import NerfmineError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def parse_points(text: str) -> tuple[float, ...]:
+    """``--eval-at 15,30,60``: comma-separated numbers."""
+    try:
+        return tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 15,30,60, got '{text}'") from None
+
+
+def _max_resolution(value: int) -> int:
+    if value < 16:
+        raise NerfmineError(f"--max-resolution: expected a grid resolution of 16 or more "
+                            f"(instant-ngp: 2048), got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag that sets config values.
+
+    ``dest`` is the argparse destination; ``to`` maps its value (when the flag was given: not
+    None, not False) to ``{section: {key: value}}`` or ``{top_level_key: value}`` overrides.
+    ``group`` names a mutually exclusive group; ``commands`` the subcommands that take it."""
+
+    names: tuple[str, ...]
+    options: dict[str, Any]
+    to: Callable[[Any], dict[str, Any]]
+    commands: frozenset[str] = frozenset({"train", "bench"})
+    group: str | None = None
+    dest: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.dest:
+            dest = self.names[0].lstrip("-").replace("-", "_")
+            object.__setattr__(self, "dest", self.options.get("dest", dest))
+
+
+MAX_RESOLUTION_HELP = ("finest hash-grid resolution over the unit cube (default: "
+                       "instant-ngp's 2048; lower it for small images of object-centred "
+                       "scenes, see BENCHMARKS.md)")
+TRAIN_ONLY = frozenset({"train"})
+
+TRAINING_FLAGS: tuple[Flag, ...] = (
+    Flag(("data",), dict(nargs="?", default=None,
+                         help="scene: a NeRF-synthetic folder, a transforms.json capture (file "
+                              "or folder) or a COLMAP folder (default: the bundled 100x100 lego "
+                              "demo scene)"),
+         lambda v: {"data": {"path": str(Path(v).resolve())}}),
+    Flag(("--steps",), dict(type=int, help="budget in training steps"),
+         lambda v: {"train": {"max_steps": v, "max_seconds": None}}, TRAIN_ONLY, "budget"),
+    Flag(("--seconds",), dict(type=float, help="budget in seconds of training clock (per arm "
+                                               "for bench; default: the preset's)"),
+         lambda v: {"train": {"max_seconds": v, "max_steps": None}}, group="budget"),
+    Flag(("--eval-at",), dict(type=parse_points, default=None,
+                              help="evaluation points in the budget's unit, e.g. "
+                                   "15,30,60,120,240"),
+         lambda v: {"train": {"eval_at": list(v)}}),
+    Flag(("--mining",), dict(choices=["hsm", "none"], default=None,
+                             help="hsm: online hard sample mining (default); none: plain "
+                                  "Instant-NGP"),
+         lambda v: {"mining": v}, TRAIN_ONLY),
+    Flag(("--backend",), dict(choices=["auto", "torch", "triton"], default=None,
+                              help="kernels: triton on a CUDA GPU, torch (pure PyTorch) "
+                                   "elsewhere"),
+         lambda v: {"backend": v}),
+    Flag(("--downscale",), dict(type=int, default=None, help="shrink images N times"),
+         lambda v: {"data": {"downscale": v}}),
+    Flag(("--min-sharpness",), dict(type=float, default=None, metavar="S",
+                                    help="drop the frames of a transforms.json whose "
+                                         "'sharpness' is below S (blurry photos), before the "
+                                         "hold-out"),
+         lambda v: {"data": {"min_sharpness": v}}),
+    Flag(("--skip-missing",), dict(action="store_true",
+                                   help="train on the frames whose images exist when a "
+                                        "transforms.json names missing ones"),
+         lambda v: {"data": {"skip_missing": True}}),
+    Flag(("--images-on-host",), dict(action="store_true",
+                                     help="keep the training images in host memory (pinned on "
+                                          "a GPU) and copy each step's pixels to the device: "
+                                          "frees their GPU memory"),
+         lambda v: {"data": {"images_on_host": True}}),
+    Flag(("--auto-fit",), dict(action="store_true",
+                               help="when the memory estimate made before loading says the "
+                                    "run will not fit, apply --images-on-host or the smallest "
+                                    "--downscale that fits (default: stop and list the "
+                                    "options)"),
+         lambda v: {"data": {"memory_fit": "auto"}}, group="fit"),
+    Flag(("--no-memory-check",), dict(action="store_true",
+                                      help="run even when the memory estimate says it will "
+                                           "not fit"),
+         lambda v: {"data": {"memory_fit": "off"}}, group="fit"),
+    Flag(("--seed",), dict(type=int, default=None, help="seed of every random draw"),
+         lambda v: {"train": {"seed": v}}),
+    Flag(("--max-resolution",), dict(type=int, default=None, metavar="N",
+                                     help=MAX_RESOLUTION_HELP),
+         lambda v: {"model": {"max_resolution": _max_resolution(v)}}),
+    Flag(("--eval-images",), dict(type=int, default=None,
+                                  help="evaluate only the first N images of the evaluation "
+                                       "split"),
+         lambda v: {"eval": {"max_images": v}}),
+    Flag(("--no-cuda-graphs",), dict(action="store_true",
+                                     help="launch each step's kernels one by one instead of "
+                                          "replaying a captured CUDA graph (for profiling and "
+                                          "debugging)"),
+         lambda v: {"train": {"cuda_graphs": False}}),
+)
+
+
+def add_training_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add the :data:`TRAINING_FLAGS` that ``command`` takes, plus ``--preset``, ``--config``
+    and ``--quiet``."""
+    groups: dict[str, Any] = {}
+    for flag in TRAINING_FLAGS:
+        if command not in flag.commands:
+            continue
+        target = parser
+        if flag.group is not None:
+            if flag.group not in groups:
+                groups[flag.group] = parser.add_mutually_exclusive_group()
+            target = groups[flag.group]
+        target.add_argument(*flag.names, **flag.options)
+    parser.add_argument("--preset", default="auto", help="auto (default), gpu or cpu")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="JSON file of config overrides (nested like config.json)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The overrides of a ``--config`` file, in today's layout (an older layout is upgraded
+    and a note says what moved)."""
+    from nerfmine.config import upgrade_layout
+
+    try:
+        overrides = json.loads(path.read_text())
+    except OSError as exc:
+        raise NerfmineError(f"{path}: cannot read the config file ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise NerfmineError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(overrides, dict) or any(
+            not isinstance(v, dict) for k, v in overrides.items()
+            if k not in ("preset", "backend", "device", "mining", "config_version")):
+        raise NerfmineError(f"{path}: expected a JSON object of config sections like "
+                            '{"optim": {"lr": 0.01}}, as in a run\'s config.json')
+    overrides, moved = upgrade_layout(overrides, where=str(path))
+    if moved:
+        print(f"note: {path} uses the config layout of nerfmine 0.1; read as: "
+              f"{', '.join(moved)}", flush=True)
+    return overrides
+
+
+def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from the training flags the command has (and its ``--config``)."""
+    from nerfmine.config import merge_overrides
+
+    config_file = getattr(args, "config", None)
+    overrides: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    for flag in TRAINING_FLAGS:
+        value = getattr(args, flag.dest, None)
+        if value is None or value is False:
+            continue
+        overrides = merge_overrides(overrides, flag.to(value))
+    return overrides
+
+
+# --------------------------------------------------------------------------- run folders
+def default_run_dir(data: str | None) -> Path:
+    name = Path(data).name if data else "demo-lego_100"
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{stamp}"
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".nerfmine-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise NerfmineError(f"{folder}: cannot write the run folder here ({exc.strerror}); "
+                            "choose another place with --output") from None
+
+
+def load_scene(run_dir: Path, data: Path | None = None, overrides: dict | None = None):
+    """A run's :class:`~nerfmine.scene.TrainedScene`; ``data`` replaces the scene folder its
+    config records (the scene moved since training)."""
+    from nerfmine.config import merge_overrides
+    from nerfmine.errors import ConfigError
+    from nerfmine.scene import TrainedScene
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder; pass the folder a 'nerfmine train' "
+                          "wrote (it holds checkpoint.pt).")
+    changes = dict(overrides or {})
+    if data:
+        changes = merge_overrides(changes, {"data": {"path": str(Path(data).resolve())}})
+    return TrainedScene.load(run_dir, changes or None)
+
+
+def check_scene_exists(data_root: Path, run_dir: Path) -> None:
+    """A run's scene must still be where it was trained (or be given with --data)."""
+    if not Path(data_root).exists():
+        raise NerfmineError(
+            f"{data_root}: the scene {run_dir} was trained on is not there any more (it is "
+            "read for the cameras and photographs); pass its new location with --data PATH.")
+
+
+def parse_background(text: str) -> tuple[float, float, float]:
+    """``--background``: white, black or r,g,b with each value in [0, 1]."""
+    t = str(text).strip().lower()
+    if t == "white":
+        return (1.0, 1.0, 1.0)
+    if t == "black":
+        return (0.0, 0.0, 0.0)
+    try:
+        values = tuple(float(v) for v in t.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+        raise NerfmineError(f"--background: expected white, black or r,g,b with three numbers "
+                            f"in [0, 1] (e.g. 0.5,0.5,0.5), got '{text}'.")
+    return values  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- progress
+class Progress:
+    """A rich progress bar: step, loss, samples/s, PSNR so far, time left (``quiet``: one
+    line per evaluation instead)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        if quiet:
+            return
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.description}"),
+            TimeElapsedColumn(), transient=False)
+        self.task = self.bar.add_task("", total=1.0)
+        self.bar.start()
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        if self.quiet:
+            if info.get("event") == "eval":
+                print(f"eval at {info['clock']:.1f} s, step {info['step']}: "
+                      f"PSNR {info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}", flush=True)
+            return
+        if info.get("event") == "eval":
+            self.bar.console.print(f"eval at {info['clock']:.1f} s (step {info['step']}): "
+                                   f"PSNR {info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}")
+            return
+        psnr = f"{info['psnr']:.2f} dB" if info.get("psnr") is not None else "-"
+        hard = f" b/B {info['hard_fraction']:.2f}" if info.get("hard_fraction") is not None else ""
+        desc = (f"step {info['step']} loss {info['loss']:.5f} "
+                f"{info['samples_per_second'] / 1e6:.2f} M samples/s PSNR {psnr}{hard} "
+                f"left {info['time_left']:.0f} s")
+        self.bar.update(self.task, completed=min(1.0, info["fraction"]), description=desc)
+
+    def close(self) -> None:
+        if not self.quiet:
+            self.bar.stop()

@@ -1,0 +1,118 @@
+"""``nerfmine train``: train a scene (the bundled demo scene by default), optionally with the
+web viewer following the run (``--view``), or continue a run (``--resume``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from nerfmine.cli.common import (
+    Progress,
+    add_training_flags,
+    check_writable,
+    default_run_dir,
+    training_overrides,
+)
+from nerfmine.errors import NerfmineError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from nerfmine.cli.view import add_server_args
+
+    p = subparsers.add_parser("train", help="train a scene (the bundled demo scene by default)")
+    add_training_flags(p, "train")
+    p.add_argument("--output", "-o", type=Path, default=None,
+                   help="run folder (default: runs/<scene>-<date>-<time>)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue a run from its last checkpoint (the budget and evaluation "
+                        "points may change)")
+    p.add_argument("--view", action="store_true",
+                   help="serve the web viewer while training (needs viser: pip install "
+                        "'nerfmine[view]'); it keeps serving after training until Ctrl-C")
+    add_server_args(p, prefix="view-")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from nerfmine.config import make_config
+    from nerfmine.trainer import Trainer
+
+    overrides = training_overrides(args)
+    if args.view:  # fail before loading anything if the viewer cannot start
+        from nerfmine.viewer import check_port, import_viser
+
+        import_viser()
+        check_port(args.view_host, args.view_port)
+    if args.resume is not None:
+        # Only what the user typed overrides the checkpoint's config; the budget and the
+        # evaluation points may change, anything else must match (checked by resume).
+        if args.output is not None or args.preset != "auto":
+            raise NerfmineError("--output and --preset do not apply with --resume: the run "
+                                "continues in its own folder with its own config")
+        if overrides.get("backend") == "auto":
+            del overrides["backend"]
+        trainer = Trainer.resume(args.resume, overrides)
+        for note in trainer.notes:
+            print(f"note: {note}", flush=True)
+        print(f"resuming {args.resume} at step {trainer.step} "
+              f"({trainer.clock:.1f} s of training clock)", flush=True)
+    else:
+        config = make_config(args.preset, overrides)
+        run_dir = args.output or default_run_dir(config.data.path)
+        check_writable(run_dir)
+        if (run_dir / "checkpoint.pt").exists():
+            raise NerfmineError(f"{run_dir} already holds a run; resume it with "
+                                f"--resume {run_dir} or choose another --output")
+        trainer = Trainer(config, run_dir)
+        for note in trainer.notes:
+            print(f"note: {note}", flush=True)
+        print(f"training {trainer.data_root} on {config.device} (preset {config.preset}, "
+              f"backend {config.backend}, mining {config.mining}) into {run_dir}", flush=True)
+    progress = Progress(args.quiet or not sys.stdout.isatty())
+    if not args.view:
+        try:
+            metrics = trainer.train(progress=progress)
+        finally:
+            progress.close()
+        print_summary(trainer.run_dir, metrics)
+        return 0
+    return _train_with_viewer(args, trainer, progress)
+
+
+def _train_with_viewer(args: argparse.Namespace, trainer, progress: Progress) -> int:
+    """Train with the web viewer in background threads; serve on after training until Ctrl-C."""
+    from nerfmine.viewer import make_viewer, wait_for_interrupt
+
+    viewer = make_viewer(trainer.scene, host=args.view_host, port=args.view_port,
+                         training=True, cameras=trainer.train_data.cameras(),
+                         title=f"nerfmine: {trainer.run_dir.name}")
+    if trainer.device.type == "cuda":
+        trainer.hooks.step_guard = viewer.renderer.share_lock()
+    trainer.hooks.progress.append(viewer.on_progress)
+    viewer.start()
+    try:
+        print(viewer.banner(), flush=True)
+        try:
+            metrics = trainer.train(progress=progress)
+        finally:
+            progress.close()
+        viewer.set_status(state="training done")
+        print_summary(trainer.run_dir, metrics)
+        print(f"viewer: still serving {viewer.url}; Ctrl-C stops it", flush=True)
+        wait_for_interrupt(viewer)
+    finally:
+        viewer.stop()
+    print("viewer stopped", flush=True)
+    return 0
+
+
+def print_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
+    hard = metrics.get("mean_hard_fraction")
+    print(f"done: {metrics['steps']} steps in {metrics['training_seconds']:.1f} s of training "
+          f"clock on {metrics['device']}" + (f", mean b/B {hard:.3f}" if hard else ""))
+    print(f"test PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "
+          f"({len(metrics['per_image'])} {metrics['split']} views over white)")
+    print(f"outputs in {run_dir}: config.json, checkpoint.pt, metrics.json, psnr_curve.png, "
+          f"renders/")
