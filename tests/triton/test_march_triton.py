@@ -47,7 +47,7 @@ def _grid(res, frac, seed):
 def _assert_identical(out, ref):
     assert out.n_rays == ref.n_rays
     for name in FIELDS:
-        a, b = getattr(out, name), getattr(ref, name)
+        a, b = getattr(out, name).cpu(), getattr(ref, name).cpu()  # a reference may be on CPU
         assert a.dtype == b.dtype and a.shape == b.shape, name
         assert torch.equal(a, b), f"{name} differs at {(a != b).nonzero()[:5].tolist()}"
 
