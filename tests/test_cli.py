@@ -123,3 +123,17 @@ def test_max_resolution_flag(tmp_path):
     assert "model" not in training_overrides(argparse.Namespace())
     _assert_user_error(_run("train", "--steps", "1", "--max-resolution", "4", "--output",
                             str(tmp_path / "run")), "--max-resolution", "16 or more")
+
+
+def test_a_config_file_of_the_old_layout_is_read_with_a_note(tmp_path, capsys):
+    from nerfmine.cli.common import read_config_file
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"train": {"lr": 0.005, "eval_max_images": 1, "max_steps": 2}}))
+    overrides = read_config_file(path)
+    assert overrides["optim"] == {"lr": 0.005} and overrides["eval"] == {"max_images": 1}
+    out = capsys.readouterr().out
+    assert "train.lr -> optim.lr" in out and str(path) in out
+    path.write_text(json.dumps({"train": {"lr": 0.005}, "optim": {"lr": 0.01}}))
+    with pytest.raises(Exception, match="give only optim.lr"):
+        read_config_file(path)

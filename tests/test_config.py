@@ -68,3 +68,40 @@ def test_malformed_config_file(tmp_path):
     path.write_text(json.dumps({"train": "fast"}))
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(path)
+
+
+def test_layout_1_is_upgraded_and_a_key_in_both_places_is_refused():
+    from nerfmine.config import upgrade_layout
+
+    old = {"train": {"max_steps": 5, "lr": 3e-3, "eval_max_images": 2, "step_size": 0.01,
+                     "save_renders": False}, "model": {"n_levels": 8}}
+    new, moved = upgrade_layout(old)
+    assert new["optim"] == {"lr": 3e-3} and new["march"] == {"step_size": 0.01}
+    assert new["eval"] == {"max_images": 2, "save_renders": False}
+    assert new["train"] == {"max_steps": 5} and new["config_version"] == 2
+    assert "train.lr -> optim.lr" in moved and old["train"]["lr"] == 3e-3  # input untouched
+    config = config_from_dict(new)
+    assert config.optim.lr == 3e-3 and config.eval.max_images == 2
+    assert upgrade_layout(config.to_dict()) == (config.to_dict(), [])  # today's: unchanged
+    with pytest.raises(ConfigError, match="optim.lr"):
+        upgrade_layout({"train": {"lr": 1e-3}, "optim": {"lr": 1e-2}})
+    with pytest.raises(ConfigError, match="newer nerfmine"):
+        config_from_dict({"config_version": 3, "train": {"max_steps": 1}})
+
+
+def test_resolving_against_the_scene_is_pure_and_records_what_it_chose():
+    from types import SimpleNamespace
+
+    from nerfmine.config import resolve_for_scene
+
+    config = make_config("cpu", {"train": {"max_steps": 1}})
+    fox = SimpleNamespace(aabb_scale=4.0, scale=0.2, offset=(0.4, 0.5, 0.6))
+    resolved, notes = resolve_for_scene(config, fox)
+    assert config.data.aabb_scale is None and config.march.cone_angle is None  # unchanged
+    assert resolved.data.aabb_scale == 4.0 and resolved.occupancy.cascades == 3
+    assert resolved.march.cone_angle == 1 / 256 and resolved.data.scale == 0.2
+    assert resolved.data.offset == (0.4, 0.5, 0.6) and "3 occupancy cascades" in notes[0]
+    again, _ = resolve_for_scene(resolved, fox)
+    assert again == resolved  # resolving twice changes nothing
+    unit, notes = resolve_for_scene(config, None)  # a run loaded without its data
+    assert unit.data.aabb_scale == 1.0 and unit.march.cone_angle == 0.0 and notes == []

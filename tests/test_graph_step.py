@@ -20,7 +20,9 @@ from nerfmine.miner import BUFFER_MULTIPLE
 from nerfmine.train_step import GRAPH_BUFFER_BUCKETS
 from nerfmine.trainer import Trainer
 
-TINY = {"model": {"log2_table_size": 12, "n_levels": 8, "max_resolution": 256},
+# CPU tests wherever they run: they compare the graph path with the eager step on the CPU.
+TINY = {"device": "cpu", "backend": "torch",
+        "model": {"log2_table_size": 12, "n_levels": 8, "max_resolution": 256},
         "occupancy": {"resolution": 32, "update_interval": 4, "warmup_steps": 8},
         "train": {"target_samples": 2048, "initial_rays": 128, "ray_granularity": 32,
                   "checkpoint_every": 1e9, "max_steps": 50},

@@ -25,7 +25,9 @@ from nerfmine.scene import TrainedScene
 from nerfmine.trainer import Trainer
 
 OLD = Path(__file__).parent / "data" / "runs_286bf1b"
-TINY = {"model": {"log2_table_size": 10, "n_levels": 4, "max_resolution": 64, "hidden_dim": 16},
+# A CPU test wherever it runs (a GPU machine would otherwise train on CUDA).
+TINY = {"device": "cpu", "backend": "torch",
+        "model": {"log2_table_size": 10, "n_levels": 4, "max_resolution": 64, "hidden_dim": 16},
         "occupancy": {"resolution": 16, "update_interval": 2, "warmup_steps": 2},
         "train": {"max_steps": 4, "target_samples": 1024, "initial_rays": 64,
                   "ray_granularity": 32, "checkpoint_every": 1e9},

@@ -5,6 +5,6 @@ Importing the package is cheap: torch is imported, Triton only when a Triton ker
 
 from nerfmine.errors import ConfigError, DataError, NerfmineError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["ConfigError", "DataError", "NerfmineError", "__version__"]

@@ -134,8 +134,8 @@ class TrainConfig:
     layer-by-layer path through cuBLAS. Same outputs; the timings are in BENCHMARKS.md."""
     first_pass_chunk: int = 1 << 17
     """Samples per chunk of the mining's first forward (no graph): bounds its transient memory,
-    so that the mining step's peak is set by its (smaller) graph (the chunk size was chosen on
-    an H200: BENCHMARKS.md, "Memory of a mining step")."""
+    so that the mining step's peak is set by its (smaller) graph (the size was chosen on an
+    H200: BENCHMARKS.md, "Chunked mining passes")."""
     second_pass_chunk: int = 1 << 16
     """Samples per chunk of the mining's second pass (forward with a graph, then backward):
     the injected gradients are known from the first pass, so each chunk's backward can run on

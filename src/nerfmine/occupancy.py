@@ -177,7 +177,7 @@ class OccupancyGrid(nn.Module):
         densities of one chunk at a time) and finishes in place, so that what it allocates
         beyond the grid's buffers is one [K * res^3] float buffer, the cells drawn (after the
         warm-up) and one chunk's intermediates: it must not set the training run's memory peak
-        (with whole-grid temporaries it did for mining, 200 against 144 MiB).
+        (with whole-grid temporaries it did for mining: BENCHMARKS.md).
 
         Every cascade uses the same threshold (instant-ngp splats the optical thickness of the
         finest step, whatever the cascade), and the mean that may lower it is cascade 0's.

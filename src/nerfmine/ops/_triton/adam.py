@@ -41,7 +41,7 @@ def _adam_kernel(
     bc1 = 1.0 - tl.exp2(t * log2_beta1)
     bc2_sqrt = tl.sqrt(1.0 - tl.exp2(t * log2_beta2))
     # Every load is issued unconditionally: gating the param and moment loads on the gradient
-    # (a sparse read) measured slower on an H200, even with 90 % of a table untouched, since
+    # (a sparse read) was slower even with 90 % of a table untouched (BENCHMARKS.md), since
     # hashed entries are touched at random and the loads then wait for the gradient's.
     graw = tl.load(g_ptr + offs, mask=inb, other=0.0).to(tl.float32)
     p0 = tl.load(p_ptr + offs, mask=inb, other=0.0)

@@ -25,13 +25,9 @@ Backward (table only; ``x`` gets no gradient)
       consecutive points in one cell share all 8 corner rows. Each point recomputes the cells
       of its neighbours (positions offs - 1 and offs + 1: cached loads, no register gather), a
       segmented scan along the block sums each run, and only a run's last point issues its 8
-      atomics. ``PRE_REDUCE`` (or ``pre_reduce=``) switches it off.
-      Measured on an H200, 2^18 points, default spec (benchmarks/kernels_gpu.py):
-      ray-ordered points: backward 0.47 ms plain -> ~0.25 ms (dense levels 0.20 -> 0.05 ms,
-      hashed 0.26 -> 0.20 ms); uniform random points (no runs): 0.445 -> 0.45 ms (cost ~2%).
-      (A first version sorted each block's 8*BLOCK rows with ``tl.sort`` + ``tl.gather`` and
-      reduced equal rows: correct but 1.05 ms vs 0.16-0.20 ms for the plain dense scatter, so
-      it was dropped.)
+      atomics. ``PRE_REDUCE`` (or ``pre_reduce=``) switches it off. It roughly halves the
+      backward on ray-ordered points and costs ~2% on random ones (BENCHMARKS.md, "The hash
+      grid's backward with run-length pre-reduction").
 """
 
 from __future__ import annotations
