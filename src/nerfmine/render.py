@@ -124,35 +124,30 @@ def _evaluate(field, samples, settings) -> torch.Tensor:
 def _render_whole(field, occupancy, origins, directions, background, settings):
     """Exponential stepping, in segments of growing sample counts that retire opaque rays.
 
-    The first segment starts each walk as the training marcher does (no jitter); a ray whose
-    segment was full continues at ``t + dt`` of its last sample, exactly the next candidate of
-    one long walk (after a kept sample no empty-cell skip is pending), so the samples are those
-    of one march of at most ``max_steps`` samples. Segments are chained by transmittance as in
-    :func:`_render_chunk`.
+    The first segment starts each ray's candidates as the training marcher does (no jitter); a
+    ray whose segment was full continues at ``ray_next``, the candidate after its last sample,
+    so the samples are those of one march of at most ``max_steps`` samples. Segments are
+    chained by transmittance as in :func:`_render_chunk`.
     """
     n_rays = origins.shape[0]
     device = origins.device
     transmittance = torch.ones(n_rays, device=device)  # [R]
     colour = torch.zeros(n_rays, 3, device=device)  # [R, 3]
     depth = torch.zeros(n_rays, device=device)  # [R]
-    t_next = torch.zeros(n_rays, device=device)  # [R], where a continued walk resumes
+    k_next = torch.zeros(n_rays, dtype=torch.int64, device=device)  # [R], where rays resume
     active = torch.arange(n_rays, device=device)  # [A]
-    k0, segment, first = 0, 32, True
+    k0, segment = 0, 32
     while active.numel() > 0 and k0 < settings.max_steps:
         steps = min(segment, settings.max_steps - k0)
         samples = march_rays(origins[active], directions[active], occupancy,
                              step_size=settings.step_size, max_steps=steps, capacity=None,
                              backend=settings.backend, aabb_scale=settings.aabb_scale,
-                             cone_angle=settings.cone_angle,
-                             t_start=None if first else t_next[active])
+                             cone_angle=settings.cone_angle, k_start=k_next[active])
         # t is measured from the rays' own origins: no depth offset.
         _add_segment(field, samples, active, transmittance, colour, depth, None, settings)
         counts = samples.ray_counts  # [A]
-        last = (samples.ray_starts + counts - 1).clamp(min=0)  # [A]
-        if samples.capacity > 0:
-            t_next[active] = samples.t[last] + samples.dt[last]
+        k_next[active] = samples.ray_next
         k0 += steps
-        first = False
         alive = (counts == steps) & (transmittance[active] >= settings.min_transmittance)
         active = active[alive]
         segment = min(segment * 2, 256)

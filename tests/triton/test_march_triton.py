@@ -172,7 +172,7 @@ def _cascade_grid(n_cascades, res, frac, seed):
     (1, 2.0, 0.03, None),
     (13, 4.0, 0.03, None),
     (13, 4.0, 0.03, 150),
-    (67, 3.0, 0.05, 400),  # more rays than one program's lanes (EXP_BLOCK = 64)
+    (67, 3.0, 0.05, 400),  # many rays, some dropped for capacity
     (13, 4.0, 0.0, None),  # cascades with constant steps
     (13, 4.0, 0.0, 90),
     (13, 16.0, 0.05, None),
@@ -211,13 +211,16 @@ def test_exponential_steps_with_n_active(device):
     assert ref.ray_counts[:7].sum() > 0
 
 
-def test_exponential_walk_continued_from_t_start(device):
+def test_exponential_march_continued_from_k_start(device):
+    """Candidates from per-ray start indices, and the candidate after each ray's last sample
+    (ray_next, which the renderer continues from), as the reference gives them."""
     origins, directions, _ = _large_scene(13, seed=8, aabb_scale=4.0)
     grid = _cascade_grid(3, 8, 0.4, seed=8)
-    t_start = torch.rand(13, generator=torch.Generator().manual_seed(1)) * 3
+    k_start = torch.randint(0, 40, (13,), generator=torch.Generator().manual_seed(1))
     kw = dict(step_size=0.06, max_steps=25, capacity=None, aabb_scale=4.0, cone_angle=0.03)
-    ref = march_rays(origins, directions, grid, t_start=t_start, **kw)
+    ref = march_rays(origins, directions, grid, k_start=k_start, **kw)
     out = march_rays(origins.to(device), directions.to(device), grid.to(device),
-                     t_start=t_start.to(device), backend="triton", **kw)
+                     k_start=k_start.to(device), backend="triton", **kw)
     _assert_identical(out, ref)
-    assert ref.n_samples.item() > 0
+    assert torch.equal(out.ray_next.cpu(), ref.ray_next)
+    assert ref.n_samples.item() > 0 and (ref.ray_next >= k_start).all()

@@ -17,18 +17,23 @@ import torch
 from torch import Tensor
 
 from nerfmine.ops.backends import check_backend, triton_module
+from nerfmine.ops.cone_lattice import (
+    candidates_before,
+    lattice_params,
+    lattice_t,
+    power_bits,
+    ratio_squares,
+)
 from nerfmine.ops.packed import PackedSamples, pack_rays, packed_samples, ray_slots_active
 from nerfmine.ops.scene_box import (
     DEFAULT_MAX_STEPS,
     DEFAULT_STEP_SIZE,
-    NO_BOUNDARY,
     cascade_cells,
     cone_step,
     default_max_step_size,
     flat_occupancy,
     fp32,
     ray_box,
-    walk_start,
 )
 
 # Candidates ([rays, max_steps]) examined at once by the reference marcher: bounds its memory.
@@ -74,7 +79,7 @@ def march_rays(
     aabb_scale: float = 1.0,
     cone_angle: float = 0.0,
     max_step_size: float | None = None,
-    t_start: Tensor | None = None,
+    k_start: Tensor | None = None,
 ) -> PackedSamples:
     """March rays through the scene's box, keeping candidates in occupied cells.
 
@@ -86,13 +91,17 @@ def march_rays(
     ``k < max_steps`` and ``t < t_far``; its interval is ``step_size``.
 
     Exponential steps (``cone_angle > 0``, instant-ngp's large-scene marching): with
-    ``dt(t) = clamp(t * cone_angle, step_size, max_step_size)``, the walk starts at
-    ``t_0 = t_near + u_r * dt(t_near)`` and advances ``t_{i+1} = t_i + dt(t_i)`` while
-    ``t < t_far``; a kept candidate is a sample at ``t_i`` of interval ``dt(t_i)``. After an empty
-    candidate the walk skips, without looking, every candidate before the exit of that empty cell
-    (instant-ngp's ``advance_to_next_voxel``: DDA distance to the cell's boundary, then regular
-    steps), and a ray stops after ``max_steps`` kept samples (instant-ngp's NERF_STEPS counts
-    samples, not candidates). The torch reference of this mode reads the host every few steps.
+    ``dt(t) = clamp(t * cone_angle, step_size, max_step_size)``, the candidates are instant-ngp's
+    walk ``t_0 = t_near + u_r * dt(t_near)``, ``t_{i+1} = t_i + dt(t_i)``, written in closed
+    form (:mod:`nerfmine.ops.cone_lattice`: equal in exact arithmetic, within fp32 rounding of
+    the recurrence), so that all of a ray's candidates are tested in parallel; a kept candidate
+    is a sample at ``t_i`` of interval ``dt(t_i)``, and a ray stops after ``max_steps`` kept
+    samples (instant-ngp's NERF_STEPS counts samples, not candidates). Every candidate before
+    ``t_far`` is looked up, including those instant-ngp's ``advance_to_next_voxel`` would jump
+    over after an empty cell (they lie in that empty cell's exit path; looked up, they are
+    kept only where their own cell is occupied). ``PackedSamples.ray_next`` gives, per ray,
+    the candidate after its last kept one. The torch reference reads the host once per window
+    of candidates.
 
     A candidate is kept when its occupancy cell is True: with one cascade the cell
     ``floor(position * res)`` of ``occupancy[ix, iy, iz]``; with K cascades the cell of the
@@ -116,9 +125,9 @@ def march_rays(
             uses 1/256 for aabb_scale > 1).
         max_step_size: the largest step with ``cone_angle > 0``; None for instant-ngp's
             :func:`default_max_step_size` of the occupancy resolution.
-        t_start: [R] float32, ``cone_angle > 0`` only: the first candidate of each walk instead
-            of ``t_near + u dt(t_near)``. ``t + dt`` of a ray's last sample continues its walk
-            exactly where a call with ``max_steps`` samples stopped (segmented rendering).
+        k_start: [R] int64, ``cone_angle > 0`` only: the index of each ray's first candidate
+            (0 by default). The ``ray_next`` of a march that stopped at ``max_steps`` samples
+            continues it exactly (segmented rendering).
         n_active: optional 0-dim integer device tensor: only rays ``r < n_active`` are
             marched; the others get no samples and ``ray_valid`` False. It lets a caller with
             a fixed number of ray slots (a captured CUDA graph) choose the ray count on device.
@@ -126,8 +135,8 @@ def march_rays(
     check_backend("march_rays", backend)
     if not cone_angle >= 0:
         raise ValueError(f"march_rays: cone_angle must be >= 0, got {cone_angle}")
-    if t_start is not None and not cone_angle > 0:
-        raise ValueError("march_rays: t_start continues an exponential walk (cone_angle > 0)")
+    if k_start is not None and not cone_angle > 0:
+        raise ValueError("march_rays: k_start continues an exponential march (cone_angle > 0)")
     if backend == "triton":
         return triton_module("march", origins, directions, occupancy).march_rays_triton(
             origins,
@@ -141,7 +150,7 @@ def march_rays(
             cone_angle=cone_angle,
             max_step_size=max_step_size,
             n_active=n_active,
-            t_start=t_start,
+            k_start=k_start,
         )
 
     occ_flat, n_cascades, res = flat_occupancy(occupancy)
@@ -160,10 +169,9 @@ def march_rays(
     if cone_angle > 0:
         if max_step_size is None:
             max_step_size = default_max_step_size(res)
-        return _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat,
-                                  n_cascades, res, float(step_size), float(cone_angle),
-                                  float(max_step_size), int(max_steps), capacity, active,
-                                  t_start)
+        return _march_lattice(origins, directions, t_near, t_far, jitter, occ_flat, n_cascades,
+                              res, float(step_size), float(cone_angle), float(max_step_size),
+                              int(max_steps), capacity, active, k_start)
     chunk = max(1, _CANDIDATES_PER_CHUNK // max(1, max_steps))
 
     def candidates(lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -229,66 +237,45 @@ def march_rays(
     return packed_samples((positions, sample_dirs, ts, dts, ray_ids), packing, n_rays)
 
 
-def _distance_to_next_voxel(px, py, pz, dx, dy, dz, ix, iy, iz, mip, res: int) -> Tensor:
-    """instant-ngp's ``distance_to_next_voxel`` in the cells of cascade ``mip`` (DDA): the ray
-    distance to the nearest cell boundary ahead, >= 0. ``i*`` are 1 / direction; axes with a zero
-    direction never reach a boundary (+inf). Products only (no division), as in the kernel."""
-    scale = torch.ldexp(torch.ones_like(px), -mip)  # 2^-mip
-    cell = scale * float(res)  # cells per unit length in cascade mip
-    inv_cell = torch.ldexp(torch.full_like(px, 1.0 / res), mip)  # cell size
-    dist = None
-    for p, d, inv in ((px, dx, ix), (py, dy, iy), (pz, dz, iz)):
-        q = cell * (p - 0.5)
-        half = torch.where(d > 0, 0.5, torch.where(d < 0, -0.5, 0.0))
-        axis = ((q + 0.5 + half).floor() - q) * inv
-        axis = torch.where(d == 0, NO_BOUNDARY, axis)
-        dist = axis if dist is None else torch.minimum(dist, axis)
-    return (dist * inv_cell).clamp(min=0.0)
-
-
-def _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat, n_cascades, res,
-                       step_size, cone_angle, max_step, max_steps, capacity,
-                       active=None, t_start=None) -> PackedSamples:
-    """The ``cone_angle > 0`` walk of :func:`march_rays` (reference): every live ray advances one
-    candidate per iteration; kept samples are gathered, then packed in ray order."""
+def _march_lattice(origins, directions, t_near, t_far, jitter, occ_flat, n_cascades, res,
+                   step_size, cone_angle, max_step, max_steps, capacity, active=None,
+                   k_start=None) -> PackedSamples:
+    """The ``cone_angle > 0`` march of :func:`march_rays` (reference): the candidates of
+    :mod:`nerfmine.ops.cone_lattice`, tested in windows of candidates for all rays at once; a
+    candidate is kept when its cell is occupied, until the ray has ``max_steps`` samples."""
     device = origins.device
     n_rays = origins.shape[0]
-    # The kernel receives fp32 scalars: clamp to the same values.
-    step_size, cone_angle, max_step = (fp32(v) for v in (step_size, cone_angle, max_step))
-    safe = torch.where(directions == 0, 1.0, directions)
-    inv_dir = 1.0 / safe  # [R, 3]; unused where the direction is 0
-    t = walk_start(t_near, jitter, step_size, cone_angle, max_step, t_start)  # [R]
-    target = t_near.clone()  # [R]; candidates before it are skipped
+    lattice = lattice_params(t_near, jitter, step_size, cone_angle, max_step)
+    squares = ratio_squares(cone_angle, power_bits(step_size, cone_angle, max_step), device)
+    k0 = (torch.zeros(n_rays, dtype=torch.int64, device=device) if k_start is None
+          else k_start.to(device=device, dtype=torch.int64))
     count = torch.zeros(n_rays, dtype=torch.int64, device=device)  # kept samples so far
-    alive_idx = torch.arange(n_rays, device=device)[t < t_far]  # [A], rays still walking
-    kept_ray, kept_rank, kept_t, kept_dt, kept_pos = [], [], [], [], []
-    while max_steps > 0 and alive_idx.numel() > 0:
-        r = alive_idx
-        tr = t[r]
-        dt = cone_step(tr, cone_angle, step_size, max_step)
-        o, d = origins[r], directions[r]
-        px, py, pz = (o[:, a] + tr * d[:, a] for a in range(3))
-        linear = cascade_cells(px, py, pz, dt, n_cascades, res)
-        test = tr >= target[r]
-        occupied = occ_flat[linear]
-        keep = test & occupied
+    next_k = k0.clone()  # [R], after the last kept candidate
+    n_cand = (candidates_before(t_far, lattice, step_size, cone_angle, max_step) - k0)
+    n_cand = int(n_cand.clamp(min=0).max()) if n_rays > 0 and max_steps > 0 else 0
+    window = max(1, _CANDIDATES_PER_CHUNK // max(1, n_rays))
+    kept = []
+    for w0 in range(0, n_cand, window):
+        j = torch.arange(w0, min(n_cand, w0 + window), device=device)  # [K]
+        k = k0[:, None] + j[None, :]  # [R, K]
+        t = lattice_t(k, lattice, step_size, cone_angle, max_step, squares)  # [R, K]
+        dt = cone_step(t, fp32(cone_angle), fp32(step_size), fp32(max_step))
+        px, py, pz = (origins[:, a, None] + t * directions[:, a, None] for a in range(3))
+        linear = cascade_cells(px, py, pz, dt, n_cascades, res)  # [R, K]
+        hit = (t < t_far[:, None]) & occ_flat[linear]  # [R, K]
+        hit_i = hit.long()
+        rank = count[:, None] + hit_i.cumsum(dim=1) - hit_i  # [R, K]
+        keep = hit & (rank < max_steps)
         if keep.any():
-            kept_ray.append(r[keep])
-            kept_rank.append(count[r][keep])
-            kept_t.append(tr[keep])
-            kept_dt.append(dt[keep])
-            kept_pos.append(torch.stack([px, py, pz], dim=-1)[keep])
-        count[r] += keep.long()
-        empty = test & ~occupied
-        if empty.any():
-            mip = linear // res**3
-            inv = inv_dir[r]
-            dist = _distance_to_next_voxel(px, py, pz, d[:, 0], d[:, 1], d[:, 2], inv[:, 0],
-                                           inv[:, 1], inv[:, 2], mip, res)
-            target[r] = torch.where(empty, tr + dist, target[r])
-        t_new = tr + dt
-        t[r] = t_new
-        alive_idx = r[(t_new < t_far[r]) & (count[r] < max_steps)]
+            ray, col = torch.nonzero(keep, as_tuple=True)
+            kept.append((ray, rank[ray, col], t[ray, col], dt[ray, col],
+                         torch.stack([px[ray, col], py[ray, col], pz[ray, col]], dim=-1)))
+            last = torch.where(keep, k, -1).amax(dim=1)  # [R]
+            next_k = torch.where(last >= 0, last + 1, next_k)
+        count += keep.sum(dim=1)
+        done = (count >= max_steps) | (t[:, -1] >= t_far)  # t grows with k
+        if bool(done.all()):
+            break
 
     packing = pack_rays(count, capacity, active)  # [R] each
     capacity, fits, starts = packing.capacity, packing.fits, packing.starts
@@ -299,12 +286,14 @@ def _march_exponential(origins, directions, t_near, t_far, jitter, occ_flat, n_c
     ts = torch.zeros(capacity + 1, device=device)
     dts = torch.zeros(capacity + 1, device=device)
     ray_ids = torch.full((capacity + 1,), n_rays, dtype=torch.int64, device=device)
-    if kept_ray:
-        ray = torch.cat(kept_ray)
-        dest = torch.where(fits[ray], starts[ray] + torch.cat(kept_rank), trash)
-        positions.index_copy_(0, dest, torch.cat(kept_pos))
+    if kept:
+        ray, rank, t, dt, pos = (torch.cat(parts) for parts in zip(*kept))
+        dest = torch.where(fits[ray], starts[ray] + rank, trash)
+        positions.index_copy_(0, dest, pos)
         sample_dirs.index_copy_(0, dest, directions[ray])
-        ts.index_copy_(0, dest, torch.cat(kept_t))
-        dts.index_copy_(0, dest, torch.cat(kept_dt))
+        ts.index_copy_(0, dest, t)
+        dts.index_copy_(0, dest, dt)
         ray_ids.index_copy_(0, dest, ray)
-    return packed_samples((positions, sample_dirs, ts, dts, ray_ids), packing, n_rays)
+    samples = packed_samples((positions, sample_dirs, ts, dts, ray_ids), packing, n_rays)
+    samples.ray_next = next_k
+    return samples

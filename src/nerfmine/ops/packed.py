@@ -36,6 +36,7 @@ class PackedSamples:
     ray_valid: Tensor  # [n_rays] bool
     n_samples: Tensor  # [] int64, on device
     n_rays: int
+    ray_next: Tensor | None = None  # [n_rays] int64, exponential steps: candidate after the last
 
     @property
     def capacity(self) -> int:

@@ -22,8 +22,6 @@ MAX_CASCADES = 8
 MAX_AABB_SCALE = float(2 ** (MAX_CASCADES - 1))
 # instant-ngp's cone angle for aabb_scale > 1 (testbed: 1/256; 0 for aabb_scale <= 1).
 LARGE_SCENE_CONE_ANGLE = 1.0 / 256.0
-# Distance to a cell boundary along an axis the ray does not move on (Triton uses the same).
-NO_BOUNDARY = 3.0e38
 
 
 def cascades_for_aabb_scale(aabb_scale: float) -> int:
@@ -129,13 +127,3 @@ def fp32(value: float) -> float:
 def cone_step(t: Tensor, cone_angle: float, min_step: float, max_step: float) -> Tensor:
     """instant-ngp's ``calc_dt``: clamp(t * cone_angle, min_step, max_step). # like t"""
     return (t * cone_angle).clamp(min=min_step, max=max_step)
-
-
-def walk_start(t_near: Tensor, jitter: Tensor, step_size: float, cone_angle: float,
-               max_step: float, t_start: Tensor | None = None) -> Tensor:
-    """First candidate of each exponential walk: ``t_near + u * dt(t_near)`` (instant-ngp's
-    jittered start), or ``t_start``. Both backends take it from here. # [R] float32"""
-    step_size, cone_angle, max_step = (fp32(v) for v in (step_size, cone_angle, max_step))
-    if t_start is not None:
-        return t_start.to(device=t_near.device, dtype=torch.float32).clone()
-    return t_near + jitter * cone_step(t_near, cone_angle, step_size, max_step)

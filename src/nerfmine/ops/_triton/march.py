@@ -18,11 +18,11 @@ FMA: kept candidates, ``t`` and positions come out bit-identical to the referenc
 stops at the first chunk with ``t >= t_far`` (t grows with k).
 
 Cascades (K > 1): ``_cell_index`` picks the cascade with comparisons against powers of two and
-scales by exact powers of two, as the reference's ``_cascade_cells``. Exponential stepping
-(``cone_angle > 0``): the candidates of a ray form a recurrence ``t += clamp(t * c, lo, hi)``, so
-``_exponential_walk_kernel`` runs one lane per ray (EXP_BLOCK rays per program), stepping all
-lanes together, once to count and once to write; the empty-cell skip uses the reciprocal
-directions computed by torch (a kernel division could differ from the reference's).
+scales by exact powers of two, as the reference's ``cascade_cells``. Exponential stepping
+(``cone_angle > 0``): the candidates are the closed-form lattice of
+:mod:`nerfmine.ops.cone_lattice` (per-ray parameters computed by torch for both backends), so
+``_lattice_kernel`` tests them BLOCK at a time like the constant-step kernels, once to count
+(and to find the candidate after each ray's last sample) and once to write.
 
 No host synchronisation when ``capacity`` is given; ``capacity=None`` reads the total once.
 """
@@ -33,27 +33,15 @@ import torch
 import triton
 import triton.language as tl
 
+from nerfmine.ops.cone_lattice import lattice_params, power_bits
 from nerfmine.ops.packed import PackedSamples, pack_rays, packed_samples, ray_slots_active
-from nerfmine.ops.scene_box import (
-    NO_BOUNDARY,
-    default_max_step_size,
-    flat_occupancy,
-    ray_box,
-    walk_start,
-)
+from nerfmine.ops.scene_box import default_max_step_size, flat_occupancy, fp32, ray_box
 
 # Candidates examined at once by one program. 128 candidates x 3 coordinates fit in registers of
 # two warps; a ray through the unit cube has up to sqrt(3) / step_size (1024) candidates.
 DEFAULT_BLOCK = 128
 DEFAULT_NUM_WARPS = 4
 _PAD_BLOCK = 1024
-# Rays per program of the exponential walk, one warp each: a training step of a large scene has
-# few rays (~1.7k on the fox), each walking thousands of steps, so small programs spread them
-# over every SM and a block waits only for its own longest ray.
-EXP_BLOCK = 16
-EXP_NUM_WARPS = 1
-# Distance along an axis the ray does not move on (the reference uses the same value).
-_NO_BOUNDARY = tl.constexpr(NO_BOUNDARY)  # a global read inside kernels must be a constexpr
 
 
 @triton.jit
@@ -193,78 +181,106 @@ def _step(t, cone_angle, min_step, max_step):
 
 
 @triton.jit
-def _axis_distance(p, d, inv, cell):
-    """Ray distance to the next cell boundary along one axis (``_distance_to_next_voxel``)."""
-    q = cell * (p - 0.5)
-    half = tl.where(d > 0, 0.5, tl.where(d < 0, -0.5, 0.0))
-    axis = (tl.floor(q + 0.5 + half) - q) * inv
-    return tl.where(d == 0, _NO_BOUNDARY, axis)
+def _lattice_t(k, t0, k_a, t_b, k_b, t_c, step_size, ratio, max_step, POWER_BITS: tl.constexpr):
+    """Candidate k of a ray (``cone_lattice.lattice_t``): t0 + k a before k_a, t_b r^(k - k_a)
+    before k_b (binary powering with the fp32 squares of r, lowest bit first), then
+    t_c + (k - k_b) b."""
+    j = tl.maximum(k - k_a, 0)
+    power = k.to(tl.float32) * 0.0 + 1.0
+    square = ratio
+    for bit in tl.static_range(POWER_BITS):
+        power = power * tl.where(((j >> bit) & 1) == 1, square, 1.0)
+        square = square * square
+    in_a = t0 + k.to(tl.float32) * step_size
+    in_b = t_b * power
+    in_c = t_c + (k - k_b).to(tl.float32) * max_step
+    return tl.where(k < k_a, in_a, tl.where(k < k_b, in_b, in_c))
 
 
 @triton.jit
-def _exponential_walk_kernel(
-    origins_ptr, directions_ptr, inv_dir_ptr, t_start_ptr, t_far_ptr, t_near_ptr, occ_ptr,
-    counts_ptr, ray_starts_ptr, ray_fits_ptr,
-    positions_ptr, sample_dirs_ptr, ts_ptr, dts_ptr, ray_ids_ptr,
-    n_rays, max_steps, step_size, cone_angle, max_step, inv_res,
-    RES: tl.constexpr, N_CASCADES: tl.constexpr, WRITE: tl.constexpr, BLOCK: tl.constexpr,
+def _lattice_candidates(
+    ox, oy, oz, dx, dy, dz, t_far, t0, k_a, t_b, k_b, t_c, k, occ_ptr,
+    step_size, cone_angle, ratio, max_step,
+    RES: tl.constexpr, N_CASCADES: tl.constexpr, BLOCK: tl.constexpr,
+    POWER_BITS: tl.constexpr,
 ):
-    """The cone_angle > 0 walk, one lane per ray: counts kept samples (WRITE False) or writes
-    them at ray_starts + rank for rays that fit (WRITE True)."""
-    rays = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = rays < n_rays
-    ox = tl.load(origins_ptr + rays * 3, mask=valid, other=0.0)
-    oy = tl.load(origins_ptr + rays * 3 + 1, mask=valid, other=0.0)
-    oz = tl.load(origins_ptr + rays * 3 + 2, mask=valid, other=0.0)
-    dx = tl.load(directions_ptr + rays * 3, mask=valid, other=0.0)
-    dy = tl.load(directions_ptr + rays * 3 + 1, mask=valid, other=0.0)
-    dz = tl.load(directions_ptr + rays * 3 + 2, mask=valid, other=0.0)
-    ix = tl.load(inv_dir_ptr + rays * 3, mask=valid, other=1.0)
-    iy = tl.load(inv_dir_ptr + rays * 3 + 1, mask=valid, other=1.0)
-    iz = tl.load(inv_dir_ptr + rays * 3 + 2, mask=valid, other=1.0)
-    t_near = tl.load(t_near_ptr + rays, mask=valid, other=0.0)
-    t_far = tl.load(t_far_ptr + rays, mask=valid, other=0.0)
-    t = tl.load(t_start_ptr + rays, mask=valid, other=0.0)  # march.walk_start, from torch
-    fres = RES * 1.0
-    target = t_near
-    count = tl.zeros([BLOCK], dtype=tl.int32)
-    alive = valid & (t < t_far) & (count < max_steps)
+    """Candidates k .. k + BLOCK of one ray on its lattice: (hit, t, dt, px, py, pz, kk)."""
+    kk = k + tl.arange(0, BLOCK)
+    t = _lattice_t(kk, t0, k_a, t_b, k_b, t_c, step_size, ratio, max_step, POWER_BITS)
+    dt = _step(t, cone_angle, step_size, max_step)
+    px = ox + t * dx
+    py = oy + t * dy
+    pz = oz + t * dz
+    linear, _scale, _up = _cell_index(px, py, pz, dt * (RES * 2.0), RES, N_CASCADES)
+    inside = t < t_far
+    hit = inside & (tl.load(occ_ptr + linear, mask=inside, other=0) != 0)
+    return hit, t, dt, px, py, pz, kk
+
+
+@triton.jit
+def _lattice_kernel(
+    origins_ptr, directions_ptr, t_far_ptr, t0_ptr, k_a_ptr, t_b_ptr, k_b_ptr, t_c_ptr,
+    k_start_ptr, occ_ptr, counts_ptr, next_ptr, ray_starts_ptr, ray_fits_ptr,
+    positions_ptr, sample_dirs_ptr, ts_ptr, dts_ptr, ray_ids_ptr,
+    max_steps, step_size, cone_angle, ratio, max_step,
+    RES: tl.constexpr, N_CASCADES: tl.constexpr, BLOCK: tl.constexpr,
+    POWER_BITS: tl.constexpr, WRITE: tl.constexpr,
+):
+    """One ray per program, its lattice's candidates BLOCK at a time: counts the kept samples
+    and the candidate after the last kept one (WRITE False), or writes the kept samples at
+    ray_starts + rank for rays that fit (WRITE True). A ray stops at max_steps samples or at
+    the first chunk that starts past t_far (t grows with k)."""
+    ray = tl.program_id(0).to(tl.int64)
+    run = True
     if WRITE:
-        alive = alive & (tl.load(ray_fits_ptr + rays, mask=valid, other=0) != 0)
-        slot = tl.load(ray_starts_ptr + rays, mask=valid, other=0)
-    while tl.max(alive.to(tl.int32), axis=0) > 0:
-        dt = _step(t, cone_angle, step_size, max_step)
-        px = ox + t * dx
-        py = oy + t * dy
-        pz = oz + t * dz
-        linear, scale, up = _cell_index(px, py, pz, dt * (RES * 2.0), RES, N_CASCADES)
-        test = alive & (t >= target)
-        occupied = tl.load(occ_ptr + linear, mask=test, other=0) != 0
-        keep = test & occupied
+        run = tl.load(ray_fits_ptr + ray) != 0
+    if run:
+        ox = tl.load(origins_ptr + ray * 3)
+        oy = tl.load(origins_ptr + ray * 3 + 1)
+        oz = tl.load(origins_ptr + ray * 3 + 2)
+        dx = tl.load(directions_ptr + ray * 3)
+        dy = tl.load(directions_ptr + ray * 3 + 1)
+        dz = tl.load(directions_ptr + ray * 3 + 2)
+        t_far = tl.load(t_far_ptr + ray)
+        t0 = tl.load(t0_ptr + ray)
+        k_a = tl.load(k_a_ptr + ray)
+        t_b = tl.load(t_b_ptr + ray)
+        k_b = tl.load(k_b_ptr + ray)
+        t_c = tl.load(t_c_ptr + ray)
+        k = tl.load(k_start_ptr + ray)
+        k_next = k
+        count = k * 0  # int64, like every loop-carried count
+        slot = count
         if WRITE:
-            dest = slot + count
-            tl.store(positions_ptr + dest * 3, px, mask=keep)
-            tl.store(positions_ptr + dest * 3 + 1, py, mask=keep)
-            tl.store(positions_ptr + dest * 3 + 2, pz, mask=keep)
-            tl.store(sample_dirs_ptr + dest * 3, dx, mask=keep)
-            tl.store(sample_dirs_ptr + dest * 3 + 1, dy, mask=keep)
-            tl.store(sample_dirs_ptr + dest * 3 + 2, dz, mask=keep)
-            tl.store(ts_ptr + dest, t, mask=keep)
-            tl.store(dts_ptr + dest, dt, mask=keep)
-            tl.store(ray_ids_ptr + dest, rays, mask=keep)
-        count += keep.to(tl.int32)
-        # An empty cell: skip the candidates before its exit (instant-ngp's DDA distance).
-        cell = scale * fres
-        inv_cell = inv_res * up
-        dist = tl.minimum(tl.minimum(_axis_distance(px, dx, ix, cell),
-                                     _axis_distance(py, dy, iy, cell)),
-                          _axis_distance(pz, dz, iz, cell))
-        dist = tl.maximum(dist * inv_cell, 0.0)
-        target = tl.where(test & (occupied == 0), t + dist, target)
-        t = tl.where(alive, t + dt, t)
-        alive = alive & (t < t_far) & (count < max_steps)
-    if not WRITE:
-        tl.store(counts_ptr + rays, count.to(tl.int64), mask=valid)
+            slot = tl.load(ray_starts_ptr + ray)
+        t_first = _lattice_t(k, t0, k_a, t_b, k_b, t_c, step_size, ratio, max_step, POWER_BITS)
+        while (count < max_steps) & (t_first < t_far):
+            hit, t, dt, px, py, pz, kk = _lattice_candidates(
+                ox, oy, oz, dx, dy, dz, t_far, t0, k_a, t_b, k_b, t_c, k, occ_ptr,
+                step_size, cone_angle, ratio, max_step, RES, N_CASCADES, BLOCK, POWER_BITS)
+            hit_i = hit.to(tl.int64)
+            rank = count + tl.cumsum(hit_i, axis=0) - hit_i  # [BLOCK]
+            keep = hit & (rank < max_steps)
+            if WRITE:
+                dest = slot + rank
+                tl.store(positions_ptr + dest * 3, px, mask=keep)
+                tl.store(positions_ptr + dest * 3 + 1, py, mask=keep)
+                tl.store(positions_ptr + dest * 3 + 2, pz, mask=keep)
+                tl.store(sample_dirs_ptr + dest * 3, tl.zeros_like(px) + dx, mask=keep)
+                tl.store(sample_dirs_ptr + dest * 3 + 1, tl.zeros_like(px) + dy, mask=keep)
+                tl.store(sample_dirs_ptr + dest * 3 + 2, tl.zeros_like(px) + dz, mask=keep)
+                tl.store(ts_ptr + dest, t, mask=keep)
+                tl.store(dts_ptr + dest, dt, mask=keep)
+                tl.store(ray_ids_ptr + dest, tl.zeros_like(dest) + ray, mask=keep)
+            last = tl.max(tl.where(keep, kk, -1), axis=0)
+            k_next = tl.where(last >= 0, last + 1, k_next)
+            count += tl.sum(keep.to(tl.int64), axis=0)
+            k += BLOCK
+            t_first = _lattice_t(k, t0, k_a, t_b, k_b, t_c, step_size, ratio, max_step,
+                                 POWER_BITS)
+        if not WRITE:
+            tl.store(counts_ptr + ray, count)
+            tl.store(next_ptr + ray, k_next)
 
 
 @triton.jit
@@ -301,7 +317,7 @@ def march_rays_triton(
     aabb_scale: float = 1.0,
     cone_angle: float = 0.0,
     max_step_size: float | None = None,
-    t_start: torch.Tensor | None = None,
+    k_start: torch.Tensor | None = None,
 ) -> PackedSamples:
     """Triton twin of ``march_rays(..., backend="torch")``; see that function for the contract.
 
@@ -327,33 +343,36 @@ def march_rays_triton(
     step_size = float(step_size)
     max_steps = int(max_steps)
     exponential = cone_angle > 0
-    if exponential:
-        max_step = default_max_step_size(res) if max_step_size is None else float(max_step_size)
-        safe = torch.where(directions == 0, 1.0, directions)
-        inv_dir = (1.0 / safe).contiguous()  # [R, 3], as the reference computes it
-        t0 = walk_start(t_near, jitter, step_size, cone_angle, max_step, t_start).contiguous()
-        walk_args = (n_rays, max_steps, step_size, float(cone_angle), max_step, 1.0 / res)
-        grid = (triton.cdiv(n_rays, EXP_BLOCK),)
-        walk = dict(RES=res, N_CASCADES=n_cascades, BLOCK=EXP_BLOCK,
-                    num_warps=EXP_NUM_WARPS, enable_fp_fusion=False)
     # No contracted multiply-adds: the candidates must match the reference bit for bit.
     launch = dict(RES=res, N_CASCADES=n_cascades, BLOCK=block, num_warps=DEFAULT_NUM_WARPS,
                   enable_fp_fusion=False)
-
     counts = torch.empty(n_rays, dtype=torch.int64, device=device)  # [R]
-    if n_rays > 0 and exponential:
-        _exponential_walk_kernel[grid](
-            origins, directions, inv_dir, t0, t_far, t_near, occ, counts, counts, counts,
-            origins, origins, t_near, t_near, counts, *walk_args, WRITE=False, **walk,
-        )
+    ray_next = None
+    if exponential:
+        max_step = default_max_step_size(res) if max_step_size is None else float(max_step_size)
+        a, c, b = fp32(step_size), fp32(cone_angle), fp32(max_step)
+        lattice = lattice_params(t_near, jitter, a, c, b)
+        k0 = (torch.zeros(n_rays, dtype=torch.int64, device=device) if k_start is None
+              else k_start.to(device=device, dtype=torch.int64))
+        per_ray = [x.contiguous() for x in (lattice.t0, lattice.k_a, lattice.t_b, lattice.k_b,
+                                            lattice.t_c, k0)]
+        ratio = fp32(1.0 + c)
+        lattice_args = (max_steps, a, c, ratio, b)
+        lattice_launch = dict(launch, POWER_BITS=power_bits(a, c, b))
+        ray_next = torch.empty(n_rays, dtype=torch.int64, device=device)
+        if n_rays > 0:
+            _lattice_kernel[(n_rays,)](
+                origins, directions, t_far, *per_ray, occ, counts, ray_next, counts, counts,
+                origins, origins, t_far, t_far, counts, *lattice_args, WRITE=False,
+                **lattice_launch,
+            )
     elif n_rays > 0:
         _march_count_kernel[(n_rays,)](
             origins, directions, t_near, t_far, jitter, occ, counts, max_steps, step_size,
             **launch,
         )
     packing = pack_rays(counts, capacity, active)  # capacity None: the one host read
-    capacity, fits, ray_starts, n_samples = (packing.capacity, packing.fits, packing.ray_starts,
-                                             packing.n_samples)
+    capacity, fits, ray_starts = packing.capacity, packing.fits, packing.ray_starts
 
     positions = torch.empty((capacity, 3), dtype=torch.float32, device=device)
     sample_dirs = torch.empty((capacity, 3), dtype=torch.float32, device=device)
@@ -361,9 +380,10 @@ def march_rays_triton(
     dts = torch.empty(capacity, dtype=torch.float32, device=device)
     ray_ids = torch.empty(capacity, dtype=torch.int64, device=device)
     if n_rays > 0 and capacity > 0 and exponential:
-        _exponential_walk_kernel[grid](
-            origins, directions, inv_dir, t0, t_far, t_near, occ, counts, ray_starts, fits,
-            positions, sample_dirs, ts, dts, ray_ids, *walk_args, WRITE=True, **walk,
+        _lattice_kernel[(n_rays,)](
+            origins, directions, t_far, *per_ray, occ, counts, ray_next, ray_starts, fits,
+            positions, sample_dirs, ts, dts, ray_ids, *lattice_args, WRITE=True,
+            **lattice_launch,
         )
     elif n_rays > 0 and capacity > 0:
         _march_write_kernel[(n_rays,)](
@@ -373,7 +393,9 @@ def march_rays_triton(
         )
     if capacity > 0:
         _pad_kernel[(triton.cdiv(capacity, _PAD_BLOCK),)](
-            n_samples, positions, sample_dirs, ts, dts, ray_ids, capacity, n_rays,
+            packing.n_samples, positions, sample_dirs, ts, dts, ray_ids, capacity, n_rays,
             BLOCK=_PAD_BLOCK,
         )
-    return packed_samples((positions, sample_dirs, ts, dts, ray_ids), packing, n_rays)
+    samples = packed_samples((positions, sample_dirs, ts, dts, ray_ids), packing, n_rays)
+    samples.ray_next = ray_next
+    return samples
