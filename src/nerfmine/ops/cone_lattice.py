@@ -54,22 +54,24 @@ class Lattice:
     t_c: Tensor  # float32, candidate k_b
 
 
-def ratio_squares(cone_angle: float, bits: int, device=None) -> Tensor:
-    """[bits] float32: r, r^2, r^4, ... with ``r = fp32(1 + c)``, each the fp32 square of the one
-    before (the order the kernels multiply them in)."""
-    squares = [torch.tensor(1.0 + fp32(cone_angle), dtype=torch.float32)]
-    for _ in range(bits - 1):
-        squares.append(squares[-1] * squares[-1])
-    return torch.stack(squares).to(device)
+def ratio_squares(cone_angle: float, bits: int) -> list[float]:
+    """r, r^2, r^4, ... (``bits`` of them) with ``r = fp32(1 + c)``, each the fp32 square of the
+    one before (the order the kernels multiply them in), as Python floats (exact fp32 values:
+    scalars reach the device without a copy, which a captured CUDA graph could not hold)."""
+    square = torch.tensor(1.0 + fp32(cone_angle), dtype=torch.float32)
+    squares = []
+    for _ in range(bits):
+        squares.append(float(square))
+        square = square * square
+    return squares
 
 
-def power(j: Tensor, squares: Tensor) -> Tensor:
+def power(j: Tensor, squares: list[float]) -> Tensor:
     """``r^j`` for integer exponents ``0 <= j < 2^len(squares)`` (any shape): the product of the
     squares of ``j``'s set bits, lowest bit first, in fp32. # like j, float32"""
     out = torch.ones(j.shape, dtype=torch.float32, device=j.device)
-    for bit in range(squares.shape[0]):
-        factor = torch.where(((j >> bit) & 1) == 1, squares[bit], torch.ones_like(out))
-        out = out * factor
+    for bit, square in enumerate(squares):
+        out = out * torch.where(((j >> bit) & 1) == 1, square, 1.0).float()
     return out
 
 
@@ -89,8 +91,8 @@ def lattice_params(t_near: Tensor, jitter: Tensor, step_size: float, cone_angle:
     t_b = t0 + k_a.float() * a  # [R]
     # Regime B: tB r^j while below b / c. An estimate of the count, then the exact smallest j
     # with tB r^j >= b / c among estimate - 1 .. estimate + 1 (the lattice's own products).
-    squares = ratio_squares(c, power_bits(a, c, b), device)
-    r = float(squares[0])
+    squares = ratio_squares(c, power_bits(a, c, b))
+    r = squares[0]
     ratio = (thr_c / t_b.double().clamp(min=1e-30)).clamp(min=1.0)
     guess = torch.ceil(torch.log(ratio) / math.log(r)).to(torch.int64).clamp(min=1)  # [R]
     n_b = guess + 1
@@ -104,12 +106,11 @@ def lattice_params(t_near: Tensor, jitter: Tensor, step_size: float, cone_angle:
 
 
 def lattice_t(k: Tensor, lattice: Lattice, step_size: float, cone_angle: float,
-              max_step: float, squares: Tensor | None = None) -> Tensor:
+              max_step: float, squares: list[float] | None = None) -> Tensor:
     """Candidate ``k`` of each ray: ``k`` [R, K] int64, rows are rays. # [R, K] float32"""
     a, b = fp32(step_size), fp32(max_step)
     if squares is None:
-        squares = ratio_squares(cone_angle, power_bits(step_size, cone_angle, max_step),
-                                k.device)
+        squares = ratio_squares(cone_angle, power_bits(step_size, cone_angle, max_step))
     t0, k_a, t_b, k_b, t_c = (x[:, None] for x in (lattice.t0, lattice.k_a, lattice.t_b,
                                                    lattice.k_b, lattice.t_c))
     in_a = t0 + k.float() * a

@@ -246,7 +246,7 @@ def _march_lattice(origins, directions, t_near, t_far, jitter, occ_flat, n_casca
     device = origins.device
     n_rays = origins.shape[0]
     lattice = lattice_params(t_near, jitter, step_size, cone_angle, max_step)
-    squares = ratio_squares(cone_angle, power_bits(step_size, cone_angle, max_step), device)
+    squares = ratio_squares(cone_angle, power_bits(step_size, cone_angle, max_step))
     k0 = (torch.zeros(n_rays, dtype=torch.int64, device=device) if k_start is None
           else k_start.to(device=device, dtype=torch.int64))
     count = torch.zeros(n_rays, dtype=torch.int64, device=device)  # kept samples so far
