@@ -81,7 +81,6 @@ def lattice_params(t_near: Tensor, jitter: Tensor, step_size: float, cone_angle:
     ray enters the box, ``jitter`` [R] in [0, 1) where its first candidate sits within the
     first step (0.5 for renders). Reads nothing on the host."""
     a, c, b = fp32(step_size), fp32(cone_angle), fp32(max_step)
-    device = t_near.device
     t0 = t_near + jitter * cone_step(t_near, c, a, b)  # [R]
     thr_a = torch.tensor(a, dtype=torch.float32) / torch.tensor(c, dtype=torch.float32)
     thr_c = torch.tensor(b, dtype=torch.float32) / torch.tensor(c, dtype=torch.float32)
