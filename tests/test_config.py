@@ -105,3 +105,8 @@ def test_resolving_against_the_scene_is_pure_and_records_what_it_chose():
     assert again == resolved  # resolving twice changes nothing
     unit, notes = resolve_for_scene(config, None)  # a run loaded without its data
     assert unit.data.aabb_scale == 1.0 and unit.march.cone_angle == 0.0 and notes == []
+
+
+def test_an_old_key_in_python_overrides_is_named_with_its_new_place():
+    with pytest.raises(ConfigError, match=r"train\.lr is now optim\.lr"):
+        make_config("cpu", {"train": {"max_steps": 1, "lr": 1e-3}})

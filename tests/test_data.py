@@ -118,10 +118,10 @@ def test_camera_angle_y_sets_fy(tmp_path):
     assert scene.fx == pytest.approx(0.5 * 8 / math.tan(0.5 * ANGLE))
 
 
-def test_unit_cameras_map_translation_only(tmp_path):
+def test_cameras_to_the_unit_cube_map_translation_only(tmp_path):
     write_scene(tmp_path)
     scene = load_blender(tmp_path, "train")
-    unit = scene.unit_cameras().c2w
+    unit = scene.cameras().transformed(scene.scale, scene.offset).c2w
     assert torch.equal(unit[:, :3, :3], scene.c2w[:, :3, :3])
     assert torch.allclose(unit[2, :3, 3], torch.tensor([2.0, 4.0, -3.0]) * 0.33 + 0.5)
     assert torch.equal(unit[:, 3], scene.c2w[:, 3])

@@ -161,3 +161,22 @@ def test_cameras_of_a_capture_make_the_rays_of_the_lens_model(tmp_path):
     assert torch.equal(unit.c2w[:, :3, :3], c2w[:, :3, :3])
     with pytest.raises(ValueError, match="intrinsics"):
         Cameras(c2w, torch.zeros(2, 4), 16, 12)
+
+
+def test_saving_a_training_runs_scene_keeps_the_ema_weights(tmp_path, capsys):
+    """The scene of a run in training keeps its EMA weights apart; saved, the file holds those
+    (not the training weights), and saving leaves the training weights in place."""
+    trainer = Trainer(make_config("cpu", TINY), tmp_path / "run")
+    for _ in range(3):
+        trainer.train_step()
+    training = [p.detach().clone() for p in trainer.field.parameters()]
+    ema = [e.clone() for e in trainer.ema]
+    assert any(not torch.equal(a, b) for a, b in zip(training, ema))
+    saved = TrainedScene.load(trainer.scene.save(tmp_path / "scene.pt"))
+    for p, e in zip(saved.field.parameters(), ema, strict=True):
+        assert torch.equal(p, e)
+    for p, t in zip(trainer.field.parameters(), training, strict=True):
+        assert torch.equal(p, t)
+    assert saved.step == 3 and torch.equal(saved.occupancy.bitfield, trainer.occupancy.bitfield)
+    assert main(["eval", str(tmp_path / "scene.pt")]) == 2  # the CLI takes run folders
+    assert "is a file" in capsys.readouterr().err

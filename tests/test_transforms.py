@@ -88,7 +88,8 @@ def test_scale_offset_from_file_and_downscale(tmp_path):
     assert (s.width, s.height) == (4, 3)
     assert torch.allclose(s.intrinsics[0].float(), torch.tensor([5.0, 5.5, 2.05, 1.45]))
     assert (s.fx, s.cx) == pytest.approx((5.0, 2.05))
-    assert torch.allclose(s.unit_cameras().c2w[0, :3, 3], torch.tensor([0.1, 0.2, 1.3]))
+    unit = s.cameras().transformed(s.scale, s.offset).c2w  # [N, 4, 4]
+    assert torch.allclose(unit[0, :3, 3], torch.tensor([0.1, 0.2, 1.3]))
 
 
 def test_pinhole_from_camera_angle(tmp_path):
@@ -249,7 +250,8 @@ def test_nerfstudio_file_without_scale_is_centred_from_the_poses(tmp_path):
     path.write_text(json.dumps(meta))
     train, test = load_scene(path, "train"), load_scene(path, "test")
     assert train.scale == test.scale and tuple(train.offset) == tuple(test.offset)
-    poses = torch.cat([train.unit_cameras().c2w, test.unit_cameras().c2w])  # [9, 4, 4]
+    poses = torch.cat([split.cameras().transformed(split.scale, split.offset).c2w
+                       for split in (train, test)])  # [9, 4, 4]
     everything = poses[:, :3, 3].double()  # [9, 3]
     torch.testing.assert_close(everything.mean(0), torch.full((3,), 0.5, dtype=torch.float64),
                                rtol=0, atol=1e-5)

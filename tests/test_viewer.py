@@ -367,3 +367,12 @@ def test_train_view_port_in_use(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"port {port} is already in use" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_the_command_line_shares_the_viewers_defaults():
+    """cli/view.py repeats a few of the viewer's constants so that ``nerfmine --help`` imports
+    neither torch nor viser; they must stay equal."""
+    from nerfmine.cli import view as view_cli
+
+    for name in ("DEFAULT_PORT", "DEFAULT_HOST", "MIN_SIDE", "INSTALL_HINT"):
+        assert getattr(view_cli, name) == getattr(viewer, name), name

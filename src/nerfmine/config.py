@@ -218,9 +218,12 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(names))
     if unknown:
+        moved = [f"{where}.{k} is now {'.'.join(LAYOUT_1_MOVES[(where, k)])}" for k in unknown
+                 if (where, k) in LAYOUT_1_MOVES]
         raise ConfigError(
             f"unknown config key(s) {', '.join(where + '.' + k for k in unknown)}; "
-            f"valid keys of '{where}' are: {', '.join(sorted(names))}"
+            + (f"{'; '.join(moved)} (the config layout of nerfmine 0.2); " if moved else "")
+            + f"valid keys of '{where}' are: {', '.join(sorted(names))}"
         )
     converted = {}
     for key, value in values.items():

@@ -6,7 +6,7 @@ a step once per *key* (the host-side sizes the step's shapes depend on: the numb
 and, with mining, the size of the second-pass buffer) and replays it afterwards with a single
 launch.
 
-Rules the captured function must follow (the trainer's ``_device_step`` does):
+Rules the captured function must follow (``TrainStep.device_step`` does):
 
 - no host synchronisation and no host-side decision that depends on device values;
 - every tensor that must outlive a step (parameters, gradients' consumers, optimizer and EMA

@@ -125,9 +125,11 @@ class TrainedScene:
         """Write the scene alone (config, EMA weights, occupancy grid; no optimizer state) as a
         checkpoint file that :meth:`load` reads: a trained scene to keep or share."""
         path = Path(path)
-        with self.ema_weights():
-            state = self.state_dict()
-        state["ema"] = None  # the field holds the EMA weights now
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        with self.ema_weights():  # the field's own tensors hold the EMA weights in the block
+            state["field"] = {k: v.detach().clone() for k, v in self.field.state_dict().items()}
+        state["ema"] = None  # the saved field holds the EMA weights
         save_checkpoint(path, state)
         return path
 

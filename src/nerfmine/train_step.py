@@ -29,6 +29,7 @@ import torch
 
 from nerfmine.config import RunConfig
 from nerfmine.data.rays import RaySampler
+from nerfmine.errors import ConfigError
 from nerfmine.graphs import StepGraphs
 from nerfmine.miner import BUFFER_MULTIPLE, HardSampleMiner
 from nerfmine.ops.composite import composite, composite_output_grads
@@ -59,9 +60,9 @@ def no_mark(name: str) -> None:
 class TrainStep:
     """The device work of a training step of ``scene`` on rays from ``rays``.
 
-    ``step(index, lr)`` runs one step (``index`` is the number of steps done, which the
-    occupancy schedule reads; ``lr`` the learning rate from the schedule) and returns device
-    statistics. ``stage_marker`` is called with a stage name at each stage boundary of an
+    Calling it, ``step_fn(index, lr)``, runs one step (``index`` is the number of steps done,
+    which the occupancy schedule reads; ``lr`` the learning rate from the schedule) and returns
+    device statistics. ``stage_marker`` is called with a stage name at each stage boundary of an
     eager step (benchmarks record CUDA events there; graph replays have no stages).
     """
 
@@ -303,8 +304,6 @@ class TrainStep:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from nerfmine.errors import ConfigError
-
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.miner.load_state_dict(state["miner"])

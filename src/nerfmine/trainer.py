@@ -72,7 +72,8 @@ class Trainer:
     """Trains a scene into ``run_dir``.
 
     ``train_data`` replaces the training split the config names (a benchmark's subset of
-    views); by default it is loaded after the memory check (:func:`nerfmine.memory.fit_memory`).
+    views); by default it is loaded after the memory check (:func:`nerfmine.memory.fit_memory`),
+    which given data skips (no estimate is recorded, ``memory_fit`` has no effect).
     """
 
     def __init__(self, config: RunConfig, run_dir: Path, train_data: SceneData | None = None):

@@ -74,8 +74,8 @@ TRAINING_FLAGS: tuple[Flag, ...] = (
          lambda v: {"data": {"path": str(Path(v).resolve())}}),
     Flag(("--steps",), dict(type=int, help="budget in training steps"),
          lambda v: {"train": {"max_steps": v, "max_seconds": None}}, TRAIN_ONLY, "budget"),
-    Flag(("--seconds",), dict(type=float, help="budget in seconds of training clock (per arm "
-                                               "for bench; default: the preset's)"),
+    Flag(("--seconds",), dict(type=float, help="budget in seconds of training clock (default: "
+                                               "the preset's; bench: per arm)"),
          lambda v: {"train": {"max_seconds": v, "max_steps": None}}, group="budget"),
     Flag(("--eval-at",), dict(type=parse_points, default=None,
                               help="evaluation points in the budget's unit, e.g. "
@@ -105,12 +105,13 @@ TRAINING_FLAGS: tuple[Flag, ...] = (
                                           "a GPU) and copy each step's pixels to the device: "
                                           "frees their GPU memory"),
          lambda v: {"data": {"images_on_host": True}}),
+    # Train only: bench's arms must share their settings, and the estimate differs by arm.
     Flag(("--auto-fit",), dict(action="store_true",
                                help="when the memory estimate made before loading says the "
                                     "run will not fit, apply --images-on-host or the smallest "
                                     "--downscale that fits (default: stop and list the "
                                     "options)"),
-         lambda v: {"data": {"memory_fit": "auto"}}, group="fit"),
+         lambda v: {"data": {"memory_fit": "auto"}}, TRAIN_ONLY, group="fit"),
     Flag(("--no-memory-check",), dict(action="store_true",
                                       help="run even when the memory estimate says it will "
                                            "not fit"),
@@ -214,6 +215,10 @@ def load_scene(run_dir: Path, data: Path | None = None, overrides: dict | None =
     from nerfmine.scene import TrainedScene
 
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise ConfigError(f"{run_dir} is a file; pass the run folder that 'nerfmine train' "
+                          "wrote (it holds checkpoint.pt). A scene file that TrainedScene.save "
+                          "wrote loads in Python with nerfmine.scene.TrainedScene.load.")
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder; pass the folder a 'nerfmine train' "
                           "wrote (it holds checkpoint.pt).")

@@ -49,7 +49,3 @@ class SceneData:
             intrinsics = self.intrinsics.to(torch.float64)
         return Cameras(self.c2w.float(), intrinsics, self.width, self.height,
                        self.camera_model, self.distortion)
-
-    def unit_cameras(self) -> Cameras:
-        """:meth:`cameras` in the unit cube: translation * scale + offset, rotation unchanged."""
-        return self.cameras().transformed(self.scale, self.offset)

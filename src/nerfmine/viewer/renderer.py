@@ -135,6 +135,7 @@ class FieldRenderer:
         self.rays_per_chunk = int(rays_per_chunk)
         self.scale = scene.scale
         self.offset = np.asarray(scene.offset, dtype=np.float64)
+        self.world_center = scene.world_center()  # the unit cube's centre, world coordinates
         self.background = tuple(float(v) for v in background)
         self.bitfield = scene.occupancy.bitfield.clone()
         self.step = int(scene.step)
@@ -177,6 +178,7 @@ class FieldRenderer:
                     tensor.record_stream(stream)
             for p, e in zip(self.field.parameters(), ema, strict=True):
                 p.copy_(e)
+            self.field.sync_table_fp16()  # the triton backend looks the table up in fp16
         self.bitfield, self.step = bitfield, step
         self.version += 1
         return True

@@ -185,7 +185,7 @@ class Viewer:
         from nerfmine import camera_paths as cp
 
         server = self.server
-        center = (0.5 - self.renderer.offset) / self.renderer.scale  # unit cube centre, world
+        center = self.renderer.world_center
         up = np.array([0.0, 0.0, 1.0])
         eye = center + np.array([3.0, 3.0, 2.0]) / self.renderer.scale * 0.5
         fov = math.radians(50.0)

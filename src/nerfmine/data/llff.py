@@ -1,0 +1,152 @@
+"""Loader for LLFF and Mip-NeRF 360 scenes: ``poses_bounds.npy`` beside ``images/`` and the
+pre-downscaled ``images_2/``, ``images_4/``, ``images_8/``.
+
+Conventions (LLFF's ``imgs2poses.py`` writes the file; Mip-NeRF 360 ships its scenes so):
+
+- ``poses_bounds.npy`` is an [N, 17] array, one row per image in the order of the sorted file
+  names: a 3x5 matrix (row-major) ``[R | t | hwf]`` and the near and far bounds of the scene's
+  depth in that view. ``R``'s columns are the camera's down, right and backward axes in world
+  coordinates (LLFF's "DRB"), ``t`` the camera centre, ``hwf`` the height, width and focal
+  length in pixels of the full-resolution images. The OpenGL camera-to-world pose nerfmine uses
+  (x right, y up, looking down -z) is ``[right, up, back] = [R[:, 1], -R[:, 0], R[:, 2]]``.
+- Images: the i-th image file of ``images/`` by name is pose i. ``downscale`` N reads
+  ``images_N/`` when it exists (the same views N times smaller, as the benchmarks use them)
+  instead of shrinking ``images/``; the focal length scales by the images' actual width over
+  the full width, the principal point is the image centre.
+- Placement: the poses are centred at the mean camera position and divided by the largest
+  camera distance from it (as COLMAP models are), then mapped with instant-ngp's scale 0.33
+  and offset 0.5. The modelled box must hold what the cameras see: ``aabb_scale`` is the
+  smallest power of two whose box contains every view's far bound around the cameras, at most
+  :data:`MAX_AUTO_AABB_SCALE` (instant-ngp's advice for unbounded captures); a note says so.
+- Splits: every ``holdout_every``-th image by name is held out ("test"), as the other capture
+  loaders and the benchmarks (Mip-NeRF 360's every 8th) do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from nerfmine.data.capture import (
+    DEFAULT_OFFSET,
+    DEFAULT_SCALE,
+    capture_scene,
+    holdout_indices,
+    pose_centre_and_radius,
+)
+from nerfmine.data.files import HeaderOnly, image_size, placeholder_images, read_image
+from nerfmine.data.scene_data import SceneData
+from nerfmine.errors import DataError
+
+POSES_FILE = "poses_bounds.npy"
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+MAX_AUTO_AABB_SCALE = 16.0
+
+
+def is_llff(folder: Path) -> bool:
+    """A folder with ``poses_bounds.npy`` and at least one images folder."""
+    folder = Path(folder)
+    return (folder / POSES_FILE).is_file() and any(
+        p.is_dir() and p.name.startswith("images") for p in folder.iterdir())
+
+
+def llff_to_opengl(poses: np.ndarray) -> np.ndarray:
+    """[N, 3, 5] LLFF rows ``[R | t | hwf]`` (R's columns down, right, back) -> [N, 4, 4] OpenGL
+    camera-to-world poses (columns right, up, back; the centre in the last column)."""
+    rot = poses[:, :, :3]
+    c2w = np.zeros((poses.shape[0], 4, 4))
+    c2w[:, :3, 0] = rot[:, :, 1]  # right
+    c2w[:, :3, 1] = -rot[:, :, 0]  # up = -down
+    c2w[:, :3, 2] = rot[:, :, 2]  # back
+    c2w[:, :3, 3] = poses[:, :, 3]
+    c2w[:, 3, 3] = 1.0
+    return c2w
+
+
+def auto_aabb_scale(far_normalised: float) -> float:
+    """The smallest power of two whose box (half-size ``aabb_scale / 2`` in unit-cube units,
+    i.e. ``1.5 * aabb_scale`` normalised world units at scale 0.33) holds a point at
+    ``far_normalised`` from the cameras' centre, at most :data:`MAX_AUTO_AABB_SCALE`."""
+    need = far_normalised * DEFAULT_SCALE * 2.0
+    scale = 1.0
+    while scale < need and scale < MAX_AUTO_AABB_SCALE:
+        scale *= 2.0
+    return scale
+
+
+def _images_folder(root: Path, downscale: int) -> tuple[Path, bool]:
+    """(folder to read, whether its images are already downscaled)."""
+    if downscale > 1 and (root / f"images_{downscale}").is_dir():
+        return root / f"images_{downscale}", True
+    if (root / "images").is_dir():
+        return root / "images", False
+    raise DataError(f"{root}: {POSES_FILE} is here but no images/ folder"
+                    + (f" (nor images_{downscale}/)" if downscale > 1 else "")
+                    + "; put the images beside it as LLFF's imgs2poses.py expects.")
+
+
+def load_llff(root: str | Path, split: str = "train", downscale: int = 1,
+              holdout_every: int = 8, decode: bool = True) -> SceneData:
+    """A split of an LLFF / Mip-NeRF 360 scene folder (see the module docstring)."""
+    root = Path(root)
+    path = root / POSES_FILE
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read it as a NumPy array ({exc})") from None
+    if data.ndim != 2 or data.shape[1] != 17 or data.shape[0] == 0:
+        raise DataError(f"{path}: expected an [N, 17] array (a 3x5 pose and 2 bounds per "
+                        f"image), got shape {list(data.shape)}")
+    if not np.isfinite(data).all():
+        raise DataError(f"{path}: holds NaN or inf values")
+    poses = data[:, :15].reshape(-1, 3, 5).astype(np.float64)  # [N, 3, 5]
+    bounds = data[:, 15:].astype(np.float64)  # [N, 2] near, far
+    folder, prescaled = _images_folder(root, downscale)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if len(files) != len(poses):
+        raise DataError(f"{folder}: {len(files)} images but {path} has {len(poses)} poses; "
+                        "LLFF pairs the i-th image by name with the i-th pose, so the counts "
+                        "must agree (re-run imgs2poses.py, or remove the extra images).")
+    notes: list[str] = []
+    c2w = llff_to_opengl(poses)
+    centre, radius = pose_centre_and_radius(c2w[:, :3, 3])
+    c2w[:, :3, 3] = (c2w[:, :3, 3] - centre) / radius
+    far = float(bounds[:, 1].max()) / radius
+    aabb_scale = auto_aabb_scale(1.0 + far)
+    notes.append(f"LLFF scene normalised: centred at the mean camera position, divided by "
+                 f"{radius:.4g}; far bound {far:.3g} of that, so aabb_scale {aabb_scale:g}"
+                 + (" (capped)" if aabb_scale == MAX_AUTO_AABB_SCALE else "") + ".")
+
+    chosen = holdout_indices(len(files), split, holdout_every, root, "image")
+    full_h, full_w, focal = (float(v) for v in poses[0, :, 4])
+    first = image_size(files[chosen[0]], chosen[0], path)
+    if prescaled:
+        out_size = first
+    else:
+        if first[0] // downscale < 1 or first[1] // downscale < 1:
+            raise DataError(f"downscale={downscale} is larger than the images of {folder} "
+                            f"({first[0]}x{first[1]}).")
+        out_size = (first[0] // downscale, first[1] // downscale)
+    sx = out_size[0] / full_w
+    n = len(chosen)
+    images = (np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8) if decode
+              else placeholder_images(n, out_size[1], out_size[0]))
+    for k, i in enumerate(chosen):
+        img = read_image(files[i], i, path) if decode else HeaderOnly(
+            image_size(files[i], i, path))
+        size = img.size if prescaled else (img.size[0] // downscale, img.size[1] // downscale)
+        if size != out_size:
+            raise DataError(f"{files[i]} is {img.size[0]}x{img.size[1]}; every image of "
+                            f"{folder} must share one size.")
+        if decode:
+            if not prescaled and downscale > 1:
+                img = img.resize(out_size, Image.BOX)
+            images[k] = np.asarray(img)
+    fx = focal * sx
+    intrinsics = np.tile([fx, fx, 0.5 * out_size[0], 0.5 * out_size[1]], (n, 1))
+    distortion = np.zeros((n, 6))
+    return capture_scene(images, c2w[chosen], intrinsics, distortion, "pinhole",
+                         [files[i] for i in chosen], split, out_size, DEFAULT_SCALE,
+                         DEFAULT_OFFSET, aabb_scale, "llff", notes)
