@@ -5,6 +5,10 @@ hands it to the loader of its format.
   :func:`nerfmine.data.blender.load_blender`.
 - A transforms.json (the file, or a folder holding it), instant-ngp's or nerfstudio's:
   :func:`nerfmine.data.transforms.load_transforms`.
+- An LLFF or Mip-NeRF 360 folder (``poses_bounds.npy`` beside ``images/``, maybe with
+  ``images_2/4/8/``) with no transforms file: :func:`nerfmine.data.llff.load_llff` (it wins
+  over a COLMAP model in the same folder: it needs no pycolmap and reads the pre-downscaled
+  images).
 - A COLMAP project folder, i.e. one holding the sparse model ``sparse/0/`` and the images
   ``images/`` and no ``transforms.json`` or ``transforms_{split}.json`` (a converted
   transforms.json wins): :func:`nerfmine.data.colmap.load_colmap` (needs the optional pycolmap:
@@ -19,6 +23,7 @@ from pathlib import Path
 from nerfmine.data.blender import load_blender
 from nerfmine.data.capture import check_capture_args
 from nerfmine.data.files import available_splits
+from nerfmine.data.llff import is_llff, load_llff
 from nerfmine.data.scene_data import SceneData
 from nerfmine.data.transforms import load_transforms
 from nerfmine.errors import DataError
@@ -53,6 +58,12 @@ def load_scene(
             f"data path {path} does not exist; pass a transforms.json file or the folder "
             "that holds it (or a Blender folder with transforms_train.json)."
         )
+    no_transforms = path.is_dir() and not (path / "transforms.json").is_file() and not (
+        path / f"transforms_{split}.json").is_file()
+    if no_transforms and is_llff(path):
+        _no_sharpness(min_sharpness, f"{path} is an LLFF scene")
+        check_capture_args(f"{path} is an LLFF scene", split, downscale, holdout_every, "image")
+        return load_llff(path, split, downscale, holdout_every, decode=decode)
     if (
         path.is_dir()
         and (path / "sparse" / "0").is_dir()
