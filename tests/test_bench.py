@@ -79,3 +79,49 @@ def test_bench_command_warm_steps(tmp_path):
     report = json.loads((out / "bench.json").read_text())
     assert report["arms"]["none"]["kernel_cache"].startswith("warm (2 steps")
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["none"]
+
+
+def test_summary_over_seeds_pairs_each_seed_and_spreads_the_figures():
+    from nerfmine.bench import summarise, table
+
+    def arm(mining, psnrs, steps_per_s, increment):
+        curve = [{"clock": c, "step": i, "psnr": p, "ssim": 0.9}
+                 for i, (c, p) in enumerate(zip((60, 120), psnrs))]
+        return {"mining": mining, "curve": curve, "psnr": psnrs[-1], "steps": 10,
+                "steps_per_second": steps_per_s, "mean_hard_fraction": 0.2 if mining == "hsm"
+                else None, "peak_gpu_memory": {"training_increment_bytes": increment,
+                                               "total_peak_bytes": increment}}
+
+    runs = {"fox": {"0": {"none": arm("none", [27.0, 28.0], 100, 10),
+                          "hsm": arm("hsm", [28.5, 29.0], 90, 5)},
+                    "1": {"none": arm("none", [27.5, 28.5], 110, 10),
+                          "hsm": arm("hsm", [28.0, 28.6], 95, 5)}}}
+    summary = summarise(runs)["fox"]
+    final = summary["arms"]["hsm"]["final_psnr"]
+    assert final["mean"] == 28.8 and final["min"] == 28.6 and final["max"] == 29.0
+    gain = summary["mining_gain_at"]["60"]
+    assert abs(gain["mean"] - 1.0) < 1e-9 and gain["min"] == 0.5 and gain["max"] == 1.5
+    # Seed 0 reaches the baseline's 28.0 at 60 s (half the budget); seed 1 (28.5) does not.
+    assert summary["mining_reaches_baseline_final_within_half_budget"] == [True, False]
+    text = table(summarise(runs))
+    assert "| fox | hsm |" in text and "28.80 (28.60 .. 29.00)" in text
+
+
+def test_bench_over_seeds_writes_one_report(tmp_path):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"model": {"log2_table_size": 10, "n_levels": 4,
+                                         "max_resolution": 64},
+                               "occupancy": {"resolution": 16},
+                               "train": {"target_samples": 1024, "initial_rays": 64},
+                               "march": {"step_size": 3**0.5 / 128, "max_steps_per_ray": 128},
+                               "eval": {"max_images": 1}}))
+    out = tmp_path / "suite"
+    assert main(["bench", "--preset", "cpu", "--seconds", "1", "--arms", "none",
+                 "--seeds", "3,4", "--config", str(cfg), "--output", str(out), "--quiet"]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["seeds"] == [3, 4] and set(report["runs"]["demo"]) == {"3", "4"}
+    seeds = [json.loads((out / "demo" / f"seed{s}" / "none" / "config.json").read_text())
+             ["train"]["seed"] for s in (3, 4)]
+    assert seeds == [3, 4]
+    assert report["summary"]["demo"]["arms"]["none"]["final_psnr"]["n"] == 2
+    assert "| demo | none |" in (out / "bench_table.md").read_text()

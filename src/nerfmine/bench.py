@@ -114,3 +114,122 @@ def merge(files: list[Path], out_dir: Path) -> dict[str, Any]:
         else:
             raise NerfmineError(f"{path}: expected a run's metrics.json or a bench.json")
     return write_report(arms, out_dir)
+
+
+# --------------------------------------------------------------------------- several scenes, seeds
+def scene_name(path: str | None) -> str:
+    """A short name for a scene path (its folder's name; the demo's for None)."""
+    if not path:
+        return "demo"
+    p = Path(path)
+    return p.parent.name if p.suffix == ".json" else p.name
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+def summarise(runs: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]:
+    """Per scene and arm, the mean, min and max over seeds of the PSNR at each evaluation point
+    and at the end, steps per second and the training increment; per scene the paired gains of
+    mining (mining minus the baseline of the same seed) and whether mining reached the
+    baseline's final PSNR within half the budget. ``runs[scene][seed][arm]`` is a run's
+    metrics."""
+    out: dict[str, Any] = {}
+    for scene, seeds in runs.items():
+        arms: dict[str, Any] = {}
+        for arm in ARMS:
+            metrics = [s[arm] for s in seeds.values() if arm in s]
+            if not metrics:
+                continue
+            points = sorted({round(p["clock"]) for m in metrics for p in m["curve"]})
+            mem = [m["peak_gpu_memory"]["training_increment_bytes"] for m in metrics
+                   if isinstance(m.get("peak_gpu_memory"), dict)]
+            arms[arm] = {
+                "psnr_at": {str(t): _spread([_psnr_at(m["curve"], t) for m in metrics])
+                            for t in points},
+                "final_psnr": _spread([m["psnr"] for m in metrics]),
+                "steps_per_second": _spread([m["steps_per_second"] for m in metrics]),
+                "training_increment_bytes": _spread(mem),
+                "mean_hard_fraction": _spread([m.get("mean_hard_fraction") for m in metrics]),
+            }
+        gains: dict[str, list[float]] = {}
+        reached, budget = [], None
+        for pair in seeds.values():
+            if not {"none", "hsm"} <= set(pair):
+                continue
+            comparison = compare(pair)
+            for t, gain in comparison["psnr_gain_at"].items():
+                gains.setdefault(t, []).append(gain)
+            budget = max(p["clock"] for p in pair["none"]["curve"])
+            reach = comparison["mining_first_reaches_baseline_final_at"]
+            reached.append(reach is not None and reach["clock"] <= 0.5 * budget * 1.01)
+        out[scene] = {"arms": arms,
+                      "mining_gain_at": {t: _spread(v) for t, v in gains.items()},
+                      "mining_reaches_baseline_final_within_half_budget": reached}
+    return out
+
+
+def table(summary: dict[str, Any]) -> str:
+    """A Markdown table of :func:`summarise`: mean (min .. max) per scene, arm and point."""
+    lines = ["| scene | arm | " + " | ".join(["PSNR at t (s): mean (min .. max)", "final",
+                                               "steps/s", "b/B"]) + " |",
+             "|---|---|---|---|---|---|"]
+
+    def fmt(s, digits=2):
+        return "-" if s is None else (f"{s['mean']:.{digits}f} ({s['min']:.{digits}f} .. "
+                                      f"{s['max']:.{digits}f})")
+
+    for scene, entry in summary.items():
+        for arm, a in entry["arms"].items():
+            at = "; ".join(f"{t}: {fmt(s)}" for t, s in a["psnr_at"].items())
+            lines.append(f"| {scene} | {arm} | {at} | {fmt(a['final_psnr'])} | "
+                         f"{fmt(a['steps_per_second'], 0)} | {fmt(a['mean_hard_fraction'])} |")
+        gains = "; ".join(f"{t}: {fmt(s)}" for t, s in entry["mining_gain_at"].items())
+        if gains:
+            lines.append(f"| {scene} | hsm - none | {gains} | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def run_suite(scenes: list[str | None], seeds: list[int], arms: list[str],
+              overrides: dict[str, Any], preset: str, out_dir: Path, progress_factory=None,
+              warm_steps: int = 0, log=print) -> dict[str, Any]:
+    """Every arm of every scene and seed, one after the other, into
+    ``out_dir/<scene>/seed<k>/<arm>``; writes ``bench.json`` (every run's metrics and
+    :func:`summarise`) and ``bench_table.md``. Returns the report."""
+    from nerfmine.config import merge_overrides
+
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for scene in scenes:
+        name = scene_name(scene)
+        if name in runs:
+            raise NerfmineError(f"two scenes are both named '{name}'; give distinct folders")
+        runs[name] = {}
+        for seed in seeds:
+            values = merge_overrides(overrides, {"train": {"seed": seed}})
+            if scene:
+                values = merge_overrides(values, {"data": {"path": str(Path(scene).resolve())}})
+            folder = out_dir / name / f"seed{seed}"
+            runs[name][str(seed)] = {}
+            for arm in arms:
+                log(f"bench: {name}, seed {seed}, mining={arm} into {folder / arm}")
+                progress = progress_factory() if progress_factory else None
+                try:
+                    metrics = run_arm(arm, values, preset, folder, progress, warm_steps)
+                finally:
+                    if progress is not None and hasattr(progress, "close"):
+                        progress.close()
+                runs[name][str(seed)][arm] = metrics
+                log(f"bench: {name}, seed {seed}, mining={arm}: PSNR {metrics['psnr']:.2f} dB "
+                    f"after {metrics['steps']} steps")
+    summary = summarise(runs)
+    report = {"scenes": [scene_name(s) for s in scenes], "seeds": seeds, "arms": arms,
+              "runs": runs, "summary": summary}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "bench_table.md").write_text(table(summary))
+    return report

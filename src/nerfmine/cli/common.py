@@ -71,7 +71,7 @@ TRAINING_FLAGS: tuple[Flag, ...] = (
                          help="scene: a NeRF-synthetic folder, a transforms.json capture (file "
                               "or folder) or a COLMAP folder (default: the bundled 100x100 lego "
                               "demo scene)"),
-         lambda v: {"data": {"path": str(Path(v).resolve())}}),
+         lambda v: {"data": {"path": str(Path(v).resolve())}}, TRAIN_ONLY),
     Flag(("--steps",), dict(type=int, help="budget in training steps"),
          lambda v: {"train": {"max_steps": v, "max_seconds": None}}, TRAIN_ONLY, "budget"),
     Flag(("--seconds",), dict(type=float, help="budget in seconds of training clock (default: "
