@@ -29,7 +29,8 @@ def _rotation(rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.linalg.det(q))
 
 
-def _write_project(root, cameras=(PINHOLE, OPENCV), n_images=9, extra_files=(), seed=0):
+def _write_project(root, cameras=(PINHOLE, OPENCV), n_images=9, extra_files=(), seed=0,
+                   points=None):
     """root/images/img0k.png (+ extra unposed files) and root/sparse/0 (binary), root/text.
 
     Image k (names img00..) uses camera k % len(cameras) + 1. Returns {name: (R, t)}.
@@ -52,7 +53,7 @@ def _write_project(root, cameras=(PINHOLE, OPENCV), n_images=9, extra_files=(), 
         )
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(rot), t))
         poses[name] = (rot, t)
-    for p in rng.normal(size=(4, 3)):
+    for p in rng.normal(size=(4, 3)) if points is None else points:
         rec.add_point3D(p, pycolmap.Track(), np.zeros(3, dtype=np.uint8))
     (root / "sparse" / "0").mkdir(parents=True)
     (root / "text").mkdir()
@@ -227,3 +228,22 @@ def test_load_scene_dispatches_colmap_folder(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pycolmap", None)  # import pycolmap -> ImportError
     with pytest.raises(DataError, match=r"pip install 'nerfmine\[colmap\]'"):
         load_scene(tmp_path)
+
+
+def test_the_box_holds_the_sparse_points(tmp_path):
+    """aabb_scale grows until the box holds 99% of the sparse points (a room around the
+    cameras is modelled), ignores a stray point, and stays 1 for points among the cameras."""
+    rng = np.random.default_rng(5)
+    near = _write_project(tmp_path / "near", points=rng.normal(size=(50, 3)) * 0.5)
+    assert load_colmap(tmp_path / "near" / "sparse" / "0", tmp_path / "near" / "images",
+                       "all").aabb_scale == 1.0
+    centres = np.stack([-r.T @ t for r, t in near.values()])
+    radius = np.linalg.norm(centres - centres.mean(0), axis=1).max()
+    # A "room": points 6 radii out along an axis from the cameras' centre, and one stray far.
+    room = centres.mean(0) + 6 * radius * rng.choice([-1.0, 1.0], size=(200, 1)) * np.eye(3)[
+        rng.integers(0, 3, 200)]
+    room = np.concatenate([room, [centres.mean(0) + 1000 * radius]])
+    _write_project(tmp_path / "room", points=room)
+    scene = load_colmap(tmp_path / "room" / "sparse" / "0", tmp_path / "room" / "images", "all")
+    assert scene.aabb_scale == 4.0  # 2 * 0.33 * 6 = 3.96 -> 4, the stray point left out
+    assert any("aabb_scale 4 from the 201 sparse points" in note for note in scene.notes)

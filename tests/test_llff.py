@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from nerfmine.data import load_scene
-from nerfmine.data.llff import auto_aabb_scale, llff_to_opengl
+from nerfmine.data.capture import aabb_scale_for_extent
+from nerfmine.data.llff import llff_to_opengl
 from nerfmine.errors import DataError
 
 W, H, F, N = 24, 16, 20.0, 10
@@ -98,8 +99,8 @@ def test_every_eighth_image_is_held_out(tmp_path):
 
 
 def test_the_box_holds_the_far_bounds(tmp_path):
-    assert auto_aabb_scale(1.0) == 1.0 and auto_aabb_scale(1.6) == 2.0
-    assert auto_aabb_scale(5.0) == 4.0 and auto_aabb_scale(1000.0) == 16.0  # capped
+    assert aabb_scale_for_extent(1.0) == 1.0 and aabb_scale_for_extent(1.6) == 2.0
+    assert aabb_scale_for_extent(5.0) == 4.0 and aabb_scale_for_extent(1e3) == 16.0  # capped
     write_llff(tmp_path / "near", far=1.0)
     write_llff(tmp_path / "far", far=30.0)
     near, far = load_scene(tmp_path / "near", "all"), load_scene(tmp_path / "far", "all")

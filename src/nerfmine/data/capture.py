@@ -14,6 +14,9 @@ from nerfmine.errors import DataError
 DEFAULT_SCALE = 0.33
 DEFAULT_OFFSET = (0.5, 0.5, 0.5)
 SPLITS = ("train", "test", "all")
+# The largest aabb_scale chosen from a capture's own geometry: instant-ngp's advice for
+# unbounded natural scenes is 16 (a run can ask for up to 128 with data.aabb_scale).
+MAX_AUTO_AABB_SCALE = 16.0
 
 
 def check_capture_args(source: str, split: str, downscale, holdout_every, unit: str) -> None:
@@ -111,3 +114,14 @@ def pose_centre_and_radius(centres: np.ndarray) -> tuple[np.ndarray, float]:
     if not np.isfinite(radius) or radius < 1e-12:
         radius = 1.0
     return centre, radius
+
+
+def aabb_scale_for_extent(extent: float) -> float:
+    """The smallest power of two ``s`` whose box, ``0.5 +- s / 2`` in unit-cube coordinates,
+    holds points ``extent`` (normalised world units, at scale 0.33) from the centre along every
+    axis; at least 1, at most :data:`MAX_AUTO_AABB_SCALE`."""
+    need = 2.0 * DEFAULT_SCALE * float(extent)
+    scale = 1.0
+    while scale < need and scale < MAX_AUTO_AABB_SCALE:
+        scale *= 2.0
+    return scale

@@ -15,8 +15,10 @@ Conventions (the result is a :class:`~nerfmine.data.scene_data.SceneData` like e
   the origin and divided by the largest camera distance from that centre, so the cameras lie in
   a sphere of radius 1.0 (a single camera keeps scale 1). ``scale`` 0.33 and ``offset``
   (0.5, 0.5, 0.5) are instant-ngp's defaults: the unit cube then holds world points within
-  about 1.5 of the camera centre, the cameras at distance <= 0.33 from the cube's centre;
-  ``aabb_scale`` is 1. A note records the centre and radius used.
+  about 1.5 of the camera centre, the cameras at distance <= 0.33 from the cube's centre.
+  ``aabb_scale`` is the smallest power of two whose box holds 99% of the sparse points (at most
+  16; 1 for a model without points), so that a capture's background is modelled. Notes record
+  the centre, radius and box used.
 - Camera models (intrinsics in pixels, COLMAP's pixel centres at integer + 0.5 as in the rest of
   nerfmine; coefficients as ``(k1, k2, k3, k4, p1, p2)``):
   SIMPLE_PINHOLE (f, cx, cy) and PINHOLE (fx, fy, cx, cy) -> "pinhole";
@@ -44,6 +46,7 @@ from PIL import Image
 from nerfmine.data.capture import (
     DEFAULT_OFFSET,
     DEFAULT_SCALE,
+    aabb_scale_for_extent,
     capture_scene,
     check_capture_args,
     handle_missing,
@@ -193,6 +196,7 @@ def load_colmap(
         f"({centre[0]:.4g}, {centre[1]:.4g}, {centre[2]:.4g}) and divided by {radius:.4g} so the "
         "cameras lie within radius 1; scale 0.33, offset 0.5 (instant-ngp's defaults)."
     )
+    aabb_scale = _aabb_scale_from_points(rec, centre, radius, notes)
 
     chosen = holdout_indices(len(found), split, holdout_every, model_dir, "registered image")
 
@@ -233,7 +237,28 @@ def load_colmap(
         paths.append(path)
 
     return capture_scene(images, c2w_all[chosen], intrinsics, distortion, camera_model, paths,
-                         split, out_size, DEFAULT_SCALE, DEFAULT_OFFSET, 1.0, "colmap", notes)
+                         split, out_size, DEFAULT_SCALE, DEFAULT_OFFSET, aabb_scale, "colmap",
+                         notes)
+
+
+# The share of sparse points the modelled box must hold: a few stray points far out (bad
+# triangulations) should not grow the box.
+POINTS_QUANTILE = 0.99
+
+
+def _aabb_scale_from_points(rec, centre, radius: float, notes: list[str]) -> float:
+    """aabb_scale from the sparse points in the normalised world: the box holds
+    :data:`POINTS_QUANTILE` of them (and the cameras), at most 16; 1 without points."""
+    points = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
+    if len(points) == 0:
+        return 1.0
+    extent = np.abs((points - centre) / radius).max(axis=1)  # [P], per axis from the centre
+    reach = float(np.quantile(extent, POINTS_QUANTILE))
+    aabb_scale = aabb_scale_for_extent(max(reach, 1.0))
+    notes.append(f"aabb_scale {aabb_scale:g} from the {len(points)} sparse points "
+                 f"({POINTS_QUANTILE:.0%} of them lie within {reach:.3g} of the cameras' centre "
+                 "per axis); set data.aabb_scale to choose another.")
+    return aabb_scale
 
 
 def _camera(cam, camera_id: int, model_dir: Path) -> tuple[str, tuple, tuple]:

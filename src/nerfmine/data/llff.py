@@ -32,6 +32,8 @@ from PIL import Image
 from nerfmine.data.capture import (
     DEFAULT_OFFSET,
     DEFAULT_SCALE,
+    MAX_AUTO_AABB_SCALE,
+    aabb_scale_for_extent,
     capture_scene,
     holdout_indices,
     pose_centre_and_radius,
@@ -42,7 +44,6 @@ from nerfmine.errors import DataError
 
 POSES_FILE = "poses_bounds.npy"
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
-MAX_AUTO_AABB_SCALE = 16.0
 
 
 def is_llff(folder: Path) -> bool:
@@ -63,17 +64,6 @@ def llff_to_opengl(poses: np.ndarray) -> np.ndarray:
     c2w[:, :3, 3] = poses[:, :, 3]
     c2w[:, 3, 3] = 1.0
     return c2w
-
-
-def auto_aabb_scale(far_normalised: float) -> float:
-    """The smallest power of two whose box (half-size ``aabb_scale / 2`` in unit-cube units,
-    i.e. ``1.5 * aabb_scale`` normalised world units at scale 0.33) holds a point at
-    ``far_normalised`` from the cameras' centre, at most :data:`MAX_AUTO_AABB_SCALE`."""
-    need = far_normalised * DEFAULT_SCALE * 2.0
-    scale = 1.0
-    while scale < need and scale < MAX_AUTO_AABB_SCALE:
-        scale *= 2.0
-    return scale
 
 
 def _images_folder(root: Path, downscale: int) -> tuple[Path, bool]:
@@ -114,7 +104,7 @@ def load_llff(root: str | Path, split: str = "train", downscale: int = 1,
     centre, radius = pose_centre_and_radius(c2w[:, :3, 3])
     c2w[:, :3, 3] = (c2w[:, :3, 3] - centre) / radius
     far = float(bounds[:, 1].max()) / radius
-    aabb_scale = auto_aabb_scale(1.0 + far)
+    aabb_scale = aabb_scale_for_extent(1.0 + far)
     notes.append(f"LLFF scene normalised: centred at the mean camera position, divided by "
                  f"{radius:.4g}; far bound {far:.3g} of that, so aabb_scale {aabb_scale:g}"
                  + (" (capped)" if aabb_scale == MAX_AUTO_AABB_SCALE else "") + ".")
