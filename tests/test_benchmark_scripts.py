@@ -160,3 +160,18 @@ def test_quality_probe_validation_holds_out_training_views(tmp_path, monkeypatch
     # A plain run evaluates on the scene's own evaluation split.
     probe.run_variant("test_tiny", None, 1, 1, 1, tmp_path / "w", graphs=False, preset="cpu")
     assert not set(seen["eval"][2]) & set(every)  # [3]: its evaluation on training views
+
+
+def test_ray_draw_times_both_ways_on_a_capture_with_a_lens(tmp_path):
+    """ray_draw draws rays both ways on a capture with OpenCV distortion, and reports the
+    centre table's one lens and the profiler's operator counts (the table's draw has fewer)."""
+    from test_transforms import NGP, write_capture
+
+    write_capture(tmp_path / "scene", NGP, 10)
+    ray_draw = _load("ray_draw")
+    r = ray_draw.measure(str(tmp_path / "scene"), "cpu", rays=256, repeats=3)
+    assert r["camera_model"] == "opencv"
+    newton, table = r["arms"]["newton_per_ray"], r["arms"]["centre_table"]
+    assert table["table_lenses"] == 1 and newton["table_bytes"] is None
+    assert table["table_bytes"] == r["image"][0] * r["image"][1] * 2 * 4
+    assert table["profiled_ops_per_draw"] < newton["profiled_ops_per_draw"] / 4

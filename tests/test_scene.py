@@ -21,6 +21,7 @@ from nerfmine.cameras import Cameras
 from nerfmine.cli import main
 from nerfmine.config import make_config
 from nerfmine.evaluator import Evaluator
+from nerfmine.ops.distortion import camera_rays
 from nerfmine.scene import TrainedScene
 from nerfmine.trainer import Trainer
 
@@ -180,3 +181,44 @@ def test_saving_a_training_runs_scene_keeps_the_ema_weights(tmp_path, capsys):
     assert saved.step == 3 and torch.equal(saved.occupancy.bitfield, trainer.occupancy.bitfield)
     assert main(["eval", str(tmp_path / "scene.pt")]) == 2  # the CLI takes run folders
     assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["opencv", "fisheye"])
+def test_pixel_centre_table_gives_the_rays_of_newtons_inversion(model):
+    """Cameras with a lens look pixel centres up in a table of undistorted coordinates, one per
+    distinct lens: the rays equal those of inverting the lens per ray, bit for bit, for cameras
+    sharing a lens and cameras with their own; a table over the byte limit is not built."""
+    gen = torch.Generator().manual_seed(7)
+    n, width, height = 5, 37, 23
+    c2w = torch.eye(4).repeat(n, 1, 1)
+    c2w[:, :3, :3] = torch.linalg.qr(torch.randn(n, 3, 3, generator=gen))[0]
+    c2w[:, :3, 3] = torch.randn(n, 3, generator=gen)
+    intrinsics = torch.tensor([30.0, 31.5, 18.2, 11.7], dtype=torch.float64).repeat(n, 1)
+    intrinsics[3:, 0] = 28.0  # two more lenses: cameras 3 and 4 have their own focal length
+    intrinsics[4, 3] = 12.1
+    coeffs = ([-0.21, 0.05, 0.004, 0, 1e-3, -5e-4] if model == "opencv"
+              else [0.03, -0.006, 0.002, -4e-4, 0, 0])
+    distortion = torch.tensor(coeffs).repeat(n, 1)
+    distortion[4, 0] *= 0.5
+    cameras = Cameras(c2w, intrinsics, width, height, model, distortion)
+    lens_of, table = cameras.centre_table()
+    assert table.shape == (3, height, width, 2)
+    assert lens_of[0] == lens_of[1] == lens_of[2] and len({int(v) for v in lens_of[2:]}) == 3
+    m = 400
+    cam = torch.randint(0, n, (m,), generator=gen)
+    col = torch.randint(0, width, (m,), generator=gen)
+    row = torch.randint(0, height, (m,), generator=gen)
+    origins, directions = cameras.centre_rays(col, row, cam)
+    want_o, want_d = camera_rays(c2w, intrinsics.float(), distortion, model, col.float() + 0.5,
+                                 row.float() + 0.5, cam)
+    assert torch.equal(origins, want_o) and torch.equal(directions, want_d)
+    # a whole image through the table equals the image inverted per pixel
+    fresh = Cameras(c2w, intrinsics, width, height, model, distortion)
+    assert torch.equal(cameras.image_rays(4)[1], fresh.image_rays(4)[1])
+    assert fresh.centre_table(max_bytes=3 * height * width * 8 - 1) is None
+    torch.testing.assert_close(fresh.centre_rays(col, row, cam)[1], want_d, rtol=0, atol=0)
+    # without a lens there is no table, and centres are the pinhole rays
+    plain = Cameras(c2w, intrinsics, width, height)
+    assert plain.centre_table() is None
+    assert torch.equal(plain.centre_rays(col, row, cam)[1],
+                       plain.rays(col.float() + 0.5, row.float() + 0.5, cam)[1])

@@ -21,8 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nerfmine.ops.distortion import MODELS, camera_rays
+from nerfmine.ops.distortion import (
+    MODELS,
+    camera_rays,
+    rays_from_normalized,
+    undistorted_pixel_centres,
+)
 from nerfmine.ops.rays import camera_frustum_mask, image_rays, pixel_rays
+
+# centre_table's limit: 256 MiB holds 1 lens of 33 Mpixel or 16 lenses of 1920 x 1080
+CENTRE_TABLE_MAX_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,9 @@ class Cameras:
     _intrinsics32: Tensor = field(init=False, repr=False, compare=False)  # [N, 4] float32
     _shared: tuple[float, float, float, float] | None = field(init=False, repr=False,
                                                              compare=False)
+    # (lens of each camera [N] int64, undistorted pixel centres [L, H, W, 2]); see centre_table
+    _centres: tuple[Tensor, Tensor] | None = field(init=False, repr=False, compare=False,
+                                                   default=None)
 
     def __post_init__(self) -> None:
         n = self.c2w.shape[0]
@@ -142,17 +153,54 @@ class Cameras:
         return camera_rays(self.c2w, self._intrinsics32, self.distortion, self.model, px, py,
                            cam)
 
+    def centre_table(self, max_bytes: int = CENTRE_TABLE_MAX_BYTES
+                     ) -> tuple[Tensor, Tensor] | None:
+        """The undistorted normalized coordinates of every pixel centre, per lens, for cameras
+        with lens distortion: (lens index of each camera [N] int64, table [L, H, W, 2] float32)
+        over the L distinct (intrinsics, coefficients) of the set. Built on the first call (on
+        the poses' device) and kept; None without a lens, or when the table would exceed
+        ``max_bytes`` (many distinct lenses of large images), where rays keep inverting the
+        lens per ray. Call it before a training step is captured as a CUDA graph."""
+        if not self._lens():
+            return None
+        if self._centres is None:
+            device = self.device
+            lens = torch.cat([self._intrinsics32.to(device),
+                              self.distortion.to(device=device, dtype=torch.float32)], dim=1)
+            unique, lens_of = torch.unique(lens, dim=0, return_inverse=True)  # [L, 10], [N]
+            if unique.shape[0] * self.height * self.width * 8 > max_bytes:
+                return None
+            table = torch.stack([
+                undistorted_pixel_centres(row[:4], row[4:], self.model, self.width, self.height)
+                for row in unique])  # [L, H, W, 2]
+            object.__setattr__(self, "_centres", (lens_of, table))
+        return self._centres
+
+    def centre_rays(self, col: Tensor, row: Tensor, cam: Tensor) -> tuple[Tensor, Tensor]:
+        """Rays through the centres of pixels ``(col, row)`` ([M] int64) of cameras ``cam``
+        ([M] int64): ``rays(col + 0.5, row + 0.5, cam)``, with the lens inverted by a lookup in
+        :meth:`centre_table` where there is one (the same values, bit for bit)."""
+        table = self.centre_table()
+        if table is None:
+            return self.rays(col.float() + 0.5, row.float() + 0.5, cam)
+        lens_of, centres = table
+        xy = centres[lens_of[cam], row, col]  # [M, 2]
+        return rays_from_normalized(self.c2w, xy[:, 0], xy[:, 1], cam)
+
     def image_rays(self, index: int) -> tuple[Tensor, Tensor]:
         """Rays through every pixel centre of camera ``index``, row-major (pixel row * width +
-        column): origins [H*W, 3] and unit directions [H*W, 3]."""
+        column): origins [H*W, 3] and unit directions [H*W, 3]. A lens is inverted per pixel
+        unless :meth:`centre_table` has been built (a training set's is)."""
         if not self._lens():
             fx, fy, cx, cy = (float(v) for v in self._host[index])
             return image_rays(self.c2w[index], fx, fy, cx, cy, self.width, self.height)
         device = self.device
         rows, cols = torch.meshgrid(torch.arange(self.height, device=device),
                                     torch.arange(self.width, device=device), indexing="ij")
-        px, py = cols.reshape(-1).float() + 0.5, rows.reshape(-1).float() + 0.5  # [H*W]
         cam = torch.full_like(rows.reshape(-1), index)  # [H*W]
+        if self._centres is not None:
+            return self.centre_rays(cols.reshape(-1), rows.reshape(-1), cam)
+        px, py = cols.reshape(-1).float() + 0.5, rows.reshape(-1).float() + 0.5  # [H*W]
         return camera_rays(self.c2w, self._intrinsics32, self.distortion, self.model, px, py,
                            cam)
 

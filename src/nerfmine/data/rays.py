@@ -4,7 +4,9 @@ Each ray goes through a pixel drawn uniformly from all training pixels (camera, 
 through its centre (or a random point of it with ``subpixel``, instant-ngp's choice), and is
 fitted to the pixel's RGBA colour composited over a random background colour, so that the
 field learns transparency instead of a fixed backdrop (instant-ngp's training of NeRF-synthetic
-scenes). A per-ray jitter in [0, 1) places the ray's first marching candidate.
+scenes). Through centres, a lens is undone by a lookup in the cameras' table of undistorted
+pixel centres; random points of pixels invert it per ray (Newton's method). A per-ray jitter
+in [0, 1) places the ray's first marching candidate.
 
 The images live on the device, or with ``images_on_host`` in pinned host memory
 (:class:`~nerfmine.data.host_pixels.HostPixels`), which then draws the pixel indices on the host
@@ -43,6 +45,8 @@ class RaySampler:
         self.device = torch.device(device)
         self.cameras = cameras.to(self.device)
         self.subpixel = bool(subpixel)
+        if not self.subpixel:
+            self.cameras.centre_table()  # a lens is looked up per pixel, not inverted per ray
         self.count, self.height, self.width = (int(s) for s in images.shape[:3])
         self.host_pixels: HostPixels | None = None
         self.notes: list[str] = []
@@ -79,9 +83,9 @@ class RaySampler:
         if self.subpixel:
             sub = torch.rand(n_rays, 2, generator=generator, device=dev)
             px, py = col.float() + sub[:, 0], row.float() + sub[:, 1]
+            origins, directions = self.cameras.rays(px, py, cam)
         else:
-            px, py = col.float() + 0.5, row.float() + 0.5
-        origins, directions = self.cameras.rays(px, py, cam)
+            origins, directions = self.cameras.centre_rays(col, row, cam)
         rgba = pixels.float() / 255.0  # [R, 4]
         background = torch.rand(n_rays, 3, generator=generator, device=dev)
         alpha = rgba[:, 3:4]

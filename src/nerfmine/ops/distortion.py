@@ -133,27 +133,78 @@ def camera_rays(
     Returns origins [M, 3] and unit directions [M, 3] in the frame of ``c2w``.
     """
     _check_model(model)
-    if c2w.dim() != 3 or c2w.shape[1] not in (3, 4) or c2w.shape[2] != 4:
-        raise ValueError(f"c2w must be [N, 4, 4] or [N, 3, 4], got {list(c2w.shape)}")
+    _check_poses(c2w)
     if intrinsics.dim() != 2 or intrinsics.shape[1] != 4:
         raise ValueError(
             f"intrinsics must be [N, 4] (fx, fy, cx, cy), got {list(intrinsics.shape)}"
         )
     dtype = px.dtype if px.is_floating_point() else c2w.dtype
     px, py = px.to(dtype), py.to(dtype)
-    pose = c2w[cam_idx]  # [M, 3|4, 4]
-    rot = pose[:, :3, :3]  # [M, 3, 3]
-    origins = pose[:, :3, 3]  # [M, 3]
     k = intrinsics.to(device=px.device, dtype=dtype)[cam_idx]  # [M, 4]
-    fx, fy, cx, cy = k.unbind(-1)  # [M] each
-    x = (px - cx) / fx  # [M], OpenCV normalized (distorted)
-    y = (py - cy) / fy  # [M], y down
+    x, y = _normalized(px, py, k)
     if model != "pinhole" and distortion is not None:
         coeffs = distortion.to(device=px.device)[cam_idx]  # [M, 6]
         xy = undistort(torch.stack([x, y], dim=-1), coeffs, model)  # [M, 2]
         x, y = xy[:, 0], xy[:, 1]
+    return rays_from_normalized(c2w, x, y, cam_idx)
+
+
+def _check_poses(c2w: torch.Tensor) -> None:
+    if c2w.dim() != 3 or c2w.shape[1] not in (3, 4) or c2w.shape[2] != 4:
+        raise ValueError(f"c2w must be [N, 4, 4] or [N, 3, 4], got {list(c2w.shape)}")
+
+
+def _normalized(
+    px: torch.Tensor, py: torch.Tensor, k: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distorted normalized coordinates ((px - cx) / fx, (py - cy) / fy), k [M|1, 4]."""
+    fx, fy, cx, cy = k.unbind(-1)
+    return (px - cx) / fx, (py - cy) / fy  # OpenCV normalized, y down
+
+
+def rays_from_normalized(
+    c2w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cam_idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays of cameras ``cam_idx`` [M] through undistorted normalized coordinates x, y [M]:
+    origins [M, 3] and unit directions [M, 3] in the frame of ``c2w`` [N, 3|4, 4]."""
+    _check_poses(c2w)
+    pose = c2w[cam_idx]  # [M, 3|4, 4]
+    rot = pose[:, :3, :3]  # [M, 3, 3]
+    origins = pose[:, :3, 3]  # [M, 3]
     # OpenCV camera (x, y, 1) -> OpenGL camera (x, -y, -1)
     d_cam = torch.stack([x, -y, -torch.ones_like(x)], dim=-1).to(c2w.dtype)  # [M, 3]
     d_world = torch.einsum("mij,mj->mi", rot, d_cam)  # [M, 3]
     directions = d_world / torch.linalg.vector_norm(d_world, dim=-1, keepdim=True)
     return origins.contiguous(), directions
+
+
+def undistorted_pixel_centres(
+    intrinsics: torch.Tensor,
+    coeffs: torch.Tensor,
+    model: str,
+    width: int,
+    height: int,
+    rows_per_chunk: int = 256,
+) -> torch.Tensor:
+    """Undistorted normalized coordinates of every pixel centre of one lens: [H, W, 2] float32.
+
+    intrinsics: [4] float32 (fx, fy, cx, cy); coeffs: [6]. Each entry is what
+    :func:`camera_rays` computes for the pixel centre ``(col + 0.5, row + 0.5)`` (the same
+    float32 normalization and float64 Newton inversion, element by element, so equal bit for
+    bit on one device). A table of these turns the ~20 Newton iterations of every training
+    step (hundreds of small float64 kernels) into one gather. Rows are inverted
+    ``rows_per_chunk`` at a time to bound the float64 temporaries of large images.
+    """
+    _check_model(model)
+    device = intrinsics.device
+    k = intrinsics.reshape(1, 4).float()  # [1, 4]
+    cols = torch.arange(width, device=device).float() + 0.5  # [W]
+    table = torch.empty(height, width, 2, dtype=torch.float32, device=device)
+    for start in range(0, height, rows_per_chunk):
+        rows = torch.arange(start, min(start + rows_per_chunk, height), device=device)
+        py = (rows.float() + 0.5)[:, None].expand(-1, width).reshape(-1)  # [h*W]
+        px = cols[None, :].expand(rows.numel(), -1).reshape(-1)  # [h*W]
+        x, y = _normalized(px, py, k)
+        xy = undistort(torch.stack([x, y], dim=-1), coeffs.to(device), model)  # [h*W, 2]
+        table[start:start + rows.numel()] = xy.reshape(rows.numel(), width, 2)
+    return table
