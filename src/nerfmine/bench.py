@@ -202,6 +202,7 @@ def run_suite(scenes: list[str | None], seeds: list[int], arms: list[str],
     ``out_dir/<scene>/seed<k>/<arm>``; writes ``bench.json`` (every run's metrics and
     :func:`summarise`) and ``bench_table.md``. Returns the report."""
     from nerfmine.config import merge_overrides
+    from nerfmine.data.files import resolve_data_path
 
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     for scene in scenes:
@@ -212,7 +213,7 @@ def run_suite(scenes: list[str | None], seeds: list[int], arms: list[str],
         for seed in seeds:
             values = merge_overrides(overrides, {"train": {"seed": seed}})
             if scene:
-                values = merge_overrides(values, {"data": {"path": str(Path(scene).resolve())}})
+                values = merge_overrides(values, {"data": {"path": str(resolve_data_path(scene))}})
             folder = out_dir / name / f"seed{seed}"
             runs[name][str(seed)] = {}
             for arm in arms:

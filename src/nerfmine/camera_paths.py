@@ -59,7 +59,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nerfmine.data.files import (
+    ROTATION_HINT,
+    MatrixError,
+    finite_number,
+    number_matrix,
+    rotation_problem,
+)
 from nerfmine.errors import NerfmineError
+from nerfmine.json_files import read_json_file, shown
 
 DEFAULT_FPS = 30.0
 
@@ -326,46 +334,47 @@ def focal_to_fov(focal: float, height: int) -> float:
     return math.degrees(2.0 * math.atan(0.5 * height / focal))
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+# The largest image side a camera path may ask for (JPEG's and many video encoders' limit).
+MAX_SIDE = 65535
 
 
 def _positive_int(value, where: str, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
-            or value <= 0:
-        raise NerfmineError(f"{where}: '{key}' must be a whole number of pixels > 0, "
-                            f"got {value!r}.")
-    return int(value)
+    v = finite_number(value)
+    if v is None or v != int(v) or not 0 < v <= MAX_SIDE:
+        raise NerfmineError(f"{where}: '{key}' must be a whole number of pixels from 1 to "
+                            f"{MAX_SIDE}, got {shown(value)}.")
+    return int(v)
 
 
 def _fps(value, where: str, key: str = "fps") -> float:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+    v = finite_number(value)
+    if v is None or v <= 0:
         raise NerfmineError(f"{where}: '{key}' must be a number of frames per second > 0, "
-                            f"got {value!r}; 30 is a common choice.")
-    return float(value)
+                            f"got {shown(value)}; 30 is a common choice.")
+    return v
 
 
 def _fov(value, where: str) -> float:
-    if not _is_number(value) or not math.isfinite(value) or not 0.0 < value < 180.0:
+    v = finite_number(value)
+    # stored as float32: the bounds must hold there too (1e-50 would become 0 degrees)
+    if v is None or not 0.0 < np.float32(v) < 180.0:
         raise NerfmineError(f"{where} must be a vertical field of view in degrees in (0, 180), "
-                            f"got {value!r}.")
-    return float(value)
+                            f"got {shown(value)}.")
+    return v
 
 
 def _pose(value, where: str, allow_flat: bool) -> np.ndarray:
+    flat = allow_flat and isinstance(value, list) and bool(value) \
+        and not isinstance(value[0], list)
     try:
-        m = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NerfmineError(f"{where} is not a 4x4 matrix of numbers (got {value!r:.80}).") \
-            from None
-    if allow_flat and m.shape == (16,):
-        m = m.reshape(4, 4)  # row-major
-    if m.shape != (4, 4):
-        flat = " (or 16 numbers, row-major)" if allow_flat else ""
-        raise NerfmineError(f"{where} has shape {list(m.shape)}; expected a 4x4 "
-                            f"camera-to-world matrix{flat}.")
-    if not np.isfinite(m).all():
-        raise NerfmineError(f"{where} holds NaN or inf values; every entry must be finite.")
+        m = number_matrix(value, (16,)).reshape(4, 4) if flat else number_matrix(value, (4, 4))
+    except MatrixError as e:
+        also = " (or 16 numbers, row-major)" if allow_flat else ""
+        raise NerfmineError(f"{where} {e}; expected a 4x4 camera-to-world matrix of finite "
+                            f"numbers{also}.") from None
+    problem = rotation_problem(m)
+    if problem:
+        raise NerfmineError(f"{where} {problem}; {ROTATION_HINT}.")
     return m
 
 
@@ -378,19 +387,8 @@ def _require(obj: dict, key: str, where: str, what: str):
 def read_camera_path(path: str | Path) -> CameraPath:
     """Read a camera path in nerfmine's or nerfstudio's JSON format (see the module docstring)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise NerfmineError(f"{path}: camera path file not found; pass a JSON file, or one of "
-                            "orbit, spiral, interpolate.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise NerfmineError(f"{path}: cannot read the camera path file ({exc}).") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise NerfmineError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column "
-                            f"{exc.colno}. Fix the file or write one with nerfmine's "
-                            "camera_paths.write_camera_path.") from None
+    data = read_json_file(path, NerfmineError, "camera path file",
+                          missing_hint="pass a JSON file, or one of orbit, spiral, interpolate")
     if not isinstance(data, dict):
         raise NerfmineError(f"{path}: expected a JSON object at the top level, got "
                             f"{type(data).__name__}.")
@@ -428,11 +426,13 @@ def _read_nerfmine(data: dict, path: Path) -> CameraPath:
         if "fov_y" in frame:
             fovs.append(_fov(frame["fov_y"], f"{where}.fov_y"))
         elif "fx" in frame:
-            fx = frame["fx"]
-            if not _is_number(fx) or not math.isfinite(fx) or fx <= 0:
+            fx = finite_number(frame["fx"])
+            if fx is None or fx <= 0:
                 raise NerfmineError(f"{where}.fx must be a focal length in pixels > 0, "
-                                    f"got {fx!r}.")
-            fovs.append(focal_to_fov(float(fx), height))
+                                    f"got {shown(frame['fx'])}.")
+            fovs.append(_fov(focal_to_fov(fx, height),
+                             f"{where}.fx ({fx:g} pixels for a height of {height}) gives a "
+                             "field of view that"))
         else:
             raise NerfmineError(f"{where}: missing key 'fov_y' (vertical field of view in "
                                 "degrees) or 'fx' (focal length in pixels).")
@@ -454,9 +454,10 @@ def _read_nerfstudio(data: dict, path: Path) -> CameraPath:
     if "fps" in data:
         fps = _fps(data["fps"], where)
     elif "seconds" in data:
-        seconds = data["seconds"]
-        if not _is_number(seconds) or not math.isfinite(seconds) or seconds <= 0:
-            raise NerfmineError(f"{path}: 'seconds' must be a duration > 0, got {seconds!r}.")
+        seconds = finite_number(data["seconds"])
+        if seconds is None or seconds <= 0:
+            raise NerfmineError(f"{path}: 'seconds' must be a duration > 0, got "
+                                f"{shown(data['seconds'])}.")
         fps = _fps(len(frames) / seconds, where, "fps (frames / seconds)")
     else:
         raise NerfmineError(f"{path}: missing key 'fps' (frames per second) or 'seconds' "

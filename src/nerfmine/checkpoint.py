@@ -1,73 +1,107 @@
-"""Atomic checkpoint files, and the one path by which checkpoints of older nerfmine load.
+"""Checkpoint files: written atomically, loaded safely, checked against a content hash, and
+the one path by which checkpoints of older nerfmine load.
 
-A checkpoint is written to a temporary file in the same folder, flushed to disk, and then
-renamed over the previous one (os.replace is atomic on POSIX and Windows), so a run killed at
-any moment leaves either the old or the new checkpoint whole, never a half-written file.
+A checkpoint is written through :func:`nerfmine.run_folder.atomic_write` (a temporary file of
+the same folder, flushed and renamed over the previous one), so a run killed at any moment
+leaves either the old or the new checkpoint whole, and a full disk leaves the old one and a
+clear error.
 
-:func:`load_checkpoint` returns the state migrated to today's layout (:func:`migrate`), so that
-every reader (resume, eval, render, export, view) sees one format.
+What a checkpoint says about itself: ``format_version`` (2 since checkpoints carry a hash; 1
+before) and ``content_sha256``, a SHA-256 over every tensor's dtype, shape and bytes and every
+other value in key order (:func:`content_digest`), recomputed on load: a file whose bytes
+changed after it was written is refused, not trained on.
+
+Loading never runs code from the file: ``torch.load(..., weights_only=True)`` unpickles only
+tensors, numbers, strings and containers of them (PyTorch's restricted unpickler), which is all
+a checkpoint holds. :func:`load_checkpoint` returns the state migrated to today's layout
+(:func:`migrate`), so that every reader (resume, eval, render, export, view) sees one format.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nerfmine.config import upgrade_layout
+from nerfmine.config import _SECTIONS, upgrade_layout
 from nerfmine.errors import ConfigError
+from nerfmine.run_folder import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before content hashes
+
+
+def content_digest(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint's state: tensors by dtype, shape and bytes (wherever they
+    live), dict entries in key order, other values by type and repr."""
+    digest = hashlib.sha256()
+    _feed(digest, state)
+    return digest.hexdigest()
+
+
+def _feed(digest, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"T{t.dtype}{tuple(value.shape)}".encode())
+        if t.numel():
+            digest.update(t.view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, str(k))):
+            _feed(digest, key)
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__[0]}{len(value)}".encode())
+        for item in value:
+            _feed(digest, item)
+    elif value is None or isinstance(value, (bool, int, float, str, bytes)):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    else:
+        raise TypeError(f"a checkpoint holds tensors, numbers, strings and containers of them, "
+                        f"not {type(value).__name__}")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (tensors, numbers, strings, dicts) to ``path`` atomically."""
-    path = Path(path)
-    payload = {"format_version": FORMAT_VERSION, **state}
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write ``state`` (tensors, numbers, strings, dicts, lists) to ``path`` atomically, with
+    its format version and content hash. A failed write raises
+    :class:`~nerfmine.errors.OutputError` and leaves the previous file intact."""
+    payload = {"format_version": FORMAT_VERSION, "content_sha256": content_digest(state),
+               **state}
+    atomic_write(Path(path), lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, with a clear error if it can't be;
-    a run's config in it is migrated to today's layout (:func:`migrate`)."""
+    """Read a checkpoint written by :func:`save_checkpoint`, with a clear error if it can't be
+    (missing, not a checkpoint, of an unknown format, or changed since it was written); a
+    run's config in it is migrated to today's layout (:func:`migrate`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no checkpoint here; a run folder holds {CHECKPOINT_NAME} "
                           "once its first checkpoint is written")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise ConfigError(f"{path}: not a readable nerfmine checkpoint ({type(exc).__name__}: "
-                          f"{exc})") from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: not a nerfmine checkpoint of format {FORMAT_VERSION}")
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise ConfigError(f"{path}: not a readable nerfmine checkpoint ({reason[:300]}); it "
+                          "is damaged or not a checkpoint (nerfmine loads only tensors and "
+                          "plain values, never code)") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise ConfigError(f"{path}: not a nerfmine checkpoint (no format_version)")
+    version = state.pop("format_version")
+    if version not in READABLE_VERSIONS:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise ConfigError(f"{path}: checkpoint format {version!r}, this nerfmine reads formats "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}"
+                          + ("; it was written by a newer nerfmine: upgrade" if newer else ""))
+    if version >= 2:
+        recorded = state.pop("content_sha256", None)
+        if recorded != content_digest(state):
+            raise ConfigError(f"{path}: the checkpoint's content does not match its hash (the "
+                              "file changed after it was written: a damaged disk or copy); "
+                              "it cannot be trusted. Use an intact copy of the run")
     if isinstance(state.get("config"), dict):
         migrate(state, where=str(path))
     return state
@@ -95,6 +129,11 @@ def migrate(state: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
       ``march``, ``optim`` and ``eval`` sections (:func:`nerfmine.config.upgrade_layout`).
     """
     config = state["config"]
+    for section, value in config.items():
+        if section in _SECTIONS and not isinstance(value, dict):
+            raise ConfigError(f"{where}: the run config's section '{section}' must be an "
+                              f"object of its fields, got {type(value).__name__}; the "
+                              "checkpoint is damaged or was not written by nerfmine")
     data = config.setdefault("data", {})
     if data.get("aabb_scale") is None:
         data["aabb_scale"] = 1.0

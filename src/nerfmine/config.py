@@ -8,15 +8,20 @@ setting) and a CPU run; the trainer itself has no per-device branches for hyperp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import numbers
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from nerfmine.errors import ConfigError
 from nerfmine.field import ModelConfig
+from nerfmine.json_files import read_json_file, shown
 from nerfmine.miner import MinerConfig
 from nerfmine.occupancy import OccupancyConfig
 from nerfmine.ops.scene_box import MAX_AABB_SCALE, cascades_for_aabb_scale, default_cone_angle
@@ -214,60 +219,213 @@ _TOP_LEVEL = {"preset", "backend", "device", "mining", "config_version"}
 MEMORY_FIT_MODES = ("check", "auto", "off")
 
 
-def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved type of every field of the config dataclass ``cls`` (the modules use
+    ``from __future__ import annotations``, so the annotations are strings)."""
+    return typing.get_type_hints(cls)
+
+
+def _type_words(hint: Any) -> str:
+    """What a value of type ``hint`` is, in the words of a JSON file."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        words = [_type_words(a) for a in args if a is not type(None)]
+        return " or ".join(words) + (" or null" if type(None) in args else "")
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_words(args[0]).removeprefix('a ')}s"
+        return f"a list of {len(args)} {_type_words(args[0]).removeprefix('a ')}s"
+    return {int: "a whole number", float: "a finite number", bool: "true or false",
+            str: "a string", dict: "an object"}.get(origin or hint, str(hint))
+
+
+class _WrongType(Exception):
+    """A value does not have its field's type (turned into a ConfigError naming the field)."""
+
+
+def _typed(value: Any, hint: Any) -> Any:
+    """``value`` as a value of ``hint`` (a JSON list becomes a tuple, an integral float such as
+    1e4 an int, an int a float), or _WrongType. Strings are never parsed as numbers: a quoted
+    number in a config file is a mistake the message points out."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None):
+                try:
+                    return _typed(value, arg)
+                except _WrongType:
+                    pass
+        raise _WrongType
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _WrongType
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise _WrongType
+        return tuple(_typed(v, a) for v, a in zip(value, args))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _WrongType
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise _WrongType
+        try:
+            number = float(value)
+        except (OverflowError, ValueError):
+            raise _WrongType from None
+        if not math.isfinite(number):
+            raise _WrongType
+        if hint is float:
+            return number
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if number != int(number):
+            raise _WrongType
+        return int(number)
+    if hint in (str, dict):
+        if not isinstance(value, hint):
+            raise _WrongType
+        return value
+    return value  # a type this checker does not know: left to validate()
+
+
+def _check_field(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the type of field ``where`` (e.g. "optim.lr"), or a ConfigError that names
+    the field, the type expected and (for a quoted number) how to write it."""
+    try:
+        return _typed(value, hint)
+    except _WrongType:
+        pass
+    tip = ""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+            _typed(parsed, hint)
+            tip = f"; write it without quotes: {value.strip()}"
+        except (ValueError, RecursionError, _WrongType):
+            pass
+    raise ConfigError(f"{where} must be {_type_words(hint)}, got {shown(value)} "
+                      f"({type(value).__name__}){tip}")
+
+
+def _checked_section(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """The entries of config section ``where`` (dataclass ``cls``) with their values checked
+    against the fields' types and converted; unknown keys are errors."""
     names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(set(values) - set(names), key=str)
     if unknown:
         moved = [f"{where}.{k} is now {'.'.join(LAYOUT_1_MOVES[(where, k)])}" for k in unknown
                  if (where, k) in LAYOUT_1_MOVES]
         raise ConfigError(
-            f"unknown config key(s) {', '.join(where + '.' + k for k in unknown)}; "
+            f"unknown config key(s) {', '.join(where + '.' + str(k) for k in unknown)}; "
             + (f"{'; '.join(moved)} (the config layout of nerfmine 0.2); " if moved else "")
             + f"valid keys of '{where}' are: {', '.join(sorted(names))}"
         )
-    converted = {}
-    for key, value in values.items():
-        default = getattr(cls(), key)
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        converted[key] = value
-    return cls(**converted)
+    hints = _field_types(cls)
+    return {key: _check_field(value, hints[key], f"{where}.{key}")
+            for key, value in values.items()}
+
+
+def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    return cls(**_checked_section(cls, values, where))
+
+
+def _checked_top_level(values: dict[str, Any]) -> dict[str, Any]:
+    """The top-level entries of a config dict (preset, backend, ...) checked and converted;
+    unknown keys and sections that are not objects are errors. Sections are returned as
+    given."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be an object of sections like "
+                          f'{{"optim": {{"lr": 0.01}}}}, got {shown(values)}')
+    unknown = sorted(set(values) - _TOP_LEVEL - set(_SECTIONS), key=str)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(map(str, unknown))}; valid top-level keys are "
+            f"{', '.join(sorted(_TOP_LEVEL | set(_SECTIONS)))}"
+        )
+    hints = _field_types(RunConfig)
+    out = {k: _check_field(values[k], hints[k], k) for k in _TOP_LEVEL if k in values}
+    for name in _SECTIONS:
+        if name in values:
+            if not isinstance(values[name], dict):
+                raise ConfigError(f"config section '{name}' must be a mapping (an object of "
+                                  f"its fields), got {shown(values[name])}")
+            out[name] = values[name]
+    return out
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
-    """Build a RunConfig from a (possibly partial) nested dict; unknown keys are errors."""
-    unknown = sorted(set(values) - _TOP_LEVEL - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s): {', '.join(unknown)}; valid top-level keys are "
-            f"{', '.join(sorted(_TOP_LEVEL | set(_SECTIONS)))}"
-        )
+    """Build a RunConfig from a (possibly partial) nested dict; unknown keys and values of the
+    wrong type are errors naming the field."""
+    values = _checked_top_level(values)
     kwargs: dict[str, Any] = {k: values[k] for k in _TOP_LEVEL if k in values}
     for name, cls in _SECTIONS.items():
-        section = values.get(name, {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"config section '{name}' must be a mapping, got {section!r}")
-        kwargs[name] = _build_section(cls, section, name)
+        kwargs[name] = _build_section(cls, values.get(name, {}), name)
     config = RunConfig(**kwargs)
     validate(config)
     return config
 
 
+def check_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides (a partial config dict, e.g. a ``--config`` file) with every given
+    value checked against its field's type and converted, without building a config: the
+    errors name the field before the overrides are merged with a preset and flags."""
+    values = _checked_top_level(values)
+    for name, cls in _SECTIONS.items():
+        if name in values:
+            values[name] = _checked_section(cls, values[name], name)
+    return values
+
+
+def _read_config_dict(path: Path, what: str) -> tuple[dict[str, Any], list[str]]:
+    """The JSON object in ``path`` in today's layout (:func:`upgrade_layout`) and what moved."""
+    values = read_json_file(path, ConfigError, what)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config sections like "
+                          f'{{"optim": {{"lr": 0.01}}}}, as in a run\'s config.json; got '
+                          f"{type(values).__name__}")
+    return upgrade_layout(values, where=str(path))
+
+
+def _naming(path: Path, exc: ConfigError) -> ConfigError:
+    """``exc`` with ``path`` in front of its message, unless it names the file already."""
+    text = str(exc)
+    return exc if str(path) in text else ConfigError(f"{path}: {text}")
+
+
 def load_config(path: Path) -> RunConfig:
+    """The complete config in ``path`` (a run's config.json); every error names the file."""
+    path = Path(path)
+    values, _ = _read_config_dict(path, "config file")
     try:
-        values = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    if isinstance(values, dict):
-        values, _ = upgrade_layout(values, where=str(path))
-    return config_from_dict(values)
+        return config_from_dict(values)
+    except ConfigError as exc:
+        raise _naming(path, exc) from None
+
+
+def load_overrides(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The overrides in a ``--config`` file (a partial config, nested like config.json) in
+    today's layout, each value checked against its field's type (:func:`check_overrides`),
+    and the moves of an older layout for a note. Every error names the file and the field."""
+    path = Path(path)
+    values, moved = _read_config_dict(path, "config file")
+    try:
+        return check_overrides(values), moved
+    except ConfigError as exc:
+        raise _naming(path, exc) from None
 
 
 def merge_overrides(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``update`` merged in section by section (nested dicts merge, other values
     replace); neither argument is changed."""
+    if not isinstance(update, dict):
+        raise ConfigError(f"config overrides must be an object of sections like "
+                          f'{{"optim": {{"lr": 0.01}}}}, got {shown(update)}')
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -288,13 +446,16 @@ def make_config(preset: str = "auto", overrides: dict[str, Any] | None = None) -
     cuda = torch.cuda.is_available()
     if preset == "auto":
         preset = "gpu" if cuda else "cpu"
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'; choose one of auto, {', '.join(PRESETS)}")
     values: dict[str, Any] = {"preset": preset, "device": "cuda" if cuda else "cpu"}
     values = merge_overrides(values, PRESETS[preset])
     overrides = overrides or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"config overrides must be an object of sections like "
+                          f'{{"optim": {{"lr": 0.01}}}}, got {shown(overrides)}')
     given = overrides.get("train", {})
-    if "max_steps" in given or "max_seconds" in given:
+    if isinstance(given, dict) and ("max_steps" in given or "max_seconds" in given):
         # A budget given by the caller replaces the preset's default budget and points.
         values["train"] = {k: v for k, v in values.get("train", {}).items()
                            if k not in ("max_steps", "max_seconds", "eval_at")}
@@ -460,8 +621,9 @@ def upgrade_layout(values: dict[str, Any], where: str = "config") -> tuple[dict[
                                   f"the same setting; give only {section}.{key}")
             target[key] = train.pop(old_key)
             moved.append(f"{old_section}.{old_key} -> {section}.{key}")
-    if out.get("config_version", 1) < CONFIG_VERSION:
-        out["config_version"] = CONFIG_VERSION
+    version = out.get("config_version", 1)
+    if isinstance(version, int) and not isinstance(version, bool) and version < CONFIG_VERSION:
+        out["config_version"] = CONFIG_VERSION  # (a value of another type: config_from_dict)
     return out, moved
 
 

@@ -21,5 +21,15 @@ class ConfigError(NerfmineError):
     """A configuration value or a checkpoint does not fit."""
 
 
+class OutputError(NerfmineError):
+    """A result could not be written (a full disk, a read-only folder, a folder in use by
+    another run); what was written before is intact."""
+
+
+class TrainingStopped(NerfmineError):
+    """Raised after a checkpoint was written because training cannot go on (e.g. too many
+    steps in a row with non-finite values)."""
+
+
 class TrainingInterrupted(NerfmineError):
     """Raised after a checkpoint was written because the run got SIGINT or SIGTERM."""

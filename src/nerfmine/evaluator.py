@@ -9,17 +9,23 @@ composited over white: PSNR and SSIM per image and their means (:mod:`nerfmine.m
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from nerfmine.errors import ConfigError
 from nerfmine.metrics import EvalResult, psnr, ssim
+from nerfmine.run_folder import atomic_save_image, atomic_write_text
 from nerfmine.scene import WHITE, TrainedScene
 
-SSIM_IMPLEMENTATION = "nerfmine.metrics.ssim (Gaussian 11x11, sigma 1.5, valid)"
+SSIM_WINDOW = 11
+SSIM_IMPLEMENTATION = (f"nerfmine.metrics.ssim (Gaussian {SSIM_WINDOW}x{SSIM_WINDOW}, sigma 1.5, "
+                       "valid)")
 
 
 class Evaluator:
@@ -39,19 +45,45 @@ class Evaluator:
             self._data = self.scene.load_split(self.scene.config.data.eval_split)
         return self._data
 
+    def check(self) -> None:
+        """Raise :class:`~nerfmine.errors.ConfigError` when the split cannot be scored: its
+        images smaller than SSIM's window (a training run checks this before it starts)."""
+        data = self.data
+        if len(data) == 0:
+            return
+        height, width = (int(s) for s in data.images.shape[1:3])
+        if min(height, width) < SSIM_WINDOW:
+            split = self.scene.config.data.eval_split
+            raise ConfigError(
+                f"the '{split}' images ({data.image_paths[0].parent}) are {width}x{height} "
+                "pixels at this "
+                f"downscale; SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} (its Gaussian "
+                "window). Use a smaller --downscale.")
+
     @torch.no_grad()
     def evaluate(self, save_dir: Path | None = None,
-                 mean_hard_fraction: float | None = None) -> EvalResult:
-        """Render and score the split; ``save_dir`` receives each render as ``<name>.png``."""
+                 mean_hard_fraction: float | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 on_batch: Callable[[], None] | None = None) -> EvalResult:
+        """Render and score the split; ``save_dir`` receives each render as ``<name>.png``.
+
+        ``progress(done, total)`` is called before the first image and after each one;
+        ``on_batch`` after every batch of network evaluations inside a render (it may raise to
+        stop: an evaluation of a young field, whose occupancy grid is still nearly full, can
+        take minutes per image on a CPU)."""
         scene, data = self.scene, self.data
+        self.check()
         count = len(data) if not self.max_images else min(len(data), self.max_images)
         cameras = scene.to_unit(data.cameras())
+        settings = dataclasses.replace(scene.render_settings, on_batch=on_batch)
         per_image = []
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)
+        if progress is not None:
+            progress(0, count)
         with scene.ema_weights():
             for i in range(count):
-                out = scene.render(cameras, i, WHITE)
+                out = scene.render(cameras, i, WHITE, settings)
                 rgba = data.images[i].to(scene.device).float() / 255.0
                 gt = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
                 pred = out["rgb"].clamp(0, 1)
@@ -59,6 +91,8 @@ class Evaluator:
                 per_image.append({"name": name, "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)})
                 if save_dir is not None:
                     save_png(save_dir / f"{name}.png", pred)
+                if progress is not None:
+                    progress(i + 1, count)
         return EvalResult(
             clock=scene.clock, step=scene.step,
             psnr=float(np.mean([r["psnr"] for r in per_image])),
@@ -67,18 +101,16 @@ class Evaluator:
 
 
 def save_png(path: Path, image: torch.Tensor) -> None:
-    """An [H, W, 3] image with values in [0, 1] as an 8-bit PNG."""
+    """An [H, W, 3] image with values in [0, 1] as an 8-bit PNG, written atomically."""
     from PIL import Image
 
     array = (image.clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    Image.fromarray(array).save(path)
+    atomic_save_image(path, Image.fromarray(array))
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     """Write ``run_dir/metrics.json`` atomically (a killed write leaves the previous one)."""
-    tmp = Path(run_dir) / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(Path(run_dir) / "metrics.json")
+    atomic_write_text(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 
 def plot_curve(run_dir: Path, history: list[EvalResult], title: str) -> None:

@@ -124,7 +124,7 @@ class DeviceLossScaler:
     torch.amp.GradScaler reads its inf/NaN flag on the host at every step; here the flag stays
     on the device and becomes the optimizer's ``skip`` tensor, and the scale's backoff and growth
     use the same in-place kernels GradScaler uses (factor 2 growth every 2000 clean steps, 0.5
-    backoff on inf/NaN). Disabled, it is the identity and never skips.
+    backoff on inf/NaN). Disabled, it scales nothing but still flags non-finite gradients.
     """
 
     def __init__(self, device: torch.device, enabled: bool = True, init_scale: float = 2.0**16,
@@ -140,13 +140,16 @@ class DeviceLossScaler:
     def scale_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor * self.scale.to(tensor.dtype) if self.enabled else tensor
 
-    def unscale_(self, params: list[torch.nn.Parameter]) -> torch.Tensor | None:
-        """Divide the gradients by the scale in place; returns the found-inf flag ([] bool)."""
-        if not self.enabled:
-            return None
+    def unscale_(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
+        """Divide the gradients by the scale in place (enabled) and return the flag of a
+        non-finite gradient value ([] bool), which the step's ``skip`` includes. Disabled, the
+        gradients are only checked (a NaN or inf from any cause skips the step instead of
+        reaching the weights)."""
         grads = [p.grad for p in params if p.grad is not None]
         found_inf = torch.zeros((), dtype=torch.float32, device=self.scale.device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, 1.0 / self.scale)
+        inv_scale = (1.0 / self.scale if self.enabled
+                     else torch.ones((), dtype=torch.float32, device=self.scale.device))
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
         return found_inf > 0
 
     def update(self, found_inf: torch.Tensor | None) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from nerfmine.run_folder import atomic_write_bytes
 
 
 def plot_psnr_curve(curve: list[dict[str, Any]], path: Path, title: str = "",
@@ -29,7 +32,7 @@ def plot_psnr_curve(curve: list[dict[str, Any]], path: Path, title: str = "",
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(Path(path), buffer.getvalue())

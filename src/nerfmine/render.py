@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,10 @@ class RenderSettings:
     """The scene's box 0.5 +- aabb_scale / 2 (the unit cube by default)."""
     cone_angle: float = 0.0
     """0: constant steps; above 0, exponential stepping (see march_rays)."""
+    on_batch: Callable[[], None] | None = dataclasses.field(default=None, compare=False)
+    """Called after every batch of network evaluations (at most ``samples_per_chunk``): where
+    a long render reports progress or stops (the callback raises) without waiting for the
+    image to finish."""
 
 
 @torch.no_grad()
@@ -118,6 +124,8 @@ def _evaluate(field, samples, settings) -> torch.Tensor:
     for s0 in range(0, n, settings.samples_per_chunk):
         s1 = min(n, s0 + settings.samples_per_chunk)
         raw[s0:s1] = field(samples.positions[s0:s1], samples.directions[s0:s1])
+        if settings.on_batch is not None:
+            settings.on_batch()
     return raw
 
 

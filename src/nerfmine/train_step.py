@@ -106,6 +106,10 @@ class TrainStep:
         self._stat_samples = torch.zeros((), dtype=torch.int64, device=self.device)
         self._stat_hard = torch.zeros((), dtype=torch.float32, device=self.device)
         self.total_samples = torch.zeros((), dtype=torch.float64, device=self.device)
+        # Steps skipped for a NaN or inf gradient (fp16 overflows included): in all, and in a
+        # row up to the last step (the trainer stops a run whose streak grows too long).
+        self.nonfinite_steps = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.nonfinite_streak = torch.zeros((), dtype=torch.int64, device=self.device)
         self.stage_marker: Callable[[str], None] = no_mark
 
     # ------------------------------------------------------------------ graphs
@@ -252,9 +256,11 @@ class TrainStep:
         field.table.grad = self.table_grad
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        found_inf = self.scaler.unscale_(list(field.parameters()))
-        if found_inf is not None:
-            skip = found_inf if skip is None else (skip | found_inf)
+        found_inf = self.scaler.unscale_(list(field.parameters()))  # [] bool
+        skip = found_inf if skip is None else (skip | found_inf)
+        bad = found_inf.to(torch.int64)
+        self.nonfinite_steps.add_(bad)
+        self.nonfinite_streak.mul_(bad).add_(bad)  # +1 on a bad step, 0 on a good one
         self.optimizer.step(skip=skip)
         self.scaler.update(found_inf)
         mark("optimizer")
@@ -298,6 +304,8 @@ class TrainStep:
             "scaler": self.scaler.state_dict(),
             "n_rays": self.ray_count.n_rays,
             "total_samples": self.total_samples.clone(),
+            "nonfinite": {"steps": self.nonfinite_steps.clone(),
+                          "streak": self.nonfinite_streak.clone()},
             "rng": {"generator": self.generator.get_state(),
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if cuda else None},
@@ -312,6 +320,10 @@ class TrainStep:
         self.scaler.load_state_dict(state["scaler"])
         self.ray_count.load(int(state["n_rays"]))
         self.total_samples = state["total_samples"].to(self.device)
+        nonfinite = state.get("nonfinite")  # absent in checkpoints from before it was counted
+        if nonfinite is not None:
+            self.nonfinite_steps.copy_(nonfinite["steps"])
+            self.nonfinite_streak.copy_(nonfinite["streak"])
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         cuda_rng = state["rng"].get("cuda")

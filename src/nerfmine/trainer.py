@@ -8,9 +8,16 @@ points (:class:`~nerfmine.evaluator.Evaluator`) and writing the run folder: ``co
 ``Trainer.resume(run_dir)`` continues a run from its last checkpoint.
 
 The training clock counts only the steps: it is paused (after a device synchronisation) for
-evaluation, checkpoints and plots, as ../shared/docs/benchmark-protocol.md defines. SIGINT and
-SIGTERM are acted on between steps: the run checkpoints and stops with
-:class:`TrainingInterrupted`.
+evaluation, checkpoints and plots, as ../shared/docs/benchmark-protocol.md defines.
+
+What a run promises its user (docs/design.md, "Robustness"): one process writes a run folder at
+a time (:class:`~nerfmine.run_folder.RunLock`); every file in it is written atomically; SIGINT
+or SIGTERM is acted on between steps and between the network batches of an evaluation: the run
+checkpoints and stops with :class:`TrainingInterrupted` (a second signal stops at once, keeping
+the last checkpoint); the training state is checkpointed before the final evaluation, so no
+signal then loses the run; a step with a NaN or inf gradient changes no weight and is counted
+(``metrics.json``: ``nonfinite_steps``), and :data:`MAX_NONFINITE_STREAK` of them in a row stop
+the run with :class:`~nerfmine.errors.TrainingStopped` after its checkpoint.
 
 Benchmarks and the viewer attach through :attr:`Trainer.hooks` (progress callbacks and a guard
 held around each step) and :attr:`Trainer.step_fn` (stage marks, CUDA graphs), never by
@@ -41,13 +48,23 @@ from nerfmine.config import (
 from nerfmine.data import SceneData, load_scene
 from nerfmine.data.demo import demo_scene_path
 from nerfmine.data.rays import RaySampler
-from nerfmine.errors import ConfigError, TrainingInterrupted
+from nerfmine.errors import ConfigError, TrainingInterrupted, TrainingStopped
 from nerfmine.evaluator import SSIM_IMPLEMENTATION, Evaluator, plot_curve, write_metrics
+from nerfmine.lagged import LaggedHostValue
 from nerfmine.memory import fit_memory
 from nerfmine.metrics import LPIPS_NOT_MEASURED, EvalResult
 from nerfmine.provenance import device_name, git_commit
+from nerfmine.run_folder import RunLock, remove_stale_temporaries
 from nerfmine.scene import TrainedScene
 from nerfmine.train_step import StepStats, TrainStep
+
+# A run stops (after its checkpoint) when this many steps in a row had a NaN or inf gradient:
+# none of them changed the weights, and fp16 loss scaling has long run out of halvings by then.
+MAX_NONFINITE_STREAK = 64
+
+
+class _StopRequested(Exception):
+    """Raised inside an evaluation when SIGINT or SIGTERM arrived; the loop checkpoints."""
 
 
 @dataclass
@@ -112,6 +129,7 @@ class Trainer:
         self.peak_train_bytes = 0
         self.setup_bytes = 0
         self._stop_signal: int | None = None
+        self._streak = LaggedHostValue(0, torch.int64)
 
     # ------------------------------------------------------------------ views
     @property
@@ -202,8 +220,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, save_dir: Path | None = None) -> EvalResult:
-        """PSNR and SSIM of the EMA weights on the evaluation split, over a white background."""
-        return self.evaluator.evaluate(save_dir, self.mean_hard_fraction())
+        """PSNR and SSIM of the EMA weights on the evaluation split, over a white background.
+        Progress goes to the progress hooks (``{"event": "eval_progress", "done", "total"}``);
+        a stop signal ends it between network batches (raising _StopRequested)."""
+        def progress(done: int, total: int) -> None:
+            self._notify({"event": "eval_progress", "done": done, "total": total,
+                          "step": self.step})
+
+        return self.evaluator.evaluate(save_dir, self.mean_hard_fraction(), progress=progress,
+                                       on_batch=self._check_stop)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -239,7 +264,6 @@ class Trainer:
             raise ConfigError(f"{run_dir} was trained on CUDA; this machine has no CUDA GPU")
         trainer = cls(config, run_dir)
         trainer.load_state_dict(state)
-        trainer.config.save(run_dir / "config.json")
         return trainer
 
     # ------------------------------------------------------------------ the loop
@@ -254,10 +278,18 @@ class Trainer:
         return [p for p in sorted(set(t.eval_at)) if p > now and round(p, 6) not in done]
 
     def _install_signal_handlers(self) -> dict:
+        """SIGINT/SIGTERM set :attr:`_stop_signal` (acted on between steps and evaluation
+        batches); a second one restores the previous handlers and raises KeyboardInterrupt
+        at once (an atomic write in progress is abandoned, the last checkpoint kept)."""
         previous = {}
 
         def handler(signum, frame):  # noqa: ARG001
-            self._stop_signal = signum
+            if self._stop_signal is None:
+                self._stop_signal = signum
+                return
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            raise KeyboardInterrupt(f"signal {signum} received twice")
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -265,6 +297,39 @@ class Trainer:
             except ValueError:  # not the main thread
                 pass
         return previous
+
+    def _check_stop(self) -> None:
+        """Raise _StopRequested when a stop signal has arrived (inside evaluations)."""
+        if self._stop_signal is not None:
+            raise _StopRequested
+
+    def _interrupted(self, during: str) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            f"training interrupted {during} at step {self.step}; the checkpoint is in "
+            f"{self.run_dir}. Continue with: nerfmine train --resume {self.run_dir}")
+
+    def _check_nonfinite(self, exact: bool = False) -> None:
+        """Stop the run (checkpoint, then TrainingStopped) when the last
+        :data:`MAX_NONFINITE_STREAK` steps all had a NaN or inf gradient. The streak is read
+        on the host a step or more late (no synchronisation), exactly with ``exact``."""
+        streak_tensor = self.step_fn.nonfinite_streak
+        if exact:
+            self._streak.reset(int(streak_tensor.item()))
+        else:
+            self._streak.issue(streak_tensor)
+        if self._streak.value < MAX_NONFINITE_STREAK:
+            return
+        self._sync()
+        streak = int(streak_tensor.item())
+        if streak < MAX_NONFINITE_STREAK:
+            return
+        self.save()
+        raise TrainingStopped(
+            f"training stopped at step {self.step}: the last {streak} steps had NaN or inf "
+            "gradients, so none of them changed the weights; the checkpoint in "
+            f"{self.run_dir} holds the weights from before them. Causes to look at: a "
+            "learning rate too high for this scene (--lr), NaN or inf in the data (poses, "
+            "intrinsics), or a numerical fault of the backend (try --backend torch).")
 
     def _notify(self, info: dict[str, Any]) -> None:
         for hook in self.hooks.progress:
@@ -284,9 +349,23 @@ class Trainer:
                 self.hooks.progress.remove(progress)
 
     def _train(self) -> dict[str, Any]:
+        lock = RunLock(self.run_dir).acquire()  # one writer per run folder
+        try:
+            for stale in remove_stale_temporaries(self.run_dir):
+                self.notes.append(f"removed {stale.name}, left by a killed write")
+            previous_handlers = self._install_signal_handlers()
+            try:
+                return self._train_locked()
+            finally:
+                for sig, old in previous_handlers.items():
+                    signal.signal(sig, old)
+        finally:
+            lock.release()
+
+    def _train_locked(self) -> dict[str, Any]:
         t = self.config.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config.save(self.run_dir / "config.json")
+        self.evaluator.check()  # an unscorable evaluation split fails now, not after training
         if self.device.type == "cuda":
             self._sync()
             self.setup_bytes = torch.cuda.memory_allocated(self.device)
@@ -294,54 +373,60 @@ class Trainer:
         eval_points = self._pending_eval_points()
         unit_is_seconds = t.max_seconds is not None
         budget = t.max_seconds if unit_is_seconds else t.max_steps
-        previous_handlers = self._install_signal_handlers()
         last_display = 0.0
         stats: StepStats | None = None
         # With CUDA graphs the whole loop (replays, occupancy updates, evaluations) runs on
         # the graphs' stream, so that one cuBLAS workspace serves it (StepGraphs.on_stream).
         with self.step_fn.on_stream():
-            try:
-                segment_start = time.perf_counter()
-                clock_at_segment = self.clock
-                while True:
-                    now_clock = clock_at_segment + (time.perf_counter() - segment_start)
-                    now = now_clock if unit_is_seconds else self.step
-                    if now >= budget:
-                        break
-                    due_eval = bool(eval_points) and now >= eval_points[0]
-                    due_ckpt = now_clock >= self.next_checkpoint
-                    if due_eval or due_ckpt or self._stop_signal is not None:
-                        self._sync()
-                        self.clock = clock_at_segment + (time.perf_counter() - segment_start)
-                        self._pause_memory()
-                        if due_eval:
-                            while eval_points and now >= eval_points[0]:
-                                eval_points.pop(0)
+            segment_start = time.perf_counter()
+            clock_at_segment = self.clock
+            while True:
+                now_clock = clock_at_segment + (time.perf_counter() - segment_start)
+                now = now_clock if unit_is_seconds else self.step
+                if now >= budget:
+                    break
+                due_eval = bool(eval_points) and now >= eval_points[0]
+                due_ckpt = now_clock >= self.next_checkpoint
+                if due_eval or due_ckpt or self._stop_signal is not None:
+                    self._sync()
+                    self.clock = clock_at_segment + (time.perf_counter() - segment_start)
+                    self._pause_memory()
+                    self._check_nonfinite(exact=True)
+                    if due_eval and self._stop_signal is None:
+                        while eval_points and now >= eval_points[0]:
+                            eval_points.pop(0)
+                        try:
                             self._evaluate_and_record()
-                        self.next_checkpoint = self.clock + t.checkpoint_every
-                        self.save()
-                        if self._stop_signal is not None:
-                            raise TrainingInterrupted(
-                                f"training interrupted at step {self.step}; the checkpoint is in "
-                                f"{self.run_dir}. Continue with: "
-                                f"nerfmine train --resume {self.run_dir}")
-                        self._resume_memory()
-                        segment_start = time.perf_counter()
-                        clock_at_segment = self.clock
-                    self.clock = now_clock  # the learning-rate schedule reads it
-                    stats = self.train_step()
-                    wall = time.perf_counter()
-                    if self.hooks.progress and wall - last_display > 0.5:
-                        last_display = wall
+                        except _StopRequested:
+                            pass  # checkpointed below, without the unfinished evaluation
+                    self.next_checkpoint = self.clock + t.checkpoint_every
+                    self.save()
+                    if self._stop_signal is not None:
+                        raise self._interrupted("during training")
+                    self._resume_memory()
+                    segment_start = time.perf_counter()
+                    clock_at_segment = self.clock
+                self.clock = now_clock  # the learning-rate schedule reads it
+                stats = self.train_step()
+                wall = time.perf_counter()
+                if wall - last_display > 0.5:
+                    last_display = wall
+                    self._check_nonfinite()
+                    if self.hooks.progress:
                         self.clock = clock_at_segment + (wall - segment_start)
                         self._notify(self._display(stats))
-                self._sync()
-                self.clock = clock_at_segment + (time.perf_counter() - segment_start)
-            finally:
-                for sig, old in previous_handlers.items():
-                    signal.signal(sig, old)
+            self._sync()
+            self.clock = clock_at_segment + (time.perf_counter() - segment_start)
             self._pause_memory()
-            final = self._evaluate_and_record(final=True)
+            self._check_nonfinite(exact=True)
+            self.save()  # the trained state is safe before the final evaluation starts
+            if self._stop_signal is not None:
+                raise self._interrupted("at the end of training")
+            try:
+                final = self._evaluate_and_record(final=True)
+            except _StopRequested:
+                raise self._interrupted("during the final evaluation (resume to finish "
+                                        "it)") from None
             self.save()
         metrics = self.write_metrics(final)
         if stats is not None:
@@ -418,6 +503,7 @@ class Trainer:
             "steps_per_second": self.step / max(self.clock, 1e-9),
             "peak_gpu_memory": memory if memory else "not measured (not a CUDA run)",
             "mean_hard_fraction": self.mean_hard_fraction(),
+            "nonfinite_steps": int(self.step_fn.nonfinite_steps.item()),
             "psnr": final.psnr,
             "ssim": final.ssim,
             "ssim_implementation": SSIM_IMPLEMENTATION,

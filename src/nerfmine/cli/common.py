@@ -13,6 +13,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +261,8 @@ class Progress:
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
+        self._eval_task = None
+        self._eval_start = self._eval_said = time.monotonic()
         if quiet:
             return
         from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
@@ -272,12 +275,16 @@ class Progress:
         self.bar.start()
 
     def __call__(self, info: dict[str, Any]) -> None:
+        event = info.get("event")
+        if event == "eval_progress":
+            self._eval_progress(info["done"], info["total"], info["step"])
+            return
         if self.quiet:
-            if info.get("event") == "eval":
+            if event == "eval":
                 print(f"eval at {info['clock']:.1f} s, step {info['step']}: "
                       f"PSNR {info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}", flush=True)
             return
-        if info.get("event") == "eval":
+        if event == "eval":
             self.bar.console.print(f"eval at {info['clock']:.1f} s (step {info['step']}): "
                                    f"PSNR {info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}")
             return
@@ -287,6 +294,27 @@ class Progress:
                 f"{info['samples_per_second'] / 1e6:.2f} M samples/s PSNR {psnr}{hard} "
                 f"left {info['time_left']:.0f} s")
         self.bar.update(self.task, completed=min(1.0, info["fraction"]), description=desc)
+
+    def _eval_progress(self, done: int, total: int, step: int) -> None:
+        """An evaluation's images done: a second bar, or (quiet) a line when one takes long,
+        so that a slow evaluation (a young field on a CPU) never looks like a hang."""
+        if self.quiet:
+            now = time.monotonic()
+            if done == 0:
+                self._eval_start = self._eval_said = now
+            elif done < total and now - self._eval_said > 30.0:
+                self._eval_said = now
+                print(f"evaluating at step {step}: {done}/{total} images "
+                      f"({now - self._eval_start:.0f} s)", flush=True)
+            return
+        if done == 0:
+            self._eval_task = self.bar.add_task(f"evaluating at step {step}", total=total)
+        if self._eval_task is not None:
+            self.bar.update(self._eval_task, completed=done,
+                            description=f"evaluating at step {step}: {done}/{total} images")
+            if done >= total:
+                self.bar.remove_task(self._eval_task)
+                self._eval_task = None
 
     def close(self) -> None:
         if not self.quiet:

@@ -18,6 +18,7 @@ from nerfmine.data.files import (
     HeaderOnly,
     check_root,
     downscaled_size,
+    find_image,
     image_size,
     placeholder_images,
     read_angle,
@@ -27,6 +28,7 @@ from nerfmine.data.files import (
 )
 from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
+from nerfmine.json_files import shown
 
 
 def load_blender(root: str | Path, split: str, downscale: int = 1,
@@ -61,7 +63,7 @@ def load_blender(root: str | Path, split: str, downscale: int = 1,
     paths: list[Path] = []
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict):
-            raise DataError(f"{meta_path}: frames[{i}] must be an object, got {frame!r:.60}.")
+            raise DataError(f"{meta_path}: frames[{i}] must be an object, got {shown(frame)}.")
         paths.append(_resolve_image(frame, i, root, meta_path))
         c2w[i] = read_transform(frame, i, meta_path)
 
@@ -115,13 +117,10 @@ def _resolve_image(frame: dict, i: int, root: Path, meta_path: Path) -> Path:
     rel = frame["file_path"]
     if not isinstance(rel, str) or not rel:
         raise DataError(f"{meta_path}: frames[{i}].file_path must be a non-empty string.")
-    given = root / rel
-    if given.is_file():
-        return given
-    with_png = root / (rel + ".png")
-    if with_png.is_file():
-        return with_png
+    found = find_image(root, rel, meta_path, f"frames[{i}]")
+    if found is not None:
+        return found
     raise DataError(
         f"{meta_path}: image of frames[{i}] (file_path '{rel}') not found; "
-        f"tried {given} and {with_png}."
+        f"tried {root / rel} and {root / (rel + '.png')}."
     )

@@ -38,6 +38,10 @@ Conventions (the result is a :class:`~nerfmine.data.scene_data.SceneData` like e
 
 from __future__ import annotations
 
+import functools
+import mmap
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +58,16 @@ from nerfmine.data.capture import (
     pose_centre_and_radius,
 )
 from nerfmine.data.files import (
+    FLOAT32_MAX,
+    ROTATION_HINT,
     HeaderOnly,
     downscaled_size,
+    find_image,
+    finite_number,
     image_size,
     placeholder_images,
     read_image,
+    rotation_problem,
 )
 from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
@@ -127,27 +136,18 @@ def load_colmap(
         )
     if not images_dir.is_dir():
         raise DataError(f"COLMAP images folder {images_dir} does not exist.")
-    pycolmap = _import_pycolmap()
-    try:
-        rec = pycolmap.Reconstruction(str(model_dir))
-    except Exception as e:  # pycolmap raises ValueError/RuntimeError with its own text
-        raise DataError(f"cannot read the COLMAP model in {model_dir}: {e}") from e
     # the file named in per-image error messages
     model_file = next(
         (model_dir / n for n in ("images.bin", "images.txt") if (model_dir / n).is_file()),
         model_dir / "images.bin",
     )
+    registered, cameras, points = _read_model(model_dir, model_file)
     notes: list[str] = []
-
-    registered = []
-    for image_id in rec.reg_image_ids():
-        image = rec.images[image_id]
-        if getattr(image, "has_pose", True):  # pycolmap >= 3.12; older: registered = posed
-            registered.append(image)
     if not registered:
         raise DataError(f"the COLMAP model in {model_dir} has no registered images.")
     registered.sort(key=lambda im: im.name)
-    reg_names = {im.name for im in registered}
+    names = {im.image_id: im.name for im in registered}
+    reg_names = set(names.values())
 
     # image files on disk without a pose
     on_disk = sorted(
@@ -163,8 +163,10 @@ def load_colmap(
             f"{' ...' if len(unposed) > 3 else ''})."
         )
 
-    found = [im for im in registered if (images_dir / im.name).is_file()]
-    missing = [im.name for im in registered if not (images_dir / im.name).is_file()]
+    on_disk_of = {im.image_id: find_image(images_dir, names[im.image_id], model_file,
+                                          f"image {im.image_id}") for im in registered}
+    found = [im for im in registered if on_disk_of[im.image_id] is not None]
+    missing = [names[im.image_id] for im in registered if on_disk_of[im.image_id] is None]
     handle_missing(model_dir, "registered images",
                    f"registered images do not exist in {images_dir}", len(registered), missing,
                    len(found), skip_missing, notes,
@@ -174,7 +176,7 @@ def load_colmap(
     cams: dict[int, tuple[str, tuple, tuple]] = {}
     for im in found:
         if im.camera_id not in cams:
-            cams[im.camera_id] = _camera(rec.cameras[im.camera_id], im.camera_id, model_dir)
+            cams[im.camera_id] = _camera(cameras[im.camera_id], im.camera_id, model_dir)
     kinds = {kind for kind, _, _ in cams.values()}
     if "fisheye" in kinds and len(kinds) > 1:
         raise DataError(
@@ -187,7 +189,7 @@ def load_colmap(
     )
 
     # poses in COLMAP's world, then normalised with every found image
-    c2w_all = np.stack([_c2w_opengl(im) for im in found])  # [M, 4, 4] float64
+    c2w_all = np.stack([_c2w_opengl(im, model_file) for im in found])  # [M, 4, 4] float64
     centres = c2w_all[:, :3, 3]
     centre, radius = pose_centre_and_radius(centres)
     c2w_all[:, :3, 3] = (centres - centre) / radius
@@ -196,12 +198,19 @@ def load_colmap(
         f"({centre[0]:.4g}, {centre[1]:.4g}, {centre[2]:.4g}) and divided by {radius:.4g} so the "
         "cameras lie within radius 1; scale 0.33, offset 0.5 (instant-ngp's defaults)."
     )
-    aabb_scale = _aabb_scale_from_points(rec, centre, radius, notes)
+    aabb_scale = _aabb_scale_from_points(points, centre, radius, notes)
 
     chosen = holdout_indices(len(found), split, holdout_every, model_dir, "registered image")
 
-    first = rec.cameras[found[chosen[0]].camera_id]
-    w, h = int(first.width), int(first.height)
+    first = cameras[found[chosen[0]].camera_id]
+    w, h = first.width, first.height
+    first_path = on_disk_of[found[chosen[0]].image_id]
+    first_size = image_size(first_path, chosen[0], model_file)
+    if first_size != (w, h):  # before the split's images are allocated at the camera's size
+        raise DataError(
+            f"{first_path} is {first_size[0]}x{first_size[1]} but its COLMAP camera "
+            f"{found[chosen[0]].camera_id} is {w}x{h}; the images must be the ones COLMAP saw."
+        )
     out_size = downscaled_size((w, h), downscale)
     sx, sy = out_size[0] / w, out_size[1] / h
     n = len(chosen)
@@ -212,11 +221,11 @@ def load_colmap(
     paths: list[Path] = []
     for k, i in enumerate(chosen):
         im = found[i]
-        path = images_dir / im.name
-        cam = rec.cameras[im.camera_id]
+        path = on_disk_of[im.image_id]
+        cam = cameras[im.camera_id]
         img = read_image(path, i, model_file) if decode else HeaderOnly(
             image_size(path, i, model_file))
-        if img.size != (int(cam.width), int(cam.height)):
+        if img.size != (cam.width, cam.height):
             raise DataError(
                 f"{path} is {img.size[0]}x{img.size[1]} but its COLMAP camera {im.camera_id} "
                 f"is {cam.width}x{cam.height}; the images must be the ones COLMAP saw."
@@ -246,10 +255,11 @@ def load_colmap(
 POINTS_QUANTILE = 0.99
 
 
-def _aabb_scale_from_points(rec, centre, radius: float, notes: list[str]) -> float:
-    """aabb_scale from the sparse points in the normalised world: the box holds
+def _aabb_scale_from_points(points: np.ndarray, centre, radius: float,
+                            notes: list[str]) -> float:
+    """aabb_scale from the sparse points [P, 3] in the normalised world: the box holds
     :data:`POINTS_QUANTILE` of them (and the cameras), at most 16; 1 without points."""
-    points = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
+    points = points[np.isfinite(points).all(axis=1)]  # a damaged point must not set the box
     if len(points) == 0:
         return 1.0
     extent = np.abs((points - centre) / radius).max(axis=1)  # [P], per axis from the centre
@@ -261,9 +271,73 @@ def _aabb_scale_from_points(rec, centre, radius: float, notes: list[str]) -> flo
     return aabb_scale
 
 
-def _camera(cam, camera_id: int, model_dir: Path) -> tuple[str, tuple, tuple]:
+@dataclass
+class _ModelImage:
+    """What the loader uses of a registered image of a pycolmap Reconstruction."""
+
+    image_id: int
+    name: str
+    camera_id: int
+    cam_from_world: np.ndarray  # [3, 4] float64, world -> OpenCV camera
+
+
+@dataclass
+class _ModelCamera:
+    """What the loader uses of a camera of a pycolmap Reconstruction."""
+
+    model: str
+    width: int
+    height: int
+    params: list[float]
+
+
+def _read_model(model_dir: Path, model_file: Path
+                ) -> tuple[list[_ModelImage], dict[int, _ModelCamera], np.ndarray]:
+    """The registered images (with a pose), the cameras they use and the sparse points [P, 3]
+    of the model in ``model_dir``, as plain Python values.
+
+    Everything the loader asks of pycolmap happens here, behind one boundary: its C++ checks
+    surface as ValueError, IndexError, RuntimeError, MemoryError or UnicodeDecodeError (a name
+    that is not UTF-8), also from a model that reads but is inconsistent (an image whose frame
+    is missing fails in ``reg_image_ids``), and each becomes a DataError naming the model."""
+    pycolmap = _import_pycolmap()
+    check_binary_model(model_dir, pycolmap)
+    try:
+        rec = pycolmap.Reconstruction(str(model_dir))
+        registered = []
+        for image_id in rec.reg_image_ids():
+            image = rec.images[image_id]
+            if not getattr(image, "has_pose", True):  # pycolmap >= 3.12; older: all posed
+                continue
+            pose = image.cam_from_world  # a method in pycolmap >= 3.12, a property before
+            pose = pose() if callable(pose) else pose
+            registered.append(_ModelImage(int(image_id), image.name, int(image.camera_id),
+                                          np.asarray(pose.matrix(), dtype=np.float64)))
+        cameras = {}
+        for camera_id in sorted({im.camera_id for im in registered}):
+            if camera_id not in rec.cameras:
+                raise DataError(f"{model_file}: an image uses camera {camera_id}, which the "
+                                "model does not define; the model is damaged.")
+            cam = rec.cameras[camera_id]
+            cameras[camera_id] = _ModelCamera(cam.model.name, int(cam.width), int(cam.height),
+                                              [float(v) for v in cam.params])
+        points = np.array([p.xyz for p in rec.points3D.values()],
+                          dtype=np.float64).reshape(-1, 3)
+    except DataError:
+        raise
+    except UnicodeDecodeError as e:  # pybind11 decodes the names as UTF-8
+        raise DataError(f"{model_file}: an image name is not UTF-8 text ({e}); the model is "
+                        "damaged or was written with another encoding.") from None
+    except Exception as e:  # noqa: BLE001 - pycolmap's C++ checks surface as many types
+        raise DataError(f"cannot read the COLMAP model in {model_dir}: "
+                        f"{type(e).__name__}: {str(e)[:300]}. Re-export it from COLMAP "
+                        "(colmap model_converter) if the files are damaged.") from None
+    return registered, cameras, points
+
+
+def _camera(cam: _ModelCamera, camera_id: int, model_dir: Path) -> tuple[str, tuple, tuple]:
     """(camera model, (fx, fy, cx, cy), (k1, k2, k3, k4, p1, p2)) of a COLMAP camera."""
-    name = cam.model.name
+    name = cam.model
     if name not in _MODELS:
         raise DataError(
             f"{model_dir}: camera {camera_id} uses COLMAP camera model {name}, which is not "
@@ -271,18 +345,195 @@ def _camera(cam, camera_id: int, model_dir: Path) -> tuple[str, tuple, tuple]:
             "them or undistort the images (colmap image_undistorter)."
         )
     kind, convert = _MODELS[name]
-    params = [float(v) for v in cam.params]
-    intr, dist = convert(params)
-    return kind, tuple(float(v) for v in intr), tuple(float(v) for v in dist)
+    params = cam.params
+    try:
+        intr, dist = convert(params)
+    except IndexError:
+        raise DataError(f"{model_dir}: camera {camera_id} ({name}) has {len(params)} parameters, "
+                        "fewer than its model has; the model is damaged.") from None
+    intr, dist = tuple(float(v) for v in intr), tuple(float(v) for v in dist)
+    fx, fy, cx, cy = intr
+    ok = all(finite_number(v) is not None for v in intr + dist) and fx > 0 and fy > 0
+    if not ok:
+        raise DataError(
+            f"{model_dir}: camera {camera_id} ({name}) has parameters {params}; its focal "
+            "lengths must be > 0 and every parameter a finite number. The model is damaged."
+        )
+    if not (0 < cam.width <= _MAX_SIDE and 0 < cam.height <= _MAX_SIDE):
+        raise DataError(f"{model_dir}: camera {camera_id} is {cam.width}x{cam.height} pixels; "
+                        f"expected a size from 1 to {_MAX_SIDE} per side. The model is damaged.")
+    return kind, intr, dist
 
 
-def _c2w_opengl(image) -> np.ndarray:
-    """4x4 OpenGL camera-to-world pose (COLMAP world units) of a registered pycolmap image."""
-    pose = image.cam_from_world  # a method in pycolmap >= 3.12, a property before
-    pose = pose() if callable(pose) else pose
-    m = np.asarray(pose.matrix(), dtype=np.float64)  # [3, 4] world->camera
+# The largest image side a camera may claim (JPEG's and many decoders' limit).
+_MAX_SIDE = 65535
+
+
+def _c2w_opengl(image: _ModelImage, model_file: Path) -> np.ndarray:
+    """4x4 OpenGL camera-to-world pose (COLMAP world units) of a registered image; a pose
+    that is not finite (a damaged quaternion) is a DataError naming the image."""
+    m = image.cam_from_world  # [3, 4] world->camera
     rot, t = m[:, :3], m[:, 3]
     out = np.eye(4)
     out[:3, :3] = rot.T @ _CV_TO_GL
     out[:3, 3] = -rot.T @ t
+    if not (np.isfinite(out).all() and np.abs(out).max() <= FLOAT32_MAX):
+        raise DataError(f"{model_file}: image {image.image_id} has a pose that is not finite "
+                        f"(quaternion and translation {m.round(6).tolist()}); the model is "
+                        "damaged.")
+    problem = rotation_problem(out)
+    if problem:
+        raise DataError(f"{model_file}: the pose of image {image.image_id} {problem}; "
+                        f"{ROTATION_HINT}.")
     return out
+
+
+# ----------------------------------------------------------------------- binary model checks
+# pycolmap (COLMAP's C++ reader) trusts the counts in a binary model: a damaged header claiming
+# 2^60 points makes it reserve that much memory or read for minutes past the end of the file,
+# and an image name without its terminating NUL at the end of images.bin makes it loop. So the
+# files' structure is walked here first (offsets only: a few ms for a typical model), following
+# src/colmap/scene/reconstruction_io_binary.cc.
+
+
+class _Cursor:
+    """Reads little-endian fields of a COLMAP binary file, failing with a DataError that names
+    the file, the field and the byte offset when the file ends before the field does."""
+
+    def __init__(self, buf, path: Path):
+        self.buf, self.path, self.pos = buf, path, 0
+
+    def take(self, n: int, what: str) -> int:
+        start = self.pos
+        if n > len(self.buf) - start:
+            raise DataError(f"{self.path}: damaged COLMAP binary file: {what} at byte {start} "
+                            f"needs {n} bytes but the file ends at byte {len(self.buf)} "
+                            "(truncated?). Re-export the model from COLMAP (colmap "
+                            "model_converter) or use its .txt files.")
+        self.pos += n
+        return start
+
+    def int(self, fmt: str, what: str) -> int:
+        return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt), what))[0]
+
+    def fits(self, count: int, size: int, what: str) -> None:
+        """``count`` entries of at least ``size`` bytes fit in what is left of the file."""
+        left = len(self.buf) - self.pos
+        if count > left // size:
+            raise DataError(f"{self.path}: damaged COLMAP binary file: {what} before byte "
+                            f"{self.pos} claims {count} entries of at least {size} bytes, but "
+                            f"only {left} bytes follow. Re-export the model from COLMAP (colmap "
+                            "model_converter) or use its .txt files.")
+
+    def skip(self, count: int, size: int, what: str) -> None:
+        self.fits(count, size, what)
+        self.pos += count * size
+
+    def name(self, what: str) -> None:
+        end = self.buf.find(b"\0", self.pos)
+        if end < 0:
+            raise DataError(f"{self.path}: damaged COLMAP binary file: {what} at byte "
+                            f"{self.pos} has no terminating NUL before the end of the file.")
+        self.pos = end + 1
+
+
+# Parameters per COLMAP camera model id (src/colmap/sensor/models.h); newer ids are asked of
+# pycolmap.
+_NUM_PARAMS = {0: 3, 1: 4, 2: 4, 3: 5, 4: 8, 5: 8, 6: 12, 7: 5, 8: 4, 9: 5, 10: 12, 11: 16,
+               12: 4, 13: 5, 14: 3, 15: 4, 16: 6, 17: 2}
+
+
+@functools.cache
+def _num_params(pycolmap, model_id: int) -> int | None:
+    """Parameters of COLMAP camera model ``model_id``; None for an id COLMAP does not define."""
+    if model_id in _NUM_PARAMS:
+        return _NUM_PARAMS[model_id]
+    try:
+        model = pycolmap.CameraModelId(model_id)
+        return len(pycolmap.Camera.create_from_model_id(1, model, 1.0, 1, 1).params)
+    except Exception:  # noqa: BLE001 - pycolmap's failures all mean "not a model id"
+        return None
+
+
+def _walk_cameras(c: _Cursor, pycolmap) -> None:
+    count = c.int("<Q", "the number of cameras")
+    c.fits(count, 24, "the number of cameras")  # each at least id, model, width, height
+    for k in range(count):
+        c.take(4, f"camera {k}'s id")
+        model_id = c.int("<i", f"camera {k}'s model id")
+        n = _num_params(pycolmap, model_id)
+        if n is None:
+            raise DataError(f"{c.path}: camera {k} has camera model id {model_id}, which COLMAP "
+                            "does not define; the file is damaged.")
+        c.take(16, f"camera {k}'s size")
+        c.skip(n, 8, f"camera {k}'s parameters")
+
+
+def _walk_images(c: _Cursor, pycolmap) -> None:
+    count = c.int("<Q", "the number of images")
+    c.fits(count, 73, "the number of images")  # each at least 64 + 1 + 8 bytes
+    for k in range(count):
+        c.take(64, f"image {k}'s id, pose and camera id")
+        c.name(f"image {k}'s name")
+        n = c.int("<Q", f"image {k}'s number of 2D points")
+        c.skip(n, 24, f"image {k}'s number of 2D points")
+
+
+def _walk_points(c: _Cursor, pycolmap) -> None:
+    count = c.int("<Q", "the number of 3D points")
+    c.fits(count, 51, "the number of 3D points")  # each at least 43 + 8 bytes
+    for k in range(count):
+        c.take(43, f"3D point {k}")
+        n = c.int("<Q", f"3D point {k}'s track length")
+        c.skip(n, 8, f"3D point {k}'s track length")
+
+
+def _walk_rigs(c: _Cursor, pycolmap) -> None:
+    count = c.int("<Q", "the number of rigs")
+    c.fits(count, 8, "the number of rigs")
+    for k in range(count):
+        c.take(4, f"rig {k}'s id")
+        n = c.int("<I", f"rig {k}'s number of sensors")
+        if n > 0:
+            c.take(8, f"rig {k}'s reference sensor")
+        c.fits(max(n - 1, 0), 9, f"rig {k}'s number of sensors")  # each at least 9 bytes
+        for j in range(max(n - 1, 0)):
+            c.take(8, f"rig {k}'s sensor {j}")
+            if c.int("<B", f"rig {k}'s sensor {j} pose flag"):
+                c.take(56, f"rig {k}'s sensor {j} pose")
+
+
+def _walk_frames(c: _Cursor, pycolmap) -> None:
+    count = c.int("<Q", "the number of frames")
+    c.fits(count, 68, "the number of frames")  # each at least 4 + 4 + 56 + 4 bytes
+    for k in range(count):
+        c.take(64, f"frame {k}'s ids and pose")
+        n = c.int("<I", f"frame {k}'s number of data ids")
+        c.skip(n, 16, f"frame {k}'s number of data ids")
+
+
+_BINARY_FILES = {
+    "rigs.bin": _walk_rigs,
+    "cameras.bin": _walk_cameras,
+    "frames.bin": _walk_frames,
+    "images.bin": _walk_images,
+    "points3D.bin": _walk_points,
+}
+
+
+def check_binary_model(model_dir: Path, pycolmap) -> None:
+    """Walk the binary files of the model in ``model_dir`` (those present) and raise a
+    DataError naming the file, the field and the offset where a count or a string does not
+    fit in the file. Text models are left to pycolmap, which reads them line by line."""
+    for name, walk in _BINARY_FILES.items():
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        try:
+            with open(path, "rb") as f:
+                if path.stat().st_size == 0:
+                    raise DataError(f"{path}: the file is empty; re-export the model.")
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                    walk(_Cursor(buf, path), pycolmap)
+        except OSError as e:
+            raise DataError(f"{path}: cannot read it ({e.strerror or e}).") from None

@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
-import json
+import errno
 import math
+import numbers
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from nerfmine.errors import DataError
+from nerfmine.json_files import read_json_file, shown
 
 _SPLIT_ORDER = ("train", "val", "test")
+# The largest magnitude a float32 holds: poses and intrinsics are used in float32 downstream, so
+# a larger value in a file would turn into inf there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def available_splits(root: str | Path) -> list[str]:
@@ -26,9 +33,38 @@ def available_splits(root: str | Path) -> list[str]:
     return known + sorted(n for n in names if n not in _SPLIT_ORDER)
 
 
+def link_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be followed, when it is a loop of symbolic links (or lies below one)
+    or a symbolic link to nothing; None otherwise (also when it simply does not exist)."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13: "Symlink loop from ..."
+        return "is a loop of symbolic links (following them leads back to the start)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a loop of symbolic links (following them leads back to the start)"
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    return None
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """``path`` made absolute with its symbolic links followed (what a run records), or a
+    DataError when the links loop; a path that does not exist is returned as given, for the
+    loader to report."""
+    path = Path(path).expanduser()
+    problem = link_problem(path)
+    if problem:
+        raise DataError(f"data path {path} {problem}; point it at the real scene folder or file.")
+    return path.resolve()
+
+
 def check_root(root: str | Path) -> Path:
     root = Path(root).expanduser()
     if not root.exists():
+        problem = link_problem(root)
+        if problem:
+            raise DataError(f"data path {root} {problem}; point it at the real scene folder.")
         raise DataError(
             f"data path {root} does not exist; pass the folder that holds transforms_train.json."
         )
@@ -47,19 +83,24 @@ def read_json(meta_path: Path, root: Path, split: str) -> dict:
             f"no transforms file for split '{split}': {meta_path} is missing. "
             f"Splits present in {root}: {have}."
         )
-    try:
-        text = meta_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {meta_path}: {e}") from e
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{meta_path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}."
-        ) from e
+    meta = read_json_file(meta_path, DataError, "transforms file")
     if not isinstance(meta, dict):
-        raise DataError(f"{meta_path}: expected a JSON object at the top level.")
+        raise DataError(f"{meta_path}: expected a JSON object at the top level, got "
+                        f"{type(meta).__name__}.")
     return meta
+
+
+def finite_number(value) -> float | None:
+    """``value`` as a float when it is a real number (not a bool) that a float32 holds; None
+    for anything else: NaN, inf, strings, lists, None, and integers too large for a float
+    (``math.isfinite`` raises OverflowError on those, so every check goes through here)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        v = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return v if math.isfinite(v) and abs(v) <= FLOAT32_MAX else None
 
 
 def read_angle(meta: dict, key: str, meta_path: Path, required: bool) -> float | None:
@@ -69,13 +110,86 @@ def read_angle(meta: dict, key: str, meta_path: Path, required: bool) -> float |
                 f"{meta_path}: missing key '{key}' (horizontal field of view in radians)."
             )
         return None
-    value = meta[key]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or not 0.0 < value < math.pi:
+    value = finite_number(meta[key])
+    if value is None or not 0.0 < value < math.pi:
         raise DataError(
-            f"{meta_path}: '{key}' must be an angle in radians in (0, pi), got {value!r}."
+            f"{meta_path}: '{key}' must be an angle in radians in (0, pi), got {shown(meta[key])}."
         )
-    return float(value)
+    return value
+
+
+class MatrixError(ValueError):
+    """A value is not the matrix of numbers expected; the message says how (it follows the
+    field's name: "has shape [3, 3]", "holds NaN or inf values")."""
+
+
+def nested_shape(value) -> list[int]:
+    """The shape of nested lists, following the first item at each level (8 levels at most)."""
+    dims: list[int] = []
+    while isinstance(value, (list, tuple)) and len(dims) < 8:
+        dims.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return dims
+
+
+def number_matrix(value, shape: tuple[int, ...]) -> np.ndarray:
+    """``value`` (nested lists of numbers, as JSON gives them; or an array) as a float64 array
+    of ``shape``, else a MatrixError saying what is wrong: the shape, an item that is not a
+    number (strings and bools are refused, not converted), NaN or inf, or a number float32
+    cannot hold. Walks the lists itself, so that neither a deep nesting nor a huge integer
+    reaches numpy (which raises RecursionError or OverflowError on them)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    leaves: list = []
+
+    def walk(v, dims):
+        if not dims:
+            leaves.append(v)
+        elif isinstance(v, (list, tuple)) and len(v) == dims[0]:
+            for item in v:
+                walk(item, dims[1:])
+        else:
+            got = (f"has shape {nested_shape(value)}" if isinstance(value, (list, tuple))
+                   else f"is {shown(value)}, not a list")
+            raise MatrixError(got)
+
+    walk(value, shape)
+    for x in leaves:
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise MatrixError(f"holds {shown(x)}, not a number")
+        try:
+            v = float(x)
+        except OverflowError:
+            raise MatrixError(f"holds {shown(x)}, beyond float32's range") from None
+        if not math.isfinite(v):
+            raise MatrixError("holds NaN or inf values")
+        if abs(v) > FLOAT32_MAX:
+            raise MatrixError(f"holds {v:g}, beyond float32's range")
+    return np.asarray(leaves, dtype=np.float64).reshape(shape)
+
+
+def rotation_problem(c2w: np.ndarray) -> str | None:
+    """Why the upper-left 3x3 of the camera-to-world ``c2w`` (float64, finite) is not usable
+    as a camera's orientation, or None. Its columns are the camera's right, up and backward
+    axes: a zero column, columns of wildly different lengths, or (nearly) dependent columns
+    give a singular matrix that no ray or projection can be computed from (it cannot be
+    inverted). The test is scale-free: the determinant of the columns normalised to length 1
+    (+-1 for a rotation, 0 when singular)."""
+    rot = np.asarray(c2w, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(rot, axis=0)
+    if not (norms > 0).all() or norms.min() < 1e-6 * norms.max():
+        return (f"has a singular rotation part (upper-left 3x3): its columns have lengths "
+                f"{', '.join(f'{n:.3g}' for n in norms)}")
+    det = float(np.linalg.det(rot / norms))
+    if abs(det) < 1e-6:
+        return f"has a singular rotation part (upper-left 3x3; normalised determinant {det:.3g})"
+    return None
+
+
+ROTATION_HINT = ("expected a rotation: its columns are the camera's right, up and backward axes "
+                 "in world coordinates, three orthogonal unit vectors")
 
 
 def read_transform(frame: dict, i: int, meta_path: Path) -> np.ndarray:
@@ -85,21 +199,38 @@ def read_transform(frame: dict, i: int, meta_path: Path) -> np.ndarray:
             f"{meta_path}: frames[{i}] ('{rel}') is missing key 'transform_matrix' (a 4x4 list)."
         )
     try:
-        m = np.asarray(frame["transform_matrix"], dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise DataError(
-            f"{meta_path}: frames[{i}] ('{rel}') transform_matrix is not a 4x4 list of numbers."
-        ) from e
-    if m.shape != (4, 4):
-        raise DataError(
-            f"{meta_path}: frames[{i}] ('{rel}') transform_matrix has shape {list(m.shape)}, "
-            "expected 4x4."
-        )
-    if not np.isfinite(m).all():
-        raise DataError(
-            f"{meta_path}: frames[{i}] ('{rel}') transform_matrix holds NaN or inf values."
-        )
+        m = number_matrix(frame["transform_matrix"], (4, 4))
+    except MatrixError as e:
+        raise DataError(f"{meta_path}: frames[{i}] ('{rel}') transform_matrix {e}; expected a "
+                        "4x4 list of finite numbers (the rows of a camera-to-world matrix)."
+                        ) from None
+    problem = rotation_problem(m)
+    if problem:
+        raise DataError(f"{meta_path}: frames[{i}] ('{rel}') transform_matrix {problem}; "
+                        f"{ROTATION_HINT}.")
     return m.astype(np.float32)
+
+
+def find_image(root: Path, rel: str, meta_path: Path, where: str) -> Path | None:
+    """``root / rel``, else ``root / (rel + ".png")`` (Blender-style file_path without an
+    extension), whichever is a file; None when neither is. A name no file can have (a NUL
+    character, characters the file system cannot encode, too long) is a DataError naming
+    ``where`` (e.g. "frames[3]") in ``meta_path``."""
+    if "\x00" in rel:
+        raise DataError(f"{meta_path}: {where} file_path {shown(rel)} holds a NUL character; "
+                        "it must be the image's path relative to the file's folder.")
+    for candidate in (root / rel, root / (rel + ".png")):
+        try:
+            if candidate.is_file():
+                return candidate
+        except UnicodeEncodeError:
+            raise DataError(f"{meta_path}: {where} file_path {shown(rel)} holds characters no "
+                            "file name can have here; it must be the image's path relative to "
+                            "the file's folder.") from None
+        except OSError as exc:  # e.g. ENAMETOOLONG
+            raise DataError(f"{meta_path}: {where} file_path {shown(rel)} cannot be looked up "
+                            f"({exc.strerror or exc}).") from None
+    return None
 
 
 def downscaled_size(size: tuple[int, int], downscale: int, what: str = "the images"
@@ -131,9 +262,13 @@ def image_size(path: Path, i: int, meta_path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        read_image(path, i, meta_path)  # words the error (not an image, corrupt, ...)
-        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's own fuzzers show any type; worded below
+        raise image_error(exc, path, i, meta_path) from None
+
+
+# Pixel modes of more than 8 bits per channel (16-bit PNGs, float TIFFs): converting them to
+# RGBA would clip, not scale, so they are refused.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 
 
 def read_image(path: Path, i: int, meta_path: Path) -> Image.Image:
@@ -141,19 +276,42 @@ def read_image(path: Path, i: int, meta_path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                raise DataError(
-                    f"{path} (frames[{i}] of {meta_path.name}) has pixel mode {im.mode}; "
-                    "expected an 8-bit RGB or RGBA image."
-                )
-            return im.convert("RGBA")
-    except UnidentifiedImageError as e:
-        raise DataError(
-            f"{path} (frames[{i}] of {meta_path.name}) is not an image file; "
-            "expected a PNG (RGBA or RGB)."
-        ) from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(
-            f"{path} (frames[{i}] of {meta_path.name}) is corrupt or unreadable: {e}. "
-            "Re-export or re-download the image."
-        ) from e
+            if im.mode in _WIDE_MODES:
+                mode = im.mode
+            else:
+                return im.convert("RGBA")
+    except Exception as exc:  # noqa: BLE001 - Pillow's own fuzzers show any type; worded below
+        raise image_error(exc, path, i, meta_path) from None
+    raise DataError(f"{path} (frames[{i}] of {meta_path.name}) has pixel mode {mode}; expected "
+                    "an 8-bit RGB or RGBA image.")
+
+
+def image_error(exc: Exception, path: Path, i: int, meta_path: Path) -> Exception:
+    """The DataError for an image Pillow could not open or decode (``exc``), naming the file.
+
+    Pillow raises many exception types on damaged files (OSError, SyntaxError, ValueError,
+    EOFError, struct.error, IndexError, ...; its own fuzz tests catch every Exception), so
+    every one is worded here with its type and text. Errors of nerfmine pass through."""
+    where = f"{path} (frames[{i}] of {meta_path.name})"
+    if isinstance(exc, DataError):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError):
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else None
+        size = "too large" if pixels is None else (
+            f"{pixels} pixels" + (f" ({pixels / 1e6:.0f} megapixels)" if pixels >= 1e6 else ""))
+        return DataError(
+            f"{where} is {size}, more than Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS} pixels "
+            "for one image (PIL.Image.MAX_IMAGE_PIXELS guards against decompression bombs), so "
+            "it was not decoded. Shrink the image files (e.g. mogrify -resize 25%; for an LLFF "
+            "scene put them in images_4/ and pass --downscale 4, which reads that folder), or, "
+            "if you trust them, raise PIL.Image.MAX_IMAGE_PIXELS before loading.")
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"{where} does not exist (it was removed while loading?).")
+    if isinstance(exc, MemoryError):
+        return DataError(f"{where}: not enough memory to decode it; shrink the image files "
+                         "or free memory.")
+    if isinstance(exc, UnidentifiedImageError):
+        return DataError(f"{where} is not an image file; expected a PNG (RGBA or RGB) or JPEG.")
+    return DataError(f"{where} is corrupt or unreadable ({type(exc).__name__}: "
+                     f"{str(exc)[:200]}). Re-export or re-download the image.")

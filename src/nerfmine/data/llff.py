@@ -38,7 +38,15 @@ from nerfmine.data.capture import (
     holdout_indices,
     pose_centre_and_radius,
 )
-from nerfmine.data.files import HeaderOnly, image_size, placeholder_images, read_image
+from nerfmine.data.files import (
+    FLOAT32_MAX,
+    ROTATION_HINT,
+    HeaderOnly,
+    image_size,
+    placeholder_images,
+    read_image,
+    rotation_problem,
+)
 from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
 
@@ -77,22 +85,67 @@ def _images_folder(root: Path, downscale: int) -> tuple[Path, bool]:
                     + "; put the images beside it as LLFF's imgs2poses.py expects.")
 
 
+# What a .npy header can fail with: numpy words most problems as ValueError, but a damaged
+# header also gives EOFError (too short), SyntaxError/RecursionError/MemoryError (its Python
+# literal) or TypeError.
+_NPY_ERRORS = (OSError, ValueError, EOFError, SyntaxError, RecursionError, MemoryError,
+               TypeError)
+
+
+def read_poses_bounds(path: Path) -> np.ndarray:
+    """The [N, 17] float64 array of ``poses_bounds.npy``, checked before it is read: the
+    header's shape and type must fit the file (a damaged header claiming 2^60 rows is refused
+    without allocating), the values must be real numbers that float32 holds."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except _NPY_ERRORS as exc:
+        raise DataError(f"{path}: not a NumPy .npy file ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); LLFF's imgs2poses.py writes it with np.save."
+                        ) from None
+    if dtype.kind not in "fiu" or dtype.fields is not None or dtype.subdtype is not None:
+        raise DataError(f"{path}: holds values of type {dtype}; expected floating-point numbers.")
+    if len(shape) != 2 or shape[1] != 17 or shape[0] == 0:
+        raise DataError(f"{path}: expected an [N, 17] array (a 3x5 pose and 2 bounds per "
+                        f"image), got shape {list(shape)}")
+    need = shape[0] * shape[1] * dtype.itemsize
+    if offset + need > size:
+        raise DataError(f"{path}: its header says {shape[0]} rows ({need} bytes of data) but "
+                        f"the file holds {size - offset} bytes after it; the file is truncated "
+                        "or damaged. Re-run imgs2poses.py or copy it again.")
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            flat = np.fromfile(f, dtype=dtype, count=shape[0] * shape[1])
+    except _NPY_ERRORS as exc:
+        raise DataError(f"{path}: cannot read its values ({type(exc).__name__}: "
+                        f"{str(exc)[:200]})") from None
+    data = flat.reshape(shape, order="F" if fortran else "C").astype(np.float64)
+    if not np.isfinite(data).all():
+        raise DataError(f"{path}: holds NaN or inf values")
+    if np.abs(data).max() > FLOAT32_MAX:
+        raise DataError(f"{path}: holds values beyond float32's range (up to "
+                        f"{np.abs(data).max():.3g}); poses and bounds must be ordinary numbers.")
+    return data
+
+
 def load_llff(root: str | Path, split: str = "train", downscale: int = 1,
               holdout_every: int = 8, decode: bool = True) -> SceneData:
     """A split of an LLFF / Mip-NeRF 360 scene folder (see the module docstring)."""
     root = Path(root)
     path = root / POSES_FILE
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read it as a NumPy array ({exc})") from None
-    if data.ndim != 2 or data.shape[1] != 17 or data.shape[0] == 0:
-        raise DataError(f"{path}: expected an [N, 17] array (a 3x5 pose and 2 bounds per "
-                        f"image), got shape {list(data.shape)}")
-    if not np.isfinite(data).all():
-        raise DataError(f"{path}: holds NaN or inf values")
-    poses = data[:, :15].reshape(-1, 3, 5).astype(np.float64)  # [N, 3, 5]
-    bounds = data[:, 15:].astype(np.float64)  # [N, 2] near, far
+    data = read_poses_bounds(path)
+    poses = data[:, :15].reshape(-1, 3, 5)  # [N, 3, 5]
+    bounds = data[:, 15:]  # [N, 2] near, far
+    full_h, full_w, focal = (float(v) for v in poses[0, :, 4])
+    if not (full_h > 0 and full_w > 0 and focal > 0):
+        raise DataError(f"{path}: row 0's height, width and focal length (the pose's last "
+                        f"column) must be > 0, got {full_h:g}, {full_w:g}, {focal:g}.")
     folder, prescaled = _images_folder(root, downscale)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if len(files) != len(poses):
@@ -101,6 +154,11 @@ def load_llff(root: str | Path, split: str = "train", downscale: int = 1,
                         "must agree (re-run imgs2poses.py, or remove the extra images).")
     notes: list[str] = []
     c2w = llff_to_opengl(poses)
+    for i, pose in enumerate(c2w):
+        problem = rotation_problem(pose)
+        if problem:
+            raise DataError(f"{path}: row {i} (pose of {files[i].name}) {problem}; "
+                            f"{ROTATION_HINT} (LLFF stores them as down, right, back).")
     centre, radius = pose_centre_and_radius(c2w[:, :3, 3])
     c2w[:, :3, 3] = (c2w[:, :3, 3] - centre) / radius
     far = float(bounds[:, 1].max()) / radius
@@ -110,7 +168,6 @@ def load_llff(root: str | Path, split: str = "train", downscale: int = 1,
                  + (" (capped)" if aabb_scale == MAX_AUTO_AABB_SCALE else "") + ".")
 
     chosen = holdout_indices(len(files), split, holdout_every, root, "image")
-    full_h, full_w, focal = (float(v) for v in poses[0, :, 4])
     first = image_size(files[chosen[0]], chosen[0], path)
     if prescaled:
         out_size = first
@@ -135,6 +192,10 @@ def load_llff(root: str | Path, split: str = "train", downscale: int = 1,
                 img = img.resize(out_size, Image.BOX)
             images[k] = np.asarray(img)
     fx = focal * sx
+    if not fx <= FLOAT32_MAX:
+        raise DataError(f"{path}: row 0's focal length {focal:g} for a width of {full_w:g} "
+                        f"gives {fx:g} pixels at the images' width {out_size[0]}; check the "
+                        "pose's last column (height, width, focal length).")
     intrinsics = np.tile([fx, fx, 0.5 * out_size[0], 0.5 * out_size[1]], (n, 1))
     distortion = np.zeros((n, 6))
     return capture_scene(images, c2w[chosen], intrinsics, distortion, "pinhole",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nerfmine.data.blender import load_blender
 from nerfmine.data.capture import check_capture_args
-from nerfmine.data.files import available_splits
+from nerfmine.data.files import available_splits, link_problem
 from nerfmine.data.llff import is_llff, load_llff
 from nerfmine.data.scene_data import SceneData
 from nerfmine.data.transforms import load_transforms
@@ -54,6 +54,10 @@ def load_scene(
     """
     path = Path(path).expanduser()
     if not path.exists():
+        problem = link_problem(path)
+        if problem:
+            raise DataError(f"data path {path} {problem}; point it at the real scene folder or "
+                            "file.")
         raise DataError(
             f"data path {path} does not exist; pass a transforms.json file or the folder "
             "that holds it (or a Blender folder with transforms_train.json)."

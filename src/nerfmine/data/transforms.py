@@ -54,6 +54,9 @@ from nerfmine.data.capture import (
 )
 from nerfmine.data.files import (
     downscaled_size,
+    find_image,
+    finite_number,
+    image_size,
     placeholder_images,
     read_angle,
     read_image,
@@ -62,6 +65,7 @@ from nerfmine.data.files import (
 )
 from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
+from nerfmine.json_files import shown
 
 _NERFSTUDIO_MODELS = {
     "OPENCV": "opencv",
@@ -80,12 +84,11 @@ def _sharpness_filter(frames: list, found: list, min_sharpness: float | None,
     for i, _ in found:
         if "sharpness" not in frames[i]:
             continue
-        v = frames[i]["sharpness"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or v < 0:
+        v = finite_number(frames[i]["sharpness"])
+        if v is None or v < 0:
             raise DataError(f"{meta_path}: frames[{i}] 'sharpness' must be a number >= 0, "
-                            f"got {v!r:.40}.")
-        sharp[i] = float(v)
+                            f"got {shown(frames[i]['sharpness'])}.")
+        sharp[i] = v
     if min_sharpness is None:
         return found, sharp
     if not sharp:
@@ -125,7 +128,7 @@ def load_transforms(
         raise DataError(f"{meta_path}: 'frames' has no entries.")
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict):
-            raise DataError(f"{meta_path}: frames[{i}] must be an object, got {frame!r:.60}.")
+            raise DataError(f"{meta_path}: frames[{i}] must be an object, got {shown(frame)}.")
         rel = frame.get("file_path")
         if not isinstance(rel, str) or not rel:
             raise DataError(
@@ -145,7 +148,7 @@ def load_transforms(
     found: list[tuple[int, Path]] = []
     missing: list[str] = []
     for i in order:
-        image = _find_image(root, frames[i]["file_path"])
+        image = find_image(root, frames[i]["file_path"], meta_path, f"frames[{i}]")
         if image is None:
             missing.append(frames[i]["file_path"])
         else:
@@ -228,24 +231,19 @@ def load_transforms(
     return scene
 
 
-def _find_image(root: Path, rel: str) -> Path | None:
-    given = root / rel
-    if given.is_file():
-        return given
-    with_png = root / (rel + ".png")  # Blender-style file_path without extension
-    return with_png if with_png.is_file() else None
-
-
 def _camera_model(meta: dict, meta_path: Path, dialect: str, where: str = "") -> str:
     if dialect == "nerfstudio":
         name = meta["camera_model"]
-        if name not in _NERFSTUDIO_MODELS:
+        if not isinstance(name, str) or name not in _NERFSTUDIO_MODELS:
             raise DataError(
-                f"{meta_path}: {where}camera_model {name!r} is not supported; expected one of "
-                f"{', '.join(_NERFSTUDIO_MODELS)}."
+                f"{meta_path}: {where}camera_model {shown(name)} is not supported; expected one "
+                f"of {', '.join(_NERFSTUDIO_MODELS)}."
             )
         return _NERFSTUDIO_MODELS[name]
-    if meta.get("is_fisheye"):
+    fisheye = meta.get("is_fisheye", False)
+    if fisheye not in (True, False):  # also 0 and 1, which instant-ngp's own files never use
+        raise DataError(f"{meta_path}: 'is_fisheye' must be true or false, got {shown(fisheye)}.")
+    if fisheye:
         return "fisheye"
     return "opencv" if any(_is_nonzero(meta.get(k)) for k in _DIST_KEYS) else "pinhole"
 
@@ -257,12 +255,13 @@ def _is_nonzero(v) -> bool:
 def _number(d: dict, key: str, meta_path: Path, default=None, positive=False, where=""):
     if key not in d:
         return default
-    v = d[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise DataError(f"{meta_path}: {where}'{key}' must be a finite number, got {v!r}.")
+    v = finite_number(d[key])
+    if v is None:
+        raise DataError(f"{meta_path}: {where}'{key}' must be a finite number, got "
+                        f"{shown(d[key])}.")
     if positive and v <= 0:
         raise DataError(f"{meta_path}: {where}'{key}' must be > 0, got {v!r}.")
-    return float(v)
+    return v
 
 
 def _frame_intrinsics(
@@ -271,12 +270,7 @@ def _frame_intrinsics(
     """(fx, fy, cx, cy) and (k1, k2, k3, k4, p1, p2) at full resolution, and the image size."""
     rel = frame["file_path"]
     where = f"frames[{i}] ('{rel}') "
-    try:
-        with Image.open(image) as im:
-            size = im.size  # header only
-    except Exception as e:  # unreadable: let read_image word it
-        read_image(image, i, meta_path)
-        raise DataError(f"{image} (frames[{i}]) cannot be read: {e}") from e
+    size = image_size(image, i, meta_path)  # header only
 
     def get(key, positive=False):
         if key in frame:
@@ -322,15 +316,8 @@ def _scale_offset(meta: dict, meta_path: Path) -> tuple[float, tuple]:
     offset = DEFAULT_OFFSET
     if "offset" in meta:
         o = meta["offset"]
-        ok = (
-            isinstance(o, list)
-            and len(o) == 3
-            and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                for v in o
-            )
-        )
+        ok = isinstance(o, list) and len(o) == 3 and all(finite_number(v) is not None for v in o)
         if not ok:
-            raise DataError(f"{meta_path}: 'offset' must be a list of 3 numbers, got {o!r:.60}.")
+            raise DataError(f"{meta_path}: 'offset' must be a list of 3 numbers, got {shown(o)}.")
         offset = tuple(float(v) for v in o)
     return scale, offset

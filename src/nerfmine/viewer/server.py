@@ -249,6 +249,9 @@ class Viewer:
         """A training progress dict (``Trainer.hooks.progress``: the training thread, between
         two steps)."""
         try:
+            if info.get("event") == "eval_progress":
+                self.set_status(state=f"evaluating {info['done']}/{info['total']}")
+                return
             if info.get("event") == "eval":
                 self.set_status(psnr=info["psnr"], step=info["step"], clock=info["clock"])
             else:
