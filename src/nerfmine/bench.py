@@ -19,6 +19,18 @@ from nerfmine.plots import plot_psnr_curve
 
 ARMS = ("none", "hsm")
 
+MIN_COMPARABLE_STEPS = 100
+"""Fewest training steps an arm must run for the bench's comparison to mean something.
+
+With a time budget, a slow machine (a loaded CPU, a first run compiling its kernels) may give
+an arm only a handful of steps: its PSNR is then that of a barely trained field, set by the
+start-up cost and the noise of the first steps rather than by how the arm samples. The mining
+arm needs the most: its ``tau_bar`` is an EMA with decay 0.99
+(:attr:`nerfmine.miner.MinerConfig.tau_ema`), a time constant of 100 steps, and until it
+settles the hard batch is still the initial one. Below this many steps
+:func:`few_steps_warnings` puts a warning in the report and the printed summary instead of
+letting the figures read as a result."""
+
 
 def run_arm(arm: str, overrides: dict[str, Any], preset: str, out_dir: Path,
             progress=None, warm_steps: int = 0) -> dict[str, Any]:
@@ -86,9 +98,36 @@ def compare(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def few_steps_warnings(runs: dict[str, dict[str, Any]],
+                       min_steps: int = MIN_COMPARABLE_STEPS) -> list[str]:
+    """One warning per run (``runs`` maps a label such as an arm's name to its metrics) that
+    trained fewer than ``min_steps`` steps: its figures say little about its arm (see
+    :data:`MIN_COMPARABLE_STEPS`)."""
+    warnings = []
+    for label, metrics in runs.items():
+        steps = metrics.get("steps") if isinstance(metrics, dict) else None
+        if isinstance(steps, bool) or not isinstance(steps, (int, float)):
+            continue
+        if steps < min_steps:
+            warnings.append(
+                f"{label} ran only {int(steps)} training step{'' if steps == 1 else 's'} "
+                f"(fewer than {min_steps}): its PSNR is that of a barely trained field, and "
+                "comparisons with it are not meaningful; give a larger --seconds budget (or "
+                "a faster machine, or --warm-steps so that its clock does not pay for "
+                "compiling).")
+    return warnings
+
+
+def print_warnings(warnings: list[str], log=print) -> None:
+    """Print each warning as a ``WARNING:`` line."""
+    for warning in warnings:
+        log(f"WARNING: {warning}")
+
+
 def write_report(arms: dict[str, dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"arms": arms, "comparison": compare(arms)}
+    report = {"arms": arms, "comparison": compare(arms),
+              "warnings": few_steps_warnings({f"arm mining={a}": m for a, m in arms.items()})}
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     curves = {f"mining {name}": m["curve"] for name, m in arms.items()}
     first, *rest = curves.items()
@@ -228,9 +267,16 @@ def run_suite(scenes: list[str | None], seeds: list[int], arms: list[str],
                 log(f"bench: {name}, seed {seed}, mining={arm}: PSNR {metrics['psnr']:.2f} dB "
                     f"after {metrics['steps']} steps")
     summary = summarise(runs)
+    warnings = few_steps_warnings({f"{name}, seed {seed}, arm mining={arm}": metrics
+                                   for name, by_seed in runs.items()
+                                   for seed, by_arm in by_seed.items()
+                                   for arm, metrics in by_arm.items()})
     report = {"scenes": [scene_name(s) for s in scenes], "seeds": seeds, "arms": arms,
-              "runs": runs, "summary": summary}
+              "runs": runs, "summary": summary, "warnings": warnings}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "bench_table.md").write_text(table(summary))
+    text = table(summary)
+    if warnings:
+        text += "\n" + "".join(f"- **Warning:** {w}\n" for w in warnings)
+    (out_dir / "bench_table.md").write_text(text)
     return report

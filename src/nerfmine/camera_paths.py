@@ -36,8 +36,10 @@ The camera-path file (nerfmine's format, written by :func:`write_camera_path`)
       ]
     }
 
-``c2w`` is the 4x4 OpenGL camera-to-world matrix in world coordinates, as nested rows. A frame
-may give ``"fx"`` (focal length in pixels, square pixels assumed) instead of ``"fov_y"``.
+``c2w`` is the 4x4 OpenGL camera-to-world matrix in world coordinates, as nested rows; its
+upper-left 3x3 must be a rotation (rounding drift up to 1% and a uniform scale are corrected to
+the nearest rotation, as the scene loaders do; shear or uneven scale beyond that is refused).
+A frame may give ``"fx"`` (focal length in pixels, square pixels assumed) instead of ``"fov_y"``.
 
 :func:`read_camera_path` also reads **nerfstudio's** camera-path JSON (as written by its
 viewer): ``render_width``, ``render_height``, ``fps`` (or ``seconds``, then
@@ -64,6 +66,7 @@ from nerfmine.data.files import (
     MatrixError,
     finite_number,
     number_matrix,
+    orthonormalised,
     rotation_problem,
 )
 from nerfmine.errors import NerfmineError
@@ -375,7 +378,9 @@ def _pose(value, where: str, allow_flat: bool) -> np.ndarray:
     problem = rotation_problem(m)
     if problem:
         raise NerfmineError(f"{where} {problem}; {ROTATION_HINT}.")
-    return m
+    # Rounding drift and a uniform scale (which no ray sees) are corrected to the nearest
+    # rotation, as the scene loaders do; quaternions of interpolated paths need a rotation.
+    return orthonormalised(m)
 
 
 def _require(obj: dict, key: str, where: str, what: str):

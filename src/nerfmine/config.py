@@ -179,7 +179,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the config as JSON, atomically (a killed write leaves the previous file)."""
+        from nerfmine.run_folder import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 # Values that change between presets. "gpu" is instant-ngp's NeRF setting. "cpu" shrinks the
@@ -462,7 +465,9 @@ def make_config(preset: str = "auto", overrides: dict[str, Any] | None = None) -
     values = merge_overrides(values, overrides)
     if values.get("backend", "auto") == "auto":
         values["backend"] = default_backend(values["device"])
-    return config_from_dict(values)
+    config = config_from_dict(values)
+    check_eval_points(config)
+    return config
 
 
 def default_backend(device: str) -> str:
@@ -532,6 +537,37 @@ def validate(config: RunConfig) -> None:
     if not 0 < m.min_fraction <= m.max_fraction <= 1:
         raise ConfigError("miner fractions must satisfy 0 < min_fraction <= max_fraction <= 1, "
                           f"got {m.min_fraction} and {m.max_fraction}")
+
+
+def check_eval_points(config: RunConfig) -> None:
+    """train.eval_at points past the budget are never reached (the loop stops at the budget,
+    then evaluates the end): a ConfigError naming them, the budget and the fix. A point at the
+    budget is the end's evaluation and is accepted. Checked where a user gives a config
+    (:func:`make_config`, a resume that sets points), not when a saved run is loaded: a run
+    resumed with a shorter budget simply never reaches its later points."""
+    t = config.train
+    seconds = t.max_seconds is not None
+    budget = t.max_seconds if seconds else t.max_steps
+    beyond = sorted(p for p in t.eval_at if p > budget)
+    if not beyond:
+        return
+    unit = "seconds" if seconds else "steps"
+    field, flag = (("train.max_seconds", "--seconds") if seconds
+                   else ("train.max_steps", "--steps"))
+    preset = PRESETS.get(config.preset, {}).get("train", {})
+    default = (" (the preset's default budget, used when neither --steps nor --seconds is "
+               "given)" if preset.get(field.split(".")[1]) == budget else "")
+    points = ("points " if len(beyond) > 1 else "point ") + ", ".join(f"{p:g}" for p in beyond)
+    lie = "lie" if len(beyond) > 1 else "lies"
+    other = ("; if the points are step counts, give the budget in steps with --steps "
+             "(train.max_steps)" if seconds else
+             "; if the points are seconds, give the budget in seconds with --seconds "
+             "(train.max_seconds)")
+    raise ConfigError(
+        f"train.eval_at (--eval-at) {points} {lie} beyond the budget {field} ({flag}) = "
+        f"{budget:g} {unit}{default}: training stops at the budget, so they would never be "
+        f"evaluated (the end always is). Evaluation points are in the budget's unit, {unit} "
+        f"here: give points up to {budget:g}, or raise the budget with {flag}{other}.")
 
 
 # Fields whose change alters tensor shapes or the meaning of the state: a resumed run must keep

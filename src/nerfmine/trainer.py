@@ -27,6 +27,7 @@ replacing methods or private attributes.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ import torch
 from nerfmine.checkpoint import CHECKPOINT_NAME, load_run_checkpoint, save_checkpoint
 from nerfmine.config import (
     RunConfig,
+    check_eval_points,
     check_resume_compatible,
     config_from_dict,
     merge_overrides,
@@ -130,6 +132,9 @@ class Trainer:
         self.setup_bytes = 0
         self._stop_signal: int | None = None
         self._streak = LaggedHostValue(0, torch.int64)
+        # An evaluation point was reached but its evaluation was interrupted by a signal: the
+        # resumed run evaluates first thing (the checkpoint is at that point's clock).
+        self._eval_due = False
 
     # ------------------------------------------------------------------ views
     @property
@@ -234,13 +239,15 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {**self.scene.state_dict(), **self.step_fn.state_dict(),
                 "next_checkpoint": self.next_checkpoint,
-                "peak_train_bytes": self.peak_train_bytes}
+                "peak_train_bytes": self.peak_train_bytes,
+                "eval_due": self._eval_due}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scene.load_state_dict(state)
         self.step_fn.load_state_dict(state)
         self.next_checkpoint = float(state["next_checkpoint"])
         self.peak_train_bytes = int(state["peak_train_bytes"])
+        self._eval_due = bool(state.get("eval_due", False))  # absent before format 2
 
     def save(self) -> Path:
         path = self.run_dir / CHECKPOINT_NAME
@@ -260,6 +267,8 @@ class Trainer:
         if overrides:
             config = config_from_dict(merge_overrides(saved.to_dict(), overrides))
             check_resume_compatible(saved, config)
+            if "eval_at" in overrides.get("train", {}):
+                check_eval_points(config)
         if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"{run_dir} was trained on CUDA; this machine has no CUDA GPU")
         trainer = cls(config, run_dir)
@@ -371,6 +380,8 @@ class Trainer:
             self.setup_bytes = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         eval_points = self._pending_eval_points()
+        if self._eval_due:
+            eval_points.insert(0, -math.inf)
         unit_is_seconds = t.max_seconds is not None
         budget = t.max_seconds if unit_is_seconds else t.max_steps
         last_display = 0.0
@@ -392,13 +403,16 @@ class Trainer:
                     self.clock = clock_at_segment + (time.perf_counter() - segment_start)
                     self._pause_memory()
                     self._check_nonfinite(exact=True)
-                    if due_eval and self._stop_signal is None:
+                    if due_eval:
                         while eval_points and now >= eval_points[0]:
                             eval_points.pop(0)
-                        try:
-                            self._evaluate_and_record()
-                        except _StopRequested:
-                            pass  # checkpointed below, without the unfinished evaluation
+                        self._eval_due = True  # until it is recorded (kept in the checkpoint)
+                        if self._stop_signal is None:
+                            try:
+                                self._evaluate_and_record()
+                                self._eval_due = False
+                            except _StopRequested:
+                                pass  # checkpointed below; the resumed run evaluates first
                     self.next_checkpoint = self.clock + t.checkpoint_every
                     self.save()
                     if self._stop_signal is not None:
@@ -427,6 +441,7 @@ class Trainer:
             except _StopRequested:
                 raise self._interrupted("during the final evaluation (resume to finish "
                                         "it)") from None
+            self._eval_due = False  # the final evaluation stands for an interrupted one
             self.save()
         metrics = self.write_metrics(final)
         if stats is not None:

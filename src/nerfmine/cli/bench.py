@@ -46,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nerfmine.bench import ARMS, merge, run_arm, write_report
+    from nerfmine.bench import ARMS, merge, print_warnings, run_arm, write_report
 
     if args.merge:
         report = merge(args.merge, args.output)
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             report = run_suite(args.scenes or [None], seeds, arms, overrides, args.preset,
                                args.output, lambda: Progress(_quiet(args)), args.warm_steps,
                                log=lambda line: print(line, flush=True))
-            print((args.output / "bench_table.md").read_text())
+            print((args.output / "bench_table.md").read_text())  # warnings included
             print(f"written: {args.output / 'bench.json'}, bench_table.md")
             return 0
         if args.scenes:
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{results[arm]['steps']} steps", flush=True)
         report = write_report(results, args.output)
     print(json.dumps(report["comparison"], indent=2))
+    print_warnings(report["warnings"], log=lambda line: print(line, flush=True))
     print(f"written: {args.output / 'bench.json'}, bench_psnr_time.png, bench_psnr_steps.png")
     return 0
 

@@ -62,9 +62,16 @@ class Flag:
             object.__setattr__(self, "dest", self.options.get("dest", dest))
 
 
-MAX_RESOLUTION_HELP = ("finest hash-grid resolution over the unit cube (default: "
-                       "instant-ngp's 2048; lower it for small images of object-centred "
-                       "scenes, see BENCHMARKS.md)")
+# The presets' finest resolutions (nerfmine.config.PRESETS over ModelConfig's default), stated
+# here because importing nerfmine.config imports torch and ``nerfmine --help`` must not;
+# tests/test_cli_robustness.py checks that they stay equal.
+PRESET_MAX_RESOLUTION = {"gpu": 2048, "cpu": 512}
+MAX_RESOLUTION_HELP = (
+    "finest hash-grid resolution over the unit cube (default: the preset's: "
+    f"{PRESET_MAX_RESOLUTION['gpu']}, instant-ngp's, with --preset gpu and "
+    f"{PRESET_MAX_RESOLUTION['cpu']} with --preset cpu; --preset auto is gpu on a CUDA "
+    "machine, else cpu; lower it for small images of object-centred scenes, see "
+    "BENCHMARKS.md)")
 TRAIN_ONLY = frozenset({"train"})
 
 TRAINING_FLAGS: tuple[Flag, ...] = (

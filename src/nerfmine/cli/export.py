@@ -7,24 +7,21 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from nerfmine.errors import NerfmineError
-from nerfmine.export import (
-    DEFAULT_RESOLUTION,
-    DEFAULT_THRESHOLD,
-    MAX_RESOLUTION,
-    ExportResult,
-    check_bbox,
-    check_resolution,
-    clip_to_unit_cube,
-    unit_to_world,
-    world_to_unit,
-)
+
+if TYPE_CHECKING:
+    from nerfmine.export import ExportResult
 
 FORMATS = ("ply", "obj")
+# nerfmine.export's defaults, repeated here so that building the parser does not import torch
+# (``nerfmine --help`` stays fast); tests/test_cli_robustness.py checks that they stay equal.
+DEFAULT_RESOLUTION = 256
+DEFAULT_THRESHOLD = 2.5
+MAX_RESOLUTION = 1024
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -93,13 +90,15 @@ def _outputs(args: argparse.Namespace, fmt: str) -> tuple[Path | None, Path | No
 
 
 def _validate(args: argparse.Namespace) -> None:
+    from nerfmine.export import check_bbox, check_resolution
+
     if not (args.mesh or args.points):
         raise NerfmineError("nothing to export: add --mesh, --points or both")
     if args.mesh:
         check_resolution(args.resolution)
     if args.points and args.n_points < 1:
         raise NerfmineError(f"--n-points {args.n_points}: expected a positive number of points")
-    if not np.isfinite(args.threshold):
+    if not math.isfinite(args.threshold):
         raise NerfmineError(f"--threshold {args.threshold}: expected a finite density")
     if args.points and not args.mesh and args.format == "obj":
         raise NerfmineError("--format obj: point clouds are written as PLY only; drop --format "
@@ -109,6 +108,8 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _fmt_vec(v) -> str:
+    import numpy as np
+
     return "(" + ", ".join(f"{x:.4g}" for x in np.asarray(v).tolist()) + ")"
 
 
@@ -130,8 +131,17 @@ def run(args: argparse.Namespace) -> int:
     fmt = _mesh_format(args)
     mesh_path, points_path = _outputs(args, fmt)
 
+    import numpy as np
+
     from nerfmine.cli.common import load_scene
-    from nerfmine.export import export_mesh, export_point_cloud, occupied_bbox
+    from nerfmine.export import (
+        clip_to_unit_cube,
+        export_mesh,
+        export_point_cloud,
+        occupied_bbox,
+        unit_to_world,
+        world_to_unit,
+    )
     from nerfmine.ops.scene_box import aabb_bounds
 
     scene = load_scene(args.run_dir)

@@ -25,12 +25,8 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from nerfmine import camera_paths as cp
-from nerfmine.cameras import Cameras
 from nerfmine.cli.common import (
     EXIT_USER_ERROR,
     check_scene_exists,
@@ -38,6 +34,15 @@ from nerfmine.cli.common import (
     parse_background,
 )
 from nerfmine.errors import NerfmineError
+
+# torch, numpy and the modules that import them are imported inside the functions that render,
+# so that building the parser stays fast (``nerfmine --help`` imports no torch).
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from nerfmine import camera_paths as cp
+    from nerfmine.cameras import Cameras
 
 PATH_KINDS = ("orbit", "spiral", "interpolate")
 OUTPUTS = ("rgb", "depth", "alpha")
@@ -152,6 +157,11 @@ def _build_path(args, scene, cams: Cameras | None) -> tuple[str, cp.CameraPath, 
     """(name, path in world coordinates, fx / fy of the pixels). Generated paths start from
     the training cameras ``cams`` (world frame) and use a pinhole camera with the first
     training image's focal lengths (lens distortion is not rendered)."""
+    import numpy as np
+    import torch
+
+    from nerfmine import camera_paths as cp
+
     kind = str(args.path)
     file_path = None
     if kind not in PATH_KINDS:
@@ -205,6 +215,9 @@ def _build_path(args, scene, cams: Cameras | None) -> tuple[str, cp.CameraPath, 
 
 def _depth_range(c2w_unit: torch.Tensor, bitfield: torch.Tensor) -> tuple[float, float]:
     """Nearest and farthest distance (unit cube) from the cameras to the occupied cells' box."""
+    import numpy as np
+    import torch
+
     occupied = torch.nonzero(bitfield)
     res = bitfield.shape[-1]
     if bitfield.dim() == 4:  # cascades
@@ -231,6 +244,7 @@ def _depth_range(c2w_unit: torch.Tensor, bitfield: torch.Tensor) -> tuple[float,
 
 
 def _depth_image(depth: torch.Tensor, opacity: torch.Tensor, near: float, far: float):
+    import numpy as np
     from matplotlib import colormaps
 
     d = depth.cpu().double().numpy()
@@ -242,12 +256,18 @@ def _depth_image(depth: torch.Tensor, opacity: torch.Tensor, near: float, far: f
 
 
 def _to_u8(x: torch.Tensor) -> np.ndarray:
+    import numpy as np
+
     return (x.clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
 def render(args: argparse.Namespace) -> int:
     """Like :func:`run`, but raises :class:`NerfmineError` for user mistakes."""
+    import numpy as np
     from PIL import Image
+
+    from nerfmine import camera_paths as cp
+    from nerfmine.cameras import Cameras
 
     # Checks that need no run first, so a typo fails fast.
     check_size(getattr(args, "width", None), getattr(args, "height", None))

@@ -14,17 +14,27 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nerfmine.data.capture import (
+    COINCIDE_FLOAT32,
+    DEFAULT_OFFSET,
+    DEFAULT_SCALE,
+    check_camera_placement,
+    coincidence_note,
+)
 from nerfmine.data.files import (
     HeaderOnly,
+    PoseFixes,
     check_root,
     downscaled_size,
     find_image,
+    fully_transparent,
     image_size,
     placeholder_images,
     read_angle,
     read_image,
     read_json,
-    read_transform,
+    read_pose,
+    transparency_notes,
 )
 from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
@@ -59,16 +69,31 @@ def load_blender(root: str | Path, split: str, downscale: int = 1,
     angle_y = read_angle(meta, "camera_angle_y", meta_path, required=False)
 
     n = len(frames)
-    c2w = np.empty((n, 4, 4), dtype=np.float32)
+    poses = np.empty((n, 4, 4), dtype=np.float64)
     paths: list[Path] = []
+    fixes = PoseFixes()
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict):
             raise DataError(f"{meta_path}: frames[{i}] must be an object, got {shown(frame)}.")
         paths.append(_resolve_image(frame, i, root, meta_path))
-        c2w[i] = read_transform(frame, i, meta_path)
+        poses[i] = read_pose(frame, i, meta_path, fixes)
+    c2w = poses.astype(np.float32)
+    # NeRF-synthetic scenes use instant-ngp's default mapping to the unit cube (SceneData's).
+    notes: list[str] = []
+    check_camera_placement(
+        poses[:, :3, 3], c2w, DEFAULT_SCALE, DEFAULT_OFFSET,
+        [f"frames[{i}] ('{frame['file_path']}')" for i, frame in enumerate(frames)], meta_path,
+        "a NeRF-synthetic scene maps x to x * 0.33 + 0.5, so its cameras must stand within a "
+        "few units of the origin; write the capture as a transforms.json with 'scale' and "
+        "'offset' instead", notes)
+    notes += fixes.notes(meta_path)
+    coincident = coincidence_note(poses, meta_path, "frame", COINCIDE_FLOAT32)
+    if coincident:
+        notes.append(coincident)
 
     images: np.ndarray | None = None
     full_size: tuple[int, int] | None = None
+    transparent: list[Path] = []
     for i, path in enumerate(paths):
         img = read_image(path, i, meta_path) if decode else HeaderOnly(
             image_size(path, i, meta_path))
@@ -89,6 +114,8 @@ def load_blender(root: str | Path, split: str, downscale: int = 1,
         if downscale > 1:
             img = img.resize(out_size, Image.BOX)
         images[i] = np.asarray(img)  # [H, W, 4]
+        if fully_transparent(images[i]):
+            transparent.append(path)
 
     assert full_size is not None
     image_tensor = (torch.from_numpy(images) if decode
@@ -97,6 +124,7 @@ def load_blender(root: str | Path, split: str, downscale: int = 1,
     fx = 0.5 * w / math.tan(0.5 * angle_x)
     fy = fx if angle_y is None else 0.5 * h / math.tan(0.5 * angle_y)
     sx, sy = out_size[0] / w, out_size[1] / h
+    notes += transparency_notes(transparent, n if decode else 0, split)
     return SceneData(
         images=image_tensor,
         c2w=torch.from_numpy(c2w),
@@ -108,6 +136,7 @@ def load_blender(root: str | Path, split: str, downscale: int = 1,
         height=out_size[1],
         image_paths=paths,
         split=split,
+        notes=notes,
     )
 
 

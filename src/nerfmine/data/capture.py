@@ -105,15 +105,126 @@ def capture_scene(images: np.ndarray | torch.Tensor, c2w: np.ndarray, intrinsics
     )
 
 
-def pose_centre_and_radius(centres: np.ndarray) -> tuple[np.ndarray, float]:
+# Camera positions closer together than this, relative to their magnitude (at least 1), are
+# one position: float64 positions (LLFF, COLMAP) agree to ~1e-12 when they are meant to be
+# equal; float32 ones (transforms files) to a few units of float32's 1.2e-7.
+COINCIDE_FLOAT64 = 1e-9
+COINCIDE_FLOAT32 = 1e-6
+
+
+def positions_coincide(centres: np.ndarray, resolution: float = COINCIDE_FLOAT64) -> bool:
+    """Whether the camera positions ``centres`` [M, 3] are all one point, to ``resolution``
+    relative to their magnitude (at least 1)."""
+    centres = np.asarray(centres, dtype=np.float64)
+    spread = float(np.linalg.norm(centres - centres.mean(axis=0), axis=1).max())
+    return spread <= resolution * max(1.0, float(np.abs(centres).max()))
+
+
+def pose_centre_and_radius(centres: np.ndarray, resolution: float = COINCIDE_FLOAT64
+                           ) -> tuple[np.ndarray, float]:
     """Centre (mean camera position, [3]) and radius (largest camera distance from it) of
-    camera positions ``centres`` [M, 3]; radius 1 when the cameras coincide."""
+    camera positions ``centres`` [M, 3]; radius 1 when the cameras coincide (see
+    :func:`positions_coincide`): the world keeps its units, and nothing divides by a spread
+    that is zero or rounding noise."""
     centres = np.asarray(centres, dtype=np.float64)
     centre = centres.mean(axis=0)
     radius = float(np.linalg.norm(centres - centre, axis=1).max())
-    if not np.isfinite(radius) or radius < 1e-12:
+    if not np.isfinite(radius) or positions_coincide(centres, resolution):
         radius = 1.0
     return centre, radius
+
+
+def _point(p) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in p) + ")"
+
+
+def coincidence_note(c2w: np.ndarray, source, unit: str,
+                     resolution: float = COINCIDE_FLOAT64) -> str | None:
+    """A note when the poses ``c2w`` [M, 4, 4] (M >= 2) all stand at one position, or share
+    one pose outright; None otherwise. Nothing breaks (the normalisation keeps radius 1), but
+    training cannot recover the scene's geometry from views without parallax."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    n = len(c2w)
+    if n < 2 or not positions_coincide(c2w[:, :3, 3], resolution):
+        return None
+    where = _point(c2w[:, :3, 3].mean(axis=0))
+    if np.abs(c2w[:, :3, :3] - c2w[0, :3, :3]).max() <= 1e-5:
+        return (f"{source}: all {n} {unit}s share one pose (the same position {where} and "
+                "orientation): every image is seen from one viewpoint, so training cannot "
+                "recover the scene's geometry and will only fit a flat picture. If the "
+                "views were taken from different places, the poses were not exported (a "
+                "tracker that lost its pose writes one matrix for every frame): re-run the "
+                "pose estimation (e.g. COLMAP, then colmap2nerf.py or ns-process-data).")
+    return (f"{source}: all {n} {unit}s stand at one position {where}, only turned (a "
+            "panorama from a tripod?): with no parallax between the views, training cannot "
+            "recover depth; the scene keeps its world units around that point. Capture from "
+            "several positions to reconstruct geometry.")
+
+
+# A camera farther than this from the unit cube's centre (in unit-cube units, the box being at
+# most 128 wide) cannot be used: float32, in which rays are computed, resolves positions there
+# to only 1e-3 of the cube, and the modelled box is a speck in its image.
+MAX_CAMERA_REACH = 1e4
+# How far float32 may move a camera in the unit cube (its width is 1) before the placement is
+# noted (PLACEMENT_NOTE) or refused (PLACEMENT_ERROR, 1% of the cube: several pixels).
+PLACEMENT_NOTE = 1e-3
+PLACEMENT_ERROR = 1e-2
+
+
+def check_camera_placement(translations: np.ndarray, c2w32: np.ndarray, scale: float,
+                           offset, names: list[str], source, fix: str,
+                           notes: list[str]) -> None:
+    """Check that the cameras land in the unit cube where float32 can place them.
+
+    ``translations`` [M, 3] are the camera positions in world units as the file gives them
+    (float64), ``c2w32`` [M, 4, 4] the float32 poses the scene keeps, mapped by ``x * scale +
+    offset`` in float32 (:meth:`nerfmine.cameras.Cameras.transformed`); ``names`` names each
+    camera, ``source`` the file and ``fix`` says how to choose the mapping in that format.
+    A camera beyond :data:`MAX_CAMERA_REACH` from the cube's centre (translations so large, or
+    a scale so large, that float32 overflows or cannot resolve the cube) is a DataError, as is
+    a float32 placement off by more than :data:`PLACEMENT_ERROR` (world coordinates far from
+    the origin compared with the cameras' spread); a smaller error above
+    :data:`PLACEMENT_NOTE` is noted."""
+    t = np.asarray(translations, dtype=np.float64)
+    off = np.asarray(offset, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        unit = t * float(scale) + off  # [M, 3]
+        reach = np.linalg.norm(unit - 0.5, axis=1)
+    bad = np.flatnonzero(~(reach <= MAX_CAMERA_REACH))
+    centre, radius = pose_centre_and_radius(t)
+    if len(bad):
+        k = int(bad[0])
+        where = (f"{source}: the camera of {names[k]} (position {_point(t[k])}) lands at "
+                 f"{_point(unit[k])} in the unit cube (x * scale {float(scale):.4g} + offset "
+                 f"{_point(off)}), {float(reach[k]):.3g} from its centre; beyond "
+                 f"{MAX_CAMERA_REACH:g}, rays in float32 cannot resolve the modelled box "
+                 "(0.5 +- aabb_scale / 2)")
+        if len(bad) < len(t):
+            raise DataError(f"{where}. {len(bad)} of {len(t)} cameras are that far and the "
+                            "others are not, so those poses are wrong: remove their frames or "
+                            "fix their translations.")
+        raise DataError(
+            f"{where}, and so do all {len(t)} cameras: the poses' units do not fit the scale. "
+            f"{fix[0].upper()}{fix[1:]}; for these cameras, scale "
+            f"{DEFAULT_SCALE / radius:.4g} and offset "
+            f"{_point(np.asarray(DEFAULT_OFFSET) - centre * DEFAULT_SCALE / radius)} put their "
+            "mean position at the cube's centre and the farthest at 0.33 from it.")
+    with torch.no_grad():
+        placed = (torch.from_numpy(np.ascontiguousarray(c2w32[:, :3, 3], dtype=np.float32))
+                  * float(scale) + torch.as_tensor(off, dtype=torch.float32)).double().numpy()
+    error = float(np.abs(placed - unit).max())
+    if error <= PLACEMENT_NOTE:
+        return
+    spread = float(np.linalg.norm(t - t.mean(axis=0), axis=1).max())
+    what = (f"{source}: camera positions as large as {float(np.abs(t).max()):.4g} world units, "
+            f"spread over only {spread:.4g}, lose precision in float32 (in which the scene "
+            f"keeps them): they land up to {error:.3g} (of the unit cube's width) from where "
+            "the file puts them")
+    remedy = ("subtract a common origin (e.g. the mean camera position "
+              f"{_point(centre)}) from every translation in the file")
+    if error > PLACEMENT_ERROR:
+        raise DataError(f"{what}, which misplaces the cameras by several pixels; {remedy}.")
+    notes.append(f"{what}; to train on exact positions, {remedy}.")
 
 
 def aabb_scale_for_extent(extent: float) -> float:

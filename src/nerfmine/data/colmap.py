@@ -53,6 +53,7 @@ from nerfmine.data.capture import (
     aabb_scale_for_extent,
     capture_scene,
     check_capture_args,
+    coincidence_note,
     handle_missing,
     holdout_indices,
     pose_centre_and_radius,
@@ -64,10 +65,13 @@ from nerfmine.data.files import (
     downscaled_size,
     find_image,
     finite_number,
+    fully_transparent,
     image_size,
+    orthonormalised,
     placeholder_images,
     read_image,
     rotation_problem,
+    transparency_notes,
 )
 from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
@@ -190,6 +194,9 @@ def load_colmap(
 
     # poses in COLMAP's world, then normalised with every found image
     c2w_all = np.stack([_c2w_opengl(im, model_file) for im in found])  # [M, 4, 4] float64
+    coincident = coincidence_note(c2w_all, model_dir, "registered image")
+    if coincident:
+        notes.append(coincident)
     centres = c2w_all[:, :3, 3]
     centre, radius = pose_centre_and_radius(centres)
     c2w_all[:, :3, 3] = (centres - centre) / radius
@@ -219,6 +226,7 @@ def load_colmap(
     intrinsics = np.empty((n, 4), dtype=np.float64)
     distortion = np.empty((n, 6), dtype=np.float64)
     paths: list[Path] = []
+    transparent: list[Path] = []
     for k, i in enumerate(chosen):
         im = found[i]
         path = on_disk_of[im.image_id]
@@ -240,11 +248,14 @@ def load_colmap(
             if downscale > 1:
                 img = img.resize(out_size, Image.BOX)
             images[k] = np.asarray(img)  # [H, W, 4]
+            if fully_transparent(images[k]):
+                transparent.append(path)
         _, (fx, fy, cx, cy), dist = cams[im.camera_id]
         intrinsics[k] = (fx * sx, fy * sy, cx * sx, cy * sy)
         distortion[k] = dist
         paths.append(path)
 
+    notes += transparency_notes(transparent, n if decode else 0, split)
     return capture_scene(images, c2w_all[chosen], intrinsics, distortion, camera_model, paths,
                          split, out_size, DEFAULT_SCALE, DEFAULT_OFFSET, aabb_scale, "colmap",
                          notes)
@@ -385,7 +396,7 @@ def _c2w_opengl(image: _ModelImage, model_file: Path) -> np.ndarray:
     if problem:
         raise DataError(f"{model_file}: the pose of image {image.image_id} {problem}; "
                         f"{ROTATION_HINT}.")
-    return out
+    return orthonormalised(out)  # a quaternion's rotation: only rounding is corrected
 
 
 # ----------------------------------------------------------------------- binary model checks

@@ -170,13 +170,47 @@ def number_matrix(value, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(leaves, dtype=np.float64).reshape(shape)
 
 
+# How far the upper-left 3x3 of a camera-to-world pose may be from a rotation (times a uniform
+# scale): the spread of its singular values over the largest, 0 for a scaled rotation. Real
+# exports drift by ~1e-6 (float32 arithmetic) and files rounded to 3 or 4 decimals by up to
+# ~1e-3; all of that is numerical noise, corrected to the nearest rotation (silently up to
+# ROTATION_DRIFT, with a note above it). Beyond ROTATION_TOLERANCE (1%: rays off by about half
+# a degree, several pixels) the matrix is sheared or scaled unevenly on purpose or by mistake,
+# and no choice of rotation reproduces what the file means, so it is refused.
+ROTATION_TOLERANCE = 1e-2
+ROTATION_DRIFT = 1e-3
+# A pose closer than this to a rotation (entries of R^T R - I) is used exactly as stored.
+_EXACT = 1e-5
+
+
+def rotation_deviation(c2w: np.ndarray) -> tuple[float, float]:
+    """(deviation, scale) of the upper-left 3x3 of ``c2w`` (finite, not singular): the spread
+    of its singular values over the largest (0 for a rotation times a uniform scale; shear and
+    uneven scale raise it) and their mean (1 for a rotation)."""
+    s = np.linalg.svd(np.asarray(c2w, dtype=np.float64)[:3, :3], compute_uv=False)
+    return float((s[0] - s[2]) / s[0]), float(s.mean())
+
+
+def _columns(rot: np.ndarray) -> str:
+    """The lengths of the columns of ``rot`` and the angles between them, in words."""
+    norms = np.linalg.norm(rot, axis=0)
+    unit = rot / norms
+    angles = [math.degrees(math.acos(float(np.clip(unit[:, a] @ unit[:, b], -1.0, 1.0))))
+              for a, b in ((0, 1), (1, 2), (0, 2))]
+    return (f"columns of lengths {', '.join(f'{n:.4g}' for n in norms)} at angles "
+            f"{', '.join(f'{a:.4g}' for a in angles)} degrees to each other")
+
+
 def rotation_problem(c2w: np.ndarray) -> str | None:
     """Why the upper-left 3x3 of the camera-to-world ``c2w`` (float64, finite) is not usable
     as a camera's orientation, or None. Its columns are the camera's right, up and backward
     axes: a zero column, columns of wildly different lengths, or (nearly) dependent columns
     give a singular matrix that no ray or projection can be computed from (it cannot be
-    inverted). The test is scale-free: the determinant of the columns normalised to length 1
-    (+-1 for a rotation, 0 when singular)."""
+    inverted); the test is scale-free: the determinant of the columns normalised to length 1
+    (+-1 for a rotation, 0 when singular). A matrix sheared or scaled unevenly by more than
+    :data:`ROTATION_TOLERANCE` (see :func:`rotation_deviation`) is refused too: its rays would
+    not be the ones the image was taken with. A rotation times a uniform scale, and drift
+    within the tolerance, are accepted (:func:`orthonormalised` corrects them)."""
     rot = np.asarray(c2w, dtype=np.float64)[:3, :3]
     norms = np.linalg.norm(rot, axis=0)
     if not (norms > 0).all() or norms.min() < 1e-6 * norms.max():
@@ -185,14 +219,82 @@ def rotation_problem(c2w: np.ndarray) -> str | None:
     det = float(np.linalg.det(rot / norms))
     if abs(det) < 1e-6:
         return f"has a singular rotation part (upper-left 3x3; normalised determinant {det:.3g})"
+    deviation, _ = rotation_deviation(rot)
+    if deviation > ROTATION_TOLERANCE:
+        return (f"is not a rotation: its upper-left 3x3 is sheared or scaled unevenly by "
+                f"{deviation:.2%} ({_columns(rot)}; the spread of its singular values over the "
+                f"largest is {deviation:.3g}, 0 for a rotation, and up to "
+                f"{ROTATION_TOLERANCE:g} is taken for rounding and corrected). Re-export the "
+                "poses without the shear or scale (a transform applied to the whole scene "
+                "belongs in the translations and in 'scale'/'offset'), or replace the 3x3 by "
+                "its nearest rotation (U @ Vt of its SVD) if you know it is only noise")
     return None
+
+
+def orthonormalised(c2w: np.ndarray) -> np.ndarray:
+    """``c2w`` (float64 [4, 4] or [3, 4], its rotation part accepted by
+    :func:`rotation_problem`) with the upper-left 3x3 replaced by the nearest rotation (the
+    orthogonal factor of its polar decomposition, U @ Vt of its SVD; a reflection stays one):
+    drift and a uniform scale removed. Ray directions are normalised, so this changes no ray of
+    a uniformly scaled pose. A matrix within float32 noise of a rotation is returned as given,
+    so that exact data loads bit for bit."""
+    m = np.array(c2w, dtype=np.float64)
+    rot = m[:3, :3]
+    if np.abs(rot.T @ rot - np.eye(3)).max() <= _EXACT:
+        return m
+    u, _, vt = np.linalg.svd(rot)
+    m[:3, :3] = u @ vt
+    return m
+
+
+class PoseFixes:
+    """Poses whose rotation part a loader corrected (:func:`orthonormalised`), gathered into
+    notes: drift beyond :data:`ROTATION_DRIFT`, and uniform scales beyond
+    :data:`ROTATION_TOLERANCE`."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.drift: list[tuple[str, float]] = []  # (which pose, deviation)
+        self.scaled: list[tuple[str, float]] = []  # (which pose, scale)
+
+    def fix(self, c2w: np.ndarray, which: str) -> np.ndarray:
+        """``c2w`` (checked by :func:`rotation_problem`) orthonormalised; ``which`` names it
+        in the note ("frames[3] ('a.png')")."""
+        self.total += 1
+        deviation, scale = rotation_deviation(c2w)
+        if deviation > ROTATION_DRIFT:
+            self.drift.append((which, deviation))
+        if abs(scale - 1.0) > ROTATION_TOLERANCE:  # smaller ones go with the drift
+            self.scaled.append((which, scale))
+        return orthonormalised(c2w)
+
+    def notes(self, source) -> list[str]:
+        out = []
+        if self.drift:
+            worst = max(self.drift, key=lambda d: d[1])
+            out.append(f"{source}: the rotation part of {len(self.drift)} of {self.total} poses "
+                       f"is sheared or scaled unevenly by up to {worst[1]:.2%} (the most: "
+                       f"{worst[0]}), within the {ROTATION_TOLERANCE:.0%} taken for rounding "
+                       "or numerical drift; each is replaced by its nearest rotation.")
+        if self.scaled:
+            lo = min(s for _, s in self.scaled)
+            hi = max(s for _, s in self.scaled)
+            size = f"{lo:.4g}" if math.isclose(lo, hi, rel_tol=1e-3) else f"{lo:.4g} to {hi:.4g}"
+            out.append(f"{source}: the rotation part of {len(self.scaled)} of {self.total} poses "
+                       f"is scaled uniformly by {size} (first: {self.scaled[0][0]}); the scale is "
+                       "removed (rays keep their directions; camera positions are used as "
+                       "given).")
+        return out
 
 
 ROTATION_HINT = ("expected a rotation: its columns are the camera's right, up and backward axes "
                  "in world coordinates, three orthogonal unit vectors")
 
 
-def read_transform(frame: dict, i: int, meta_path: Path) -> np.ndarray:
+def read_pose(frame: dict, i: int, meta_path: Path, fixes: PoseFixes | None = None
+              ) -> np.ndarray:
+    """The camera-to-world ``transform_matrix`` of ``frames[i]``: float64 [4, 4], its rotation
+    part checked and orthonormalised (``fixes`` records what was corrected)."""
     rel = frame.get("file_path")
     if "transform_matrix" not in frame:
         raise DataError(
@@ -208,7 +310,41 @@ def read_transform(frame: dict, i: int, meta_path: Path) -> np.ndarray:
     if problem:
         raise DataError(f"{meta_path}: frames[{i}] ('{rel}') transform_matrix {problem}; "
                         f"{ROTATION_HINT}.")
-    return m.astype(np.float32)
+    return fixes.fix(m, f"frames[{i}] ('{rel}')") if fixes is not None else orthonormalised(m)
+
+
+def read_transform(frame: dict, i: int, meta_path: Path, fixes: PoseFixes | None = None
+                   ) -> np.ndarray:
+    """:func:`read_pose` in float32."""
+    return read_pose(frame, i, meta_path, fixes).astype(np.float32)
+
+
+def fully_transparent(pixels: np.ndarray) -> bool:
+    """Whether the decoded RGBA image ``pixels`` [H, W, 4] uint8 has alpha 0 at every pixel.
+    Three pixels answer for almost every image (an RGB photo has alpha 255 everywhere, an
+    object on a transparent background is opaque at its centre); only the rest costs one pass
+    over the alpha channel."""
+    alpha = pixels[..., 3]
+    h, w = alpha.shape
+    if alpha[0, 0] or alpha[h // 2, w // 2] or alpha[h - 1, w - 1]:
+        return False
+    return not alpha.any()
+
+
+def transparency_notes(transparent: list[Path], n: int, split: str) -> list[str]:
+    """The note for the images of a split (``n`` decoded) found fully transparent."""
+    if not transparent:
+        return []
+    folder = Path(os.path.commonpath([str(p.parent) for p in transparent]))
+    if len(transparent) == n:
+        return [f"every image of split '{split}' in {folder} ({n}) is fully transparent (alpha "
+                "0 at every pixel): the scene will train to empty space. Check how the images "
+                "were exported (an alpha channel written as 0, or a mask applied inverted); "
+                "images without an alpha channel are read as opaque."]
+    first = ", ".join(p.name for p in transparent[:3]) + (" ..." if len(transparent) > 3 else "")
+    return [f"{len(transparent)} of {n} images of split '{split}' in {folder} are fully "
+            f"transparent (alpha 0 at every pixel; first: {first}): they show empty space from "
+            "their viewpoints, and the scene will learn that."]
 
 
 def find_image(root: Path, rel: str, meta_path: Path, where: str) -> Path | None:

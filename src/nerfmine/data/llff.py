@@ -35,6 +35,7 @@ from nerfmine.data.capture import (
     MAX_AUTO_AABB_SCALE,
     aabb_scale_for_extent,
     capture_scene,
+    coincidence_note,
     holdout_indices,
     pose_centre_and_radius,
 )
@@ -42,10 +43,13 @@ from nerfmine.data.files import (
     FLOAT32_MAX,
     ROTATION_HINT,
     HeaderOnly,
+    PoseFixes,
+    fully_transparent,
     image_size,
     placeholder_images,
     read_image,
     rotation_problem,
+    transparency_notes,
 )
 from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
@@ -154,11 +158,19 @@ def load_llff(root: str | Path, split: str = "train", downscale: int = 1,
                         "must agree (re-run imgs2poses.py, or remove the extra images).")
     notes: list[str] = []
     c2w = llff_to_opengl(poses)
+    fixes = PoseFixes()
     for i, pose in enumerate(c2w):
         problem = rotation_problem(pose)
         if problem:
             raise DataError(f"{path}: row {i} (pose of {files[i].name}) {problem}; "
                             f"{ROTATION_HINT} (LLFF stores them as down, right, back).")
+        c2w[i] = fixes.fix(pose, f"row {i} ({files[i].name})")
+    notes += fixes.notes(path)
+    coincident = coincidence_note(c2w, path, "image")
+    if coincident:
+        notes.append(coincident)
+    # Normalised in float64: translations up to float32's largest value neither overflow nor
+    # lose the cameras' spread here; the float32 poses kept are within radius 1.
     centre, radius = pose_centre_and_radius(c2w[:, :3, 3])
     c2w[:, :3, 3] = (c2w[:, :3, 3] - centre) / radius
     far = float(bounds[:, 1].max()) / radius
@@ -180,6 +192,7 @@ def load_llff(root: str | Path, split: str = "train", downscale: int = 1,
     n = len(chosen)
     images = (np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8) if decode
               else placeholder_images(n, out_size[1], out_size[0]))
+    transparent: list[Path] = []
     for k, i in enumerate(chosen):
         img = read_image(files[i], i, path) if decode else HeaderOnly(
             image_size(files[i], i, path))
@@ -191,6 +204,9 @@ def load_llff(root: str | Path, split: str = "train", downscale: int = 1,
             if not prescaled and downscale > 1:
                 img = img.resize(out_size, Image.BOX)
             images[k] = np.asarray(img)
+            if fully_transparent(images[k]):
+                transparent.append(files[i])
+    notes += transparency_notes(transparent, n if decode else 0, split)
     fx = focal * sx
     if not fx <= FLOAT32_MAX:
         raise DataError(f"{path}: row 0's focal length {focal:g} for a width of {full_w:g} "

@@ -45,23 +45,29 @@ import torch
 from PIL import Image
 
 from nerfmine.data.capture import (
+    COINCIDE_FLOAT32,
     DEFAULT_OFFSET,
     DEFAULT_SCALE,
     capture_scene,
+    check_camera_placement,
+    coincidence_note,
     handle_missing,
     holdout_indices,
     pose_centre_and_radius,
 )
 from nerfmine.data.files import (
+    PoseFixes,
     downscaled_size,
     find_image,
     finite_number,
+    fully_transparent,
     image_size,
     placeholder_images,
     read_angle,
     read_image,
     read_json,
-    read_transform,
+    read_pose,
+    transparency_notes,
 )
 from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
@@ -165,6 +171,10 @@ def load_transforms(
     params: dict[int, tuple[list[float], list[float], tuple[int, int]]] = {}
     for i, image in found:
         params[i] = _frame_intrinsics(meta, frames[i], i, image, meta_path)
+    # Poses of every frame with an image too: float64 as the file gives them, rotations
+    # checked and orthonormalised (the scene keeps them in float32).
+    fixes = PoseFixes()
+    poses = {i: read_pose(frames[i], i, meta_path, fixes) for i, _ in found}
 
     n = len(chosen)
     full_size = params[chosen[0][0]][2]
@@ -177,6 +187,7 @@ def load_transforms(
     intrinsics = np.empty((n, 4), dtype=np.float64)
     distortion = np.empty((n, 6), dtype=np.float64)
     paths: list[Path] = []
+    transparent: list[Path] = []
     for k, (i, image) in enumerate(chosen):
         intr, dist, size = params[i]
         if size != full_size:
@@ -185,12 +196,14 @@ def load_transforms(
                 f"{w}x{h} but {image} (frames[{i}]) is {size[0]}x{size[1]}; all images of a "
                 "split must share one size."
             )
-        c2w[k] = read_transform(frames[i], i, meta_path)
+        c2w[k] = poses[i]
         if decode:
             img = read_image(image, i, meta_path)
             if downscale > 1:
                 img = img.resize(out_size, Image.BOX)
             images[k] = np.asarray(img)  # [H, W, 4]
+            if fully_transparent(images[k]):
+                transparent.append(image)
         fx, fy, cx, cy = intr
         intrinsics[k] = (fx * sx, fy * sy, cx * sx, cy * sy)
         distortion[k] = dist
@@ -210,8 +223,8 @@ def load_transforms(
     if dialect == "nerfstudio" and "scale" not in meta and "offset" not in meta:
         # nerfstudio's loader centres and scales the poses itself (its files carry neither):
         # do the same, from every frame with an image so that all splits share one world.
-        centres = np.stack([read_transform(frames[i], i, meta_path)[:3, 3] for i, _ in found])
-        centre, radius = pose_centre_and_radius(centres)
+        centres = np.stack([poses[i][:3, 3].astype(np.float32) for i, _ in found])
+        centre, radius = pose_centre_and_radius(centres, COINCIDE_FLOAT32)
         scale = DEFAULT_SCALE / radius
         offset = tuple(float(v) for v in DEFAULT_OFFSET - centre * scale)
         notes.append(
@@ -222,6 +235,17 @@ def load_transforms(
             f"{offset[2]:.4g}). Give 'scale' and 'offset' in the file to choose them yourself."
         )
     aabb_scale = _number(meta, "aabb_scale", meta_path, default=1.0, positive=True)
+    every = np.stack([poses[i] for i, _ in found])  # [M, 4, 4] float64
+    check_camera_placement(
+        every[:, :3, 3], every.astype(np.float32), scale, offset,
+        [f"frames[{i}] ('{frames[i]['file_path']}')" for i, _ in found], meta_path,
+        "give 'scale' and 'offset' in the file (x_unit = x * scale + offset) so that the "
+        "cameras lie within about 1 of the cube's centre 0.5", notes)
+    notes += fixes.notes(meta_path)
+    coincident = coincidence_note(every, meta_path, "frame", COINCIDE_FLOAT32)
+    if coincident:
+        notes.append(coincident)
+    notes += transparency_notes(transparent, n if decode else 0, split)
 
     scene = capture_scene(images, c2w, intrinsics, distortion, camera_model, paths, split,
                           out_size, scale, offset, aabb_scale, dialect, notes)
