@@ -370,7 +370,13 @@ def test_killed_runs_always_resume_and_lose_at_most_one_checkpoint_interval(tmp_
     out = os.environ.get("NERFMINE_ROBUSTNESS_REPORT")
     if out:
         kills = [r for r in report if r["killed"]]
-        summary = {"cycles": len(report), "kills": len(kills),
+        from nerfmine.provenance import device_name, git_commit
+
+        summary = {"device": device_name(torch.device("cpu")), "commit": git_commit(),
+                   "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   "command": "NERFMINE_KILL_CYCLES=N NERFMINE_ROBUSTNESS_REPORT=... python -m "
+                              "pytest tests/test_robustness.py -k killed",
+                   "cycles": len(report), "kills": len(kills),
                    "kills_by_mode": {m: sum(r["mode"] == m for r in kills)
                                      for m in sorted({r["mode"] for r in kills})},
                    "max_lost_steps": max((r["lost_steps"] for r in kills), default=0),
