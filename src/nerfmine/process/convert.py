@@ -69,8 +69,9 @@ def transforms_dict(scene: SceneData, root: Path,
 
     Intrinsics and distortion shared by every image go to the top level; when cameras differ
     each frame carries its own. The distortion coefficients are always also at the top level
-    (from a camera that has non-zero ones): nerfmine's reader (like instant-ngp) chooses the
-    lens model from the top-level keys, per-frame keys only override values."""
+    (from a camera that has non-zero ones), so that readers which choose the lens model from
+    the top-level keys only (older instant-ngp tools) see the lens too; nerfmine's reader
+    also reads per-frame coefficients."""
     keys = _DISTORTION_KEYS.get(scene.camera_model, ())
     intrinsics = [tuple(v) for v in scene.intrinsics.tolist()]
     distortion = ([tuple(v) for v in scene.distortion.tolist()]
