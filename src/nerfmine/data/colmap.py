@@ -32,8 +32,15 @@ Conventions (the result is a :class:`~nerfmine.data.scene_data.SceneData` like e
   images missing on disk raise DataError, or are dropped with ``skip_missing`` (a note), before
   the hold-out, like :func:`nerfmine.data.transforms.load_transforms`.
 - Splits: registered images sorted by name; "test" holds every ``holdout_every``-th (sorted
-  index % holdout_every == 0), "train" the rest, "all" every image. ``downscale`` box-filters the
-  images and scales the intrinsics.
+  index % holdout_every == 0), "train" the rest, "all" every image.
+- Downscale: ``downscale`` N scales the intrinsics by ``(w // N) / w`` and ``(h // N) / h`` (the
+  images become ``w // N`` by ``h // N``) and reads ``images_dir``'s sibling ``{name}_N/``
+  (``images_2/`` beside ``images/``, as ``nerfmine process`` and nerfstudio write it) when it
+  holds every registered image found under the same name at exactly that size
+  (:func:`nerfmine.data.files.prescaled_images`; else a note says why); otherwise the
+  originals are box-filtered. Either way the split, intrinsics and size are the same; only the
+  resampling filter differs. The originals are still needed (they decide which images exist,
+  and their sizes are checked against the cameras).
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from nerfmine.data.capture import (
 )
 from nerfmine.data.files import (
     FLOAT32_MAX,
+    IMAGE_EXTS,
     ROTATION_HINT,
     HeaderOnly,
     downscaled_size,
@@ -69,6 +77,7 @@ from nerfmine.data.files import (
     image_size,
     orthonormalised,
     placeholder_images,
+    prescaled_images,
     read_image,
     rotation_problem,
     transparency_notes,
@@ -96,7 +105,6 @@ _MODELS = {
     ),
     "RADIAL_FISHEYE": ("fisheye", lambda p: ((p[0], p[0], p[1], p[2]), (p[3], p[4], 0, 0, 0, 0))),
 }
-_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 # OpenCV camera axes (x right, y down, z forward) -> OpenGL (x right, y up, z backward)
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0])
 
@@ -157,7 +165,7 @@ def load_colmap(
     on_disk = sorted(
         p.relative_to(images_dir).as_posix()
         for p in images_dir.rglob("*")
-        if p.is_file() and p.suffix.lower() in _IMAGE_EXTS
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS
     )
     unposed = [n for n in on_disk if n not in reg_names]
     if unposed:
@@ -220,40 +228,53 @@ def load_colmap(
         )
     out_size = downscaled_size((w, h), downscale)
     sx, sy = out_size[0] / w, out_size[1] / h
+    # images_N/ copies of every image found (whatever the split, so all splits read alike)
+    prescaled = prescaled_images(
+        images_dir, downscale,
+        [(on_disk_of[im.image_id], (cameras[im.camera_id].width, cameras[im.camera_id].height))
+         for im in found], notes)
     n = len(chosen)
     images = (np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8) if decode
               else placeholder_images(n, out_size[1], out_size[0]))
     intrinsics = np.empty((n, 4), dtype=np.float64)
     distortion = np.empty((n, 6), dtype=np.float64)
-    paths: list[Path] = []
+    paths: list[Path] = []  # the files read
+    originals: list[Path] = []
     transparent: list[Path] = []
     for k, i in enumerate(chosen):
         im = found[i]
         path = on_disk_of[im.image_id]
         cam = cameras[im.camera_id]
-        img = read_image(path, i, model_file) if decode else HeaderOnly(
-            image_size(path, i, model_file))
-        if img.size != (cam.width, cam.height):
+        source = path if prescaled is None else prescaled[i]
+        if prescaled is None:
+            img = read_image(path, i, model_file) if decode else HeaderOnly(
+                image_size(path, i, model_file))
+            size = img.size
+        else:  # the original's size is checked as always; the copy's was checked
+            size = image_size(path, i, model_file)
+            img = read_image(source, i, model_file) if decode else None
+        if size != (cam.width, cam.height):
             raise DataError(
-                f"{path} is {img.size[0]}x{img.size[1]} but its COLMAP camera {im.camera_id} "
+                f"{path} is {size[0]}x{size[1]} but its COLMAP camera {im.camera_id} "
                 f"is {cam.width}x{cam.height}; the images must be the ones COLMAP saw."
             )
-        if img.size != (w, h):
+        if size != (w, h):
             raise DataError(
-                f"{model_dir}: images have mixed sizes: {paths[0] if paths else path} is "
-                f"{w}x{h} but {path} is {img.size[0]}x{img.size[1]}; all images of a split "
-                "must share one size."
+                f"{model_dir}: images have mixed sizes: {originals[0] if originals else path} "
+                f"is {w}x{h} but {path} is {size[0]}x{size[1]}; all images of a split must "
+                "share one size."
             )
         if decode:
-            if downscale > 1:
+            if prescaled is None and downscale > 1:
                 img = img.resize(out_size, Image.BOX)
             images[k] = np.asarray(img)  # [H, W, 4]
             if fully_transparent(images[k]):
-                transparent.append(path)
+                transparent.append(source)
         _, (fx, fy, cx, cy), dist = cams[im.camera_id]
         intrinsics[k] = (fx * sx, fy * sy, cx * sx, cy * sy)
         distortion[k] = dist
-        paths.append(path)
+        paths.append(source)
+        originals.append(path)
 
     notes += transparency_notes(transparent, n if decode else 0, split)
     return capture_scene(images, c2w_all[chosen], intrinsics, distortion, camera_model, paths,

@@ -22,6 +22,8 @@ _SPLIT_ORDER = ("train", "val", "test")
 # The largest magnitude a float32 holds: poses and intrinsics are used in float32 downstream, so
 # a larger value in a file would turn into inf there.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The image files the capture loaders list in a folder (by extension, any case).
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 
 
 def available_splits(root: str | Path) -> list[str]:
@@ -451,3 +453,92 @@ def image_error(exc: Exception, path: Path, i: int, meta_path: Path) -> Exceptio
         return DataError(f"{where} is not an image file; expected a PNG (RGBA or RGB) or JPEG.")
     return DataError(f"{where} is corrupt or unreadable ({type(exc).__name__}: "
                      f"{str(exc)[:200]}). Re-export or re-download the image.")
+
+
+def prescaled_folder(images_dir: Path, factor: int) -> Path:
+    """The folder of ``images_dir``'s images shrunk ``factor`` times: its sibling
+    ``{name}_{factor}`` (``images_2/`` beside ``images/``: the layout of LLFF, Mip-NeRF 360,
+    nerfstudio's ``ns-process-data`` and ``nerfmine process``)."""
+    return images_dir.parent / f"{images_dir.name}_{factor}"
+
+
+def prescaled_images(images_dir: Path, factor: int,
+                     wanted: list[tuple[Path, tuple[int, int]]] | tuple[int, tuple[int, int]],
+                     notes: list[str], *, rounded: bool = False, instead: str | None = None
+                     ) -> list[Path] | None:
+    """The pre-downscaled copies, in :func:`prescaled_folder`, of the originals ``wanted`` in
+    ``images_dir`` to read for ``--downscale factor`` instead of box-filtering the originals;
+    None when there are none to use (``factor`` 1, or no such folder), or when the folder
+    cannot stand in for the originals: then a note in ``notes`` says why and what is done
+    ``instead`` (default: the originals are box-filtered).
+
+    ``wanted`` is either a list of (original: a file below ``images_dir``, its (width,
+    height)), each of which the folder must hold under the same path relative to it; or
+    (count, (width, height)): the folder's image files in name order stand for ``count``
+    originals of that size, paired by position (LLFF, whose ``images_N/`` files are often
+    named unlike ``images/``'s), and there must be exactly ``count`` of them.
+
+    The header of every copy (not its pixels) must give exactly the size a downscale gives:
+    ``(w // factor, h // factor)`` of its original, so that the camera intrinsics, scaled by
+    ``(w // factor) / w`` and ``(h // factor) / h``, are those of box-filtering the originals
+    and only the resampling filter differs. ``rounded`` also accepts ``w / factor`` rounded up
+    per axis (the copies then must share one size): ImageMagick's ``-resize 25%``, which LLFF's
+    and Mip-NeRF 360's ``images_N/`` come from, rounds half up (4946 -> 1237 for factor 4)."""
+    folder = prescaled_folder(images_dir, factor)
+    if factor <= 1 or not folder.is_dir():
+        return None
+    if isinstance(wanted, tuple):
+        count, size = wanted
+        names = sorted(p.name for p in folder.iterdir()
+                       if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        if len(names) != count:
+            problem = f"it holds {len(names)} image files, not the {count} needed"
+            return _not_prescaled(folder, factor, problem, images_dir, notes, instead)
+        wanted = [(images_dir / name, size) for name in names]
+    rels = []
+    for original, _ in wanted:
+        try:
+            rel = Path(original).relative_to(images_dir)
+        except ValueError:
+            rel = None
+        if rel is None or ".." in rel.parts:
+            problem = f"{original} is not inside {images_dir}"
+            return _not_prescaled(folder, factor, problem, images_dir, notes, instead)
+        rels.append(rel.as_posix())
+    files = [folder / rel for rel in rels]
+    missing = [rel for rel, path in zip(rels, files) if not path.is_file()]
+    if missing:
+        problem = (f"{len(missing)} of the {len(files)} images are missing from it (first: "
+                   f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})")
+        return _not_prescaled(folder, factor, problem, images_dir, notes, instead)
+    first_size = None
+    for rel, (_, (w, h)), path in zip(rels, wanted, files):
+        try:
+            with Image.open(path) as im:
+                size = im.size
+        except Exception as exc:  # noqa: BLE001 - any Pillow failure: the originals are read
+            problem = f"{rel} in it cannot be read ({type(exc).__name__}: {str(exc)[:100]})"
+            return _not_prescaled(folder, factor, problem, images_dir, notes, instead)
+        floor = (w // factor, h // factor)
+        ceil = (-(-w // factor), -(-h // factor))
+        ok = size == floor or (rounded and all(lo <= s <= hi for s, lo, hi in
+                                               zip(size, floor, ceil)))
+        if ok and rounded and first_size not in (None, size):
+            problem = (f"its images have mixed sizes ({first_size[0]}x{first_size[1]} and "
+                       f"{size[0]}x{size[1]} for {rel})")
+            return _not_prescaled(folder, factor, problem, images_dir, notes, instead)
+        if not ok:
+            expected = f"{floor[0]}x{floor[1]}" + (
+                f" (or {ceil[0]}x{ceil[1]}, rounded up)" if rounded and ceil != floor else "")
+            problem = (f"{rel} in it is {size[0]}x{size[1]}, not {expected}: its original is "
+                       f"{w}x{h}, so downscale {factor} gives {floor[0]}x{floor[1]}")
+            return _not_prescaled(folder, factor, problem, images_dir, notes, instead)
+        first_size = size
+    return files
+
+
+def _not_prescaled(folder: Path, factor: int, problem: str, images_dir: Path,
+                   notes: list[str], instead: str | None) -> None:
+    notes.append(f"{folder} is not used for downscale {factor}: {problem}; "
+                 + (instead or f"the images of {images_dir} are box-filtered instead") + ".")
+    return None

@@ -10,9 +10,13 @@ Conventions (LLFF's ``imgs2poses.py`` writes the file; Mip-NeRF 360 ships its sc
   length in pixels of the full-resolution images. The OpenGL camera-to-world pose nerfmine uses
   (x right, y up, looking down -z) is ``[right, up, back] = [R[:, 1], -R[:, 0], R[:, 2]]``.
 - Images: the i-th image file of ``images/`` by name is pose i. ``downscale`` N reads
-  ``images_N/`` when it exists (the same views N times smaller, as the benchmarks use them)
-  instead of shrinking ``images/``; the focal length scales by the images' actual width over
-  the full width, the principal point is the image centre.
+  ``images_N/`` when it exists and fits (the same views N times smaller, as the benchmarks use
+  them) instead of shrinking ``images/``: :func:`nerfmine.data.files.prescaled_images`, with
+  its i-th file by name as pose i (LLFF's minify names them unlike ``images/``), one per pose,
+  each ``W / N`` by ``H / N`` of the full size in ``poses_bounds.npy`` rounded down or up
+  (ImageMagick's ``-resize``, which made LLFF's and Mip-NeRF 360's, rounds half up); otherwise
+  a note says why and ``images/`` is box-filtered. The focal length scales by the images'
+  actual width over the full width, the principal point is the image centre.
 - Placement: the poses are centred at the mean camera position and divided by the largest
   camera distance from it (as COLMAP models are), then mapped with instant-ngp's scale 0.33
   and offset 0.5. The modelled box must hold what the cameras see: ``aabb_scale`` is the
@@ -41,12 +45,15 @@ from nerfmine.data.capture import (
 )
 from nerfmine.data.files import (
     FLOAT32_MAX,
+    IMAGE_EXTS,
     ROTATION_HINT,
     HeaderOnly,
     PoseFixes,
     fully_transparent,
     image_size,
     placeholder_images,
+    prescaled_folder,
+    prescaled_images,
     read_image,
     rotation_problem,
     transparency_notes,
@@ -55,7 +62,6 @@ from nerfmine.data.scene_data import SceneData
 from nerfmine.errors import DataError
 
 POSES_FILE = "poses_bounds.npy"
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
 
 def is_llff(folder: Path) -> bool:
@@ -78,12 +84,23 @@ def llff_to_opengl(poses: np.ndarray) -> np.ndarray:
     return c2w
 
 
-def _images_folder(root: Path, downscale: int) -> tuple[Path, bool]:
-    """(folder to read, whether its images are already downscaled)."""
-    if downscale > 1 and (root / f"images_{downscale}").is_dir():
-        return root / f"images_{downscale}", True
-    if (root / "images").is_dir():
-        return root / "images", False
+def _images_folder(root: Path, downscale: int, count: int, full_size: tuple[int, int],
+                   notes: list[str]) -> tuple[Path, list[Path] | None]:
+    """(folder to read, its image files when they are ``images_{downscale}/``'s, already
+    downscaled; None for ``images/``, whose files the caller lists)."""
+    images = root / "images"
+    has_images = images.is_dir()
+    before = len(notes)
+    files = prescaled_images(images, downscale, (count, full_size), notes, rounded=True,
+                             instead=None if has_images else "there is no images/ folder "
+                             "to downscale instead")
+    if files is not None:
+        return prescaled_folder(images, downscale), files
+    if has_images:
+        return images, None
+    if len(notes) > before:  # images_N/ is there but does not fit
+        raise DataError(f"{root}: {notes.pop()} Put the full-size images in images/, or fix "
+                        f"{prescaled_folder(images, downscale).name}/.")
     raise DataError(f"{root}: {POSES_FILE} is here but no images/ folder"
                     + (f" (nor images_{downscale}/)" if downscale > 1 else "")
                     + "; put the images beside it as LLFF's imgs2poses.py expects.")
@@ -150,13 +167,16 @@ def load_llff(root: str | Path, split: str = "train", downscale: int = 1,
     if not (full_h > 0 and full_w > 0 and focal > 0):
         raise DataError(f"{path}: row 0's height, width and focal length (the pose's last "
                         f"column) must be > 0, got {full_h:g}, {full_w:g}, {focal:g}.")
-    folder, prescaled = _images_folder(root, downscale)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    notes: list[str] = []
+    full_size = (max(1, round(full_w)), max(1, round(full_h)))
+    folder, files = _images_folder(root, downscale, len(poses), full_size, notes)
+    prescaled = files is not None
+    if files is None:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if len(files) != len(poses):
         raise DataError(f"{folder}: {len(files)} images but {path} has {len(poses)} poses; "
                         "LLFF pairs the i-th image by name with the i-th pose, so the counts "
                         "must agree (re-run imgs2poses.py, or remove the extra images).")
-    notes: list[str] = []
     c2w = llff_to_opengl(poses)
     fixes = PoseFixes()
     for i, pose in enumerate(c2w):

@@ -16,16 +16,33 @@ Conventions (both dialects, and the same as the Blender loader):
 - Intrinsics may be given at the top level, per frame (a frame's key wins), or both. Missing
   focal lengths come from ``camera_angle_x``/``camera_angle_y``; fl_y defaults to fl_x, cx/cy to
   the image centre; w/h, when given, must equal the image's size.
-- Distortion ``k1 k2 k3 k4 p1 p2`` (missing = 0). Camera model: nerfstudio ``camera_model``
+- Distortion ``k1 k2 k3 k4 p1 p2`` (missing = 0), at the top level, per frame (a frame's key
+  wins), or both, like the intrinsics. Camera model: nerfstudio ``camera_model``
   "OPENCV" -> "opencv", "OPENCV_FISHEYE" -> "fisheye", "PINHOLE"/"SIMPLE_PINHOLE" -> "pinhole";
-  instant-ngp: ``is_fisheye`` -> "fisheye", else "opencv" if any coefficient is non-zero, else
-  "pinhole".
+  instant-ngp: decided from every frame that has an image (whatever the split, so all splits
+  agree), each frame with the top-level keys and its own (as instant-ngp reads a frame's lens):
+  ``is_fisheye`` (a frame's wins) -> "fisheye", else "opencv" if any frame's coefficients are
+  non-zero (frames without any then have zero coefficients), else "pinhole". Fisheye frames
+  mixed with perspective ones are refused (one scene, one kind of lens).
 - Unit cube: ``x_unit = x_world * scale + offset`` with the file's ``scale``/``offset`` or
   instant-ngp's defaults 0.33 and (0.5, 0.5, 0.5); ``aabb_scale`` (default 1) is recorded.
   A nerfstudio file without ``scale``/``offset`` is centred and scaled from its camera poses
   (nerfstudio's own loader does that): the mean camera position goes to the cube's centre and
   the cameras to within 0.33 of it (``scale = 0.33 / radius``, ``offset = 0.5 - centre *
   scale``), as COLMAP models are.
+- Downscale: ``downscale`` N scales the intrinsics by ``(w // N) / w`` and ``(h // N) / h``
+  (the images become ``w // N`` by ``h // N``). When every frame's ``file_path`` lies in one
+  folder below the file's (``images/frame_00001.jpg``), the folder's sibling with ``_N``
+  appended (``images_2/frame_00001.jpg``, nerfstudio's layout: its ``ns-process-data`` writes
+  ``images_2/`` etc. beside ``images/``) is read instead of box-filtering the originals, when
+  it holds every frame's image (the path below the folder kept) at exactly that size
+  (:func:`nerfmine.data.files.prescaled_images`; otherwise a note says why). The intrinsics are
+  the same either way (nerfstudio scales them by 1 / N, which differs by under a pixel when N
+  does not divide the size; ``(w // N) / w`` is what resizing the whole image to ``w // N``
+  pixels does), so only the resampling filter differs. nerfstudio looks for
+  ``images_N/<file name>`` whatever the folder; here the folder's own name gets the ``_N``
+  and subfolders are kept, the same for its usual ``images/<name>`` paths. The originals are
+  still needed: they decide which frames exist and their sizes check ``w``/``h``.
 - Splits: frames are sorted by ``file_path``; split "test" holds every ``holdout_every``-th frame
   (sorted index % holdout_every == 0), "train" the rest, "all" every frame. Frames whose image
   is missing are dropped (with ``skip_missing``) *before* the hold-out, so a file with missing
@@ -63,6 +80,8 @@ from nerfmine.data.files import (
     fully_transparent,
     image_size,
     placeholder_images,
+    prescaled_folder,
+    prescaled_images,
     read_angle,
     read_image,
     read_json,
@@ -123,7 +142,10 @@ def load_transforms(
     meta = read_json(meta_path, root, split)
     notes: list[str] = []
     dialect = "nerfstudio" if "camera_model" in meta else "instant-ngp"
-    camera_model = _camera_model(meta, meta_path, dialect)
+    if dialect == "nerfstudio":
+        camera_model = _camera_model(meta, meta_path)
+    else:
+        _fisheye_flag(meta, meta_path)  # checked before the frames, as before
 
     if "frames" not in meta:
         raise DataError(f"{meta_path}: missing key 'frames' (a list of camera frames).")
@@ -142,7 +164,7 @@ def load_transforms(
                 f"relative to {root})."
             )
         if dialect == "nerfstudio" and "camera_model" in frame:
-            if _camera_model(frame, meta_path, dialect, where=f"frames[{i}] ") != camera_model:
+            if _camera_model(frame, meta_path, where=f"frames[{i}] ") != camera_model:
                 raise DataError(
                     f"{meta_path}: frames[{i}] ('{rel}') has camera_model "
                     f"'{frame['camera_model']}' but the file's is '{meta['camera_model']}'; "
@@ -171,6 +193,8 @@ def load_transforms(
     params: dict[int, tuple[list[float], list[float], tuple[int, int]]] = {}
     for i, image in found:
         params[i] = _frame_intrinsics(meta, frames[i], i, image, meta_path)
+    if dialect == "instant-ngp":
+        camera_model = _instant_ngp_lens(meta, frames, found, params, meta_path)
     # Poses of every frame with an image too: float64 as the file gives them, rotations
     # checked and orthonormalised (the scene keeps them in float32).
     fixes = PoseFixes()
@@ -181,33 +205,37 @@ def load_transforms(
     w, h = full_size
     out_size = downscaled_size(full_size, downscale)
     sx, sy = out_size[0] / w, out_size[1] / h
+    prescaled = _prescaled(root, found, params, downscale, notes)
     images = (np.empty((n, out_size[1], out_size[0], 4), dtype=np.uint8) if decode
               else placeholder_images(n, out_size[1], out_size[0]))
     c2w = np.empty((n, 4, 4), dtype=np.float32)
     intrinsics = np.empty((n, 4), dtype=np.float64)
     distortion = np.empty((n, 6), dtype=np.float64)
-    paths: list[Path] = []
+    paths: list[Path] = []  # the files read
+    originals: list[Path] = []
     transparent: list[Path] = []
     for k, (i, image) in enumerate(chosen):
         intr, dist, size = params[i]
         if size != full_size:
             raise DataError(
-                f"{meta_path}: images have mixed sizes: {paths[0] if paths else image} is "
+                f"{meta_path}: images have mixed sizes: {originals[0] if originals else image} is "
                 f"{w}x{h} but {image} (frames[{i}]) is {size[0]}x{size[1]}; all images of a "
                 "split must share one size."
             )
         c2w[k] = poses[i]
+        source = image if prescaled is None else prescaled[i]
         if decode:
-            img = read_image(image, i, meta_path)
-            if downscale > 1:
+            img = read_image(source, i, meta_path)
+            if prescaled is None and downscale > 1:
                 img = img.resize(out_size, Image.BOX)
             images[k] = np.asarray(img)  # [H, W, 4]
             if fully_transparent(images[k]):
-                transparent.append(image)
+                transparent.append(source)
         fx, fy, cx, cy = intr
         intrinsics[k] = (fx * sx, fy * sy, cx * sx, cy * sy)
         distortion[k] = dist
-        paths.append(image)
+        paths.append(source)
+        originals.append(image)
 
     if camera_model == "pinhole" and np.any(distortion != 0):
         notes.append(
@@ -255,25 +283,80 @@ def load_transforms(
     return scene
 
 
-def _camera_model(meta: dict, meta_path: Path, dialect: str, where: str = "") -> str:
-    if dialect == "nerfstudio":
-        name = meta["camera_model"]
-        if not isinstance(name, str) or name not in _NERFSTUDIO_MODELS:
-            raise DataError(
-                f"{meta_path}: {where}camera_model {shown(name)} is not supported; expected one "
-                f"of {', '.join(_NERFSTUDIO_MODELS)}."
-            )
-        return _NERFSTUDIO_MODELS[name]
-    fisheye = meta.get("is_fisheye", False)
+def _camera_model(meta: dict, meta_path: Path, where: str = "") -> str:
+    """The lens of a nerfstudio file (or frame: ``where``) from its ``camera_model``."""
+    name = meta["camera_model"]
+    if not isinstance(name, str) or name not in _NERFSTUDIO_MODELS:
+        raise DataError(
+            f"{meta_path}: {where}camera_model {shown(name)} is not supported; expected one "
+            f"of {', '.join(_NERFSTUDIO_MODELS)}."
+        )
+    return _NERFSTUDIO_MODELS[name]
+
+
+def _fisheye_flag(d: dict, meta_path: Path, where: str = "") -> bool | None:
+    """``d``'s ``is_fisheye`` (None when it has none)."""
+    if "is_fisheye" not in d:
+        return None
+    fisheye = d["is_fisheye"]
     if fisheye not in (True, False):  # also 0 and 1, which instant-ngp's own files never use
-        raise DataError(f"{meta_path}: 'is_fisheye' must be true or false, got {shown(fisheye)}.")
-    if fisheye:
+        raise DataError(f"{meta_path}: {where}'is_fisheye' must be true or false, got "
+                        f"{shown(fisheye)}.")
+    return bool(fisheye)
+
+
+def _instant_ngp_lens(meta: dict, frames: list, found: list[tuple[int, Path]],
+                      params: dict, meta_path: Path) -> str:
+    """The lens of an instant-ngp file from every frame with an image: each frame's
+    ``is_fisheye`` (its own, else the top level's) and distortion coefficients (the top
+    level's overridden by its own, already merged in ``params``), as instant-ngp reads a
+    frame's lens over the file's."""
+    top = _fisheye_flag(meta, meta_path) or False
+    kinds: dict[str, int] = {}  # lens -> the first frame with it
+    for i, _ in found:
+        where = f"frames[{i}] ('{frames[i]['file_path']}') "
+        own = _fisheye_flag(frames[i], meta_path, where)
+        fisheye = top if own is None else own
+        kind = ("fisheye" if fisheye else
+                "opencv" if any(v != 0 for v in params[i][1]) else "pinhole")
+        kinds.setdefault(kind, i)
+    if "fisheye" in kinds and len(kinds) > 1:
+        other = next(k for k in kinds if k != "fisheye")
+        raise DataError(
+            f"{meta_path}: frames[{kinds['fisheye']}] is a fisheye camera (is_fisheye) but "
+            f"frames[{kinds[other]}] is not; one scene needs one kind of lens (give "
+            "'is_fisheye' at the top level, or the same in every frame).")
+    if "fisheye" in kinds:
         return "fisheye"
-    return "opencv" if any(_is_nonzero(meta.get(k)) for k in _DIST_KEYS) else "pinhole"
+    return "opencv" if "opencv" in kinds else "pinhole"
 
 
-def _is_nonzero(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0
+def _prescaled(root: Path, found: list[tuple[int, Path]], params: dict, downscale: int,
+               notes: list[str]) -> dict[int, Path] | None:
+    """The pre-downscaled copy of every frame's image (frame index -> path) when the frames'
+    images lie in one folder below ``root`` whose ``_{downscale}`` sibling holds them all at
+    the downscaled size (see the module docstring); None to box-filter the originals."""
+    if downscale <= 1:
+        return None
+    tops = set()
+    for _, image in found:
+        try:
+            parts = image.relative_to(root).parts
+        except ValueError:  # an absolute file_path elsewhere
+            return None
+        tops.add(parts[0] if len(parts) > 1 and parts[0] != ".." else None)
+    if len(tops) != 1 or None in tops:
+        candidates = sorted(t for t in tops
+                            if t and prescaled_folder(root / t, downscale).is_dir())
+        if candidates:
+            notes.append(f"{prescaled_folder(root / candidates[0], downscale)} is not used for "
+                         f"downscale {downscale}: the frames' images are not all in "
+                         f"{root / candidates[0]}; the images are box-filtered instead.")
+        return None
+    images_dir = root / tops.pop()
+    files = prescaled_images(images_dir, downscale,
+                             [(image, params[i][2]) for i, image in found], notes)
+    return None if files is None else {i: f for (i, _), f in zip(found, files)}
 
 
 def _number(d: dict, key: str, meta_path: Path, default=None, positive=False, where=""):
