@@ -71,6 +71,39 @@ def test_a_second_run_on_the_same_folder_refuses_and_writes_nothing(tmp_path):
         pass
 
 
+# --------------------------------------------------------------------------- atomic files
+def test_an_atomic_write_is_whole_or_absent_and_made_like_open(tmp_path):
+    from nerfmine.run_folder import atomic_write, atomic_write_text
+
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert target.stat().st_mode == plain.stat().st_mode  # not mkstemp's private 0o600
+
+    def fails(handle):
+        handle.write(b"half of the new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError, match=r"metrics.json: the disk is full.*intact"):
+        atomic_write(target, fails)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "plain.txt"]
+
+
+def test_stale_temporaries_are_removed_from_the_run_folder_and_its_subfolders(tmp_path):
+    from nerfmine.run_folder import remove_stale_temporaries
+
+    renders = tmp_path / "renders" / "test"
+    renders.mkdir(parents=True)
+    stale = [tmp_path / "checkpoint.pt.k2j1x.tmp", renders / "r_0.png.4pti_f1u.tmp"]
+    kept = [tmp_path / "notes.tmp", renders / "r_0.png", tmp_path / "config.json"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+
+
 # --------------------------------------------------------------------------- full disk
 @pytest.mark.parametrize("fault", ["ENOSPC", "zip writer"])
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(fault, tmp_path, monkeypatch):

@@ -33,6 +33,18 @@ from nerfmine.errors import OutputError
 LOCK_NAME = ".lock"
 TMP_SUFFIX = ".tmp"
 
+
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file (0o666 less the umask):
+    ``tempfile.mkstemp`` creates its files 0o600, which would make every rewritten run file
+    private to its owner."""
+    umask = os.umask(0)  # read at import, before any thread could create files
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
 _CAUSES = {
     errno.ENOSPC: "the disk is full",
     errno.EDQUOT: "the disk quota is exceeded",
@@ -81,6 +93,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
+            if hasattr(os, "fchmod"):  # POSIX
+                os.fchmod(handle.fileno(), _FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException as exc:
@@ -128,10 +142,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the ``<name>.<random>.tmp`` files that killed writes left in ``folder`` (not in
-    its subfolders); returns them. Call it holding the folder's :class:`RunLock`."""
+    """Delete the ``<name>.<random>.tmp`` files that killed writes left in ``folder`` and its
+    subfolders (renders are written into ``renders/<split>/``); returns them. Call it holding
+    the folder's :class:`RunLock`."""
     removed = []
-    for tmp in Path(folder).glob(f"*{TMP_SUFFIX}"):
+    for tmp in Path(folder).rglob(f"*{TMP_SUFFIX}"):
         stem = tmp.name[: -len(TMP_SUFFIX)]
         if tmp.is_file() and "." in stem:
             tmp.unlink(missing_ok=True)
