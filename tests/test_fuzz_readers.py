@@ -194,14 +194,16 @@ def _set(doc, path, value):
 @st.composite
 def mutation(draw, doc, pool=values):
     """One mutation of the JSON document ``doc`` (changed in place, or a new root); new
-    values come from ``pool``."""
+    values come from ``pool``, copied (the pool's lists and dicts are shared constants: a
+    mutation inside one must never reach the next example, nor make a document contain
+    itself)."""
     path = draw(st.sampled_from(_paths(doc)))
     node = _get(doc, path)
     op = draw(st.sampled_from(["replace", "replace", "replace", "drop", "add", "stringify",
                                "scale", "truncate", "duplicate", "wrap"]))
     note(f"mutation: {op} at {list(path)}")
     if op == "replace":
-        return _set(doc, path, draw(pool))
+        return _set(doc, path, copy.deepcopy(draw(pool)))
     if op == "drop" and path:
         parent = _get(doc, path[:-1])
         del parent[path[-1]]
@@ -209,10 +211,10 @@ def mutation(draw, doc, pool=values):
     if op == "add" and isinstance(node, dict):
         node[draw(st.sampled_from(["extra", "frames", "fl_x", "w", "c2w", "transform_matrix",
                                    "camera_model", "train", "lr", "format_version", ""]))] = \
-            draw(pool)
+            copy.deepcopy(draw(pool))
         return doc
     if op == "add" and isinstance(node, list):
-        node.append(draw(pool))
+        node.append(copy.deepcopy(draw(pool)))
         return doc
     if op == "stringify" and not isinstance(node, (dict, list, Raw)):
         return _set(doc, path, str(node))

@@ -28,6 +28,7 @@ Conventions (LLFF's ``imgs2poses.py`` writes the file; Mip-NeRF 360 ships its sc
 
 from __future__ import annotations
 
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +109,9 @@ def _images_folder(root: Path, downscale: int, count: int, full_size: tuple[int,
 
 # What a .npy header can fail with: numpy words most problems as ValueError, but a damaged
 # header also gives EOFError (too short), SyntaxError/RecursionError/MemoryError (its Python
-# literal) or TypeError.
+# literal), tokenize.TokenError (an unbalanced bracket in it) or TypeError.
 _NPY_ERRORS = (OSError, ValueError, EOFError, SyntaxError, RecursionError, MemoryError,
-               TypeError)
+               TypeError, tokenize.TokenError)
 
 
 def read_poses_bounds(path: Path) -> np.ndarray:
