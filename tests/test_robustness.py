@@ -266,15 +266,15 @@ CHILD = textwrap.dedent('''
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    # Every file of a run folder goes through run_folder.atomic_write: "write:NAME" kills the
-    # process halfway through writing the temporary file of NAME (its k-th write).
+    # Every file of a run folder goes through run_folder.atomic_write: "write:.SUFFIX" kills
+    # the process halfway through writing the temporary file of its k-th file of that suffix.
     real_write, writes = run_folder.atomic_write, {}
     kill_at = rng.randint(1, 3)
 
     def atomic_write(path, write):
         path = Path(path)
-        writes[path.name] = writes.get(path.name, 0) + 1
-        if mode.startswith("write:") and path.suffix == mode[6:] and writes[path.name] >= kill_at:
+        writes[path.suffix] = writes.get(path.suffix, 0) + 1
+        if mode.startswith("write:") and path.suffix == mode[6:] and writes[path.suffix] >= kill_at:
             def half(handle):
                 buffer = io.BytesIO()
                 write(buffer)
@@ -345,6 +345,14 @@ def _check_run_folder(run: Path) -> int | None:
     return int(load_checkpoint(run / CHECKPOINT_NAME)["step"])
 
 
+def _check_finished(run: Path, budget: int) -> None:
+    """A run that went through kills and resumes ends like one that never stopped."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == budget and [c["step"] for c in metrics["curve"]] == [8, 16, 24]
+    assert not list(run.rglob("*.tmp"))
+    assert len(list((run / "renders" / "test").glob("*.png"))) == 2
+
+
 def test_killed_runs_always_resume_and_lose_at_most_one_checkpoint_interval(tmp_path):
     cycles = int(os.environ.get("NERFMINE_KILL_CYCLES", "5"))
     budget = 24
@@ -355,8 +363,8 @@ def test_killed_runs_always_resume_and_lose_at_most_one_checkpoint_interval(tmp_
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     rng = random.Random(20)
-    report, checkpoint_step, max_gap = [], None, 0
-    run = tmp_path / "run"
+    report, checkpoint_step, max_gap, finished = [], None, 0, 0
+    run = tmp_path / "run0"
     for cycle in range(cycles + 1):
         last = cycle == cycles
         mode = "none" if last else MODES[cycle % len(MODES)]
@@ -387,7 +395,7 @@ def test_killed_runs_always_resume_and_lose_at_most_one_checkpoint_interval(tmp_
         reached = max(steps + start + [0])
         marks = start[:1] + saves
         max_gap = max([max_gap] + [b - a for a, b in zip(marks, marks[1:])])
-        report.append({"cycle": cycle, "mode": mode, "killed": killed,
+        report.append({"cycle": cycle, "run": run.name, "mode": mode, "killed": killed,
                        "died": next((" ".join(w) for w in lines if w[0] == "dying"), None),
                        "checkpoint_before": checkpoint_step, "reached_step": reached,
                        "checkpoint_after": step_now,
@@ -396,10 +404,11 @@ def test_killed_runs_always_resume_and_lose_at_most_one_checkpoint_interval(tmp_
         checkpoint_step = step_now
         if not killed:
             assert "finished" in proc.stdout
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == budget and [c["step"] for c in metrics["curve"]] == [8, 16, 24]
-    assert not list(run.rglob("*.tmp"))
-    assert len(list((run / "renders" / "test").glob("*.png"))) == 2
+            _check_finished(run, budget)
+            finished += 1
+            if cycles - cycle >= 3:  # a fresh run folder for the next kills (a finished run
+                run = tmp_path / f"run{finished}"  # resumes straight to its final evaluation)
+                checkpoint_step = None
     out = os.environ.get("NERFMINE_ROBUSTNESS_REPORT")
     if out:
         kills = [r for r in report if r["killed"]]
@@ -409,7 +418,7 @@ def test_killed_runs_always_resume_and_lose_at_most_one_checkpoint_interval(tmp_
                    "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "command": "NERFMINE_KILL_CYCLES=N NERFMINE_ROBUSTNESS_REPORT=... python -m "
                               "pytest tests/test_robustness.py -k killed",
-                   "cycles": len(report), "kills": len(kills),
+                   "cycles": len(report), "kills": len(kills), "runs_finished": finished,
                    "kills_by_mode": {m: sum(r["mode"] == m for r in kills)
                                      for m in sorted({r["mode"] for r in kills})},
                    "max_lost_steps": max((r["lost_steps"] for r in kills), default=0),
