@@ -23,49 +23,43 @@ _UINT32_MASK = 0xFFFFFFFF
 def hash_grid_indices_and_weights(
     x: Tensor, spec: HashGridSpec, level: int
 ) -> tuple[Tensor, Tensor]:
-    """Global table rows and trilinear weights of the 8 corners of each point at one level.
+    """Global table rows and d-linear weights of the 2^d corners of each point at one level.
 
-    ``x`` [N, 3] in [0, 1] (any float dtype; positions are computed in float32 as
-    ``x * s_l + 0.5``, a multiply then an add). Corner k (0..7) has offset bit d of k along
-    dimension d, i.e. k = cx_bit + 2 * cy_bit + 4 * cz_bit, tcnn's order. Returns
-    ``indices`` [N, 8] int64 (rows of the flat table, level offset included, always inside the
-    level's slice) and ``weights`` [N, 8] float32 (product over dims, x first, of
+    ``x`` [N, d] in [0, 1] (d = ``spec.n_dims``; any float dtype; positions are computed in
+    float32 as ``x * s_l + 0.5``, a multiply then an add). Corner k (0 .. 2^d - 1) has offset
+    bit i of k along dimension i, i.e. k = cx_bit + 2 * cy_bit (+ 4 * cz_bit), tcnn's order.
+    Returns ``indices`` [N, 2^d] int64 (rows of the flat table, level offset included, always
+    inside the level's slice) and ``weights`` [N, 2^d] float32 (product over dims, x first, of
     ``frac`` or ``1 - frac``; each row sums to 1). Not differentiable (integer indices; weights
     are computed from a detached ``x``).
     """
     if not 0 <= level < spec.n_levels:
         raise ValueError(f"level must be in [0, {spec.n_levels}), got {level}")
-    x32 = x.detach().to(torch.float32)  # [N, 3]
+    x32 = x.detach().to(torch.float32)  # [N, d]
     scale = torch.tensor(spec.scales[level], dtype=torch.float32, device=x.device)
-    pos = x32 * scale + 0.5  # [N, 3]
-    cell_f = torch.floor(pos)  # [N, 3]
-    frac = pos - cell_f  # [N, 3]
-    cell = cell_f.to(torch.int64)  # [N, 3]
+    pos = x32 * scale + 0.5  # [N, d]
+    cell_f = torch.floor(pos)  # [N, d]
+    frac = pos - cell_f  # [N, d]
+    cell = cell_f.to(torch.int64)  # [N, d]
 
-    zero_one = torch.arange(2, dtype=torch.int64, device=x.device)  # [2]
-    cx = cell[:, 0:1] + zero_one  # [N, 2]
-    cy = cell[:, 1:2] + zero_one  # [N, 2]
-    cz = cell[:, 2:3] + zero_one  # [N, 2]
-    # Broadcast to [N, 2(z), 2(y), 2(x)] so that the flattened corner index is x + 2y + 4z.
-    if spec.dense_levels[level]:
-        res = spec.resolutions[level]
-        idx = cz[:, :, None, None] * (res * res) + cy[:, None, :, None] * res + cx[:, None, None, :]
-    else:
-        p0, p1, p2 = HASH_PRIMES
-        idx = torch.bitwise_xor(
-            torch.bitwise_xor(cx[:, None, None, :] * p0, cy[:, None, :, None] * p1),
-            cz[:, :, None, None] * p2,
-        )
+    n_corners = spec.n_corners
+    corner = torch.arange(n_corners, device=x.device)  # [C]
+    dense = spec.dense_levels[level]
+    res = spec.resolutions[level]
+    idx = torch.zeros(x.shape[0], n_corners, dtype=torch.int64, device=x.device)  # [N, C]
+    weights = torch.ones(x.shape[0], n_corners, dtype=torch.float32, device=x.device)  # [N, C]
+    for dim in range(spec.n_dims):
+        bit = (corner >> dim) & 1  # [C]
+        coord = cell[:, dim : dim + 1] + bit  # [N, C]
+        if dense:  # x + y res + z res^2
+            idx += coord * res**dim
+        else:  # (x * 1) ^ (y * 2654435761) ^ (z * 805459861)
+            idx.bitwise_xor_(coord * HASH_PRIMES[dim])
+        f = frac[:, dim : dim + 1]  # [N, 1]
+        weights *= torch.where(bit.bool(), f, 1.0 - f)  # x first: ((wx * wy) * wz)
     # uint32 arithmetic as in tcnn (the low 32 bits of the int64 result), then mod the level size.
     idx.bitwise_and_(_UINT32_MASK).remainder_(spec.level_sizes[level])
-    indices = idx.add_(spec.level_offsets[level]).reshape(-1, 8)  # [N, 8]
-
-    one_minus = 1.0 - frac  # [N, 3]
-    wx = torch.stack((one_minus[:, 0], frac[:, 0]), dim=1)  # [N, 2]
-    wy = torch.stack((one_minus[:, 1], frac[:, 1]), dim=1)  # [N, 2]
-    wz = torch.stack((one_minus[:, 2], frac[:, 2]), dim=1)  # [N, 2]
-    wxy = wy[:, :, None] * wx[:, None, :]  # [N, 2(y), 2(x)]
-    weights = (wxy[:, None, :, :] * wz[:, :, None, None]).reshape(-1, 8)  # [N, 8]
+    indices = idx.add_(spec.level_offsets[level])  # [N, C]
     return indices, weights
 
 
@@ -75,13 +69,13 @@ def _compute_dtype(table: Tensor) -> torch.dtype:
 
 
 def _encode_levels(x: Tensor, table: Tensor, spec: HashGridSpec) -> Tensor:
-    """Forward pass, level by level: [N, 3] -> [N, L*F]. No autograd bookkeeping."""
+    """Forward pass, level by level: [N, d] -> [N, L*F]. No autograd bookkeeping."""
     dtype = _compute_dtype(table)
     n, f = x.shape[0], spec.n_features
     out = torch.empty(n, spec.n_levels * f, dtype=dtype, device=x.device)  # [N, L*F]
     for level in range(spec.n_levels):
-        indices, weights = hash_grid_indices_and_weights(x, spec, level)  # [N, 8], [N, 8]
-        values = table[indices].to(dtype)  # [N, 8, F]
+        indices, weights = hash_grid_indices_and_weights(x, spec, level)  # [N, C], [N, C]
+        values = table[indices].to(dtype)  # [N, C, F]
         out[:, level * f : (level + 1) * f] = torch.bmm(
             weights.to(dtype).unsqueeze(1), values
         ).squeeze(1)  # [N, F]
@@ -102,15 +96,15 @@ def _table_grad(x: Tensor, grad_out: Tensor, table: Tensor, spec: HashGridSpec,
         grad = torch.zeros(table.shape, dtype=dtype, device=table.device)  # [n_entries, F]
     grad_out = grad_out.to(dtype)
     for level in range(spec.n_levels):
-        indices, weights = hash_grid_indices_and_weights(x, spec, level)  # [N, 8], [N, 8]
+        indices, weights = hash_grid_indices_and_weights(x, spec, level)  # [N, C], [N, C]
         g = grad_out[:, level * f : (level + 1) * f]  # [N, F]
-        contrib = weights.to(dtype).unsqueeze(2) * g.unsqueeze(1)  # [N, 8, F]
+        contrib = weights.to(dtype).unsqueeze(2) * g.unsqueeze(1)  # [N, C, F]
         grad.index_add_(0, indices.reshape(-1), contrib.reshape(-1, f))
     return grad if out is not None else grad.to(table.dtype)
 
 
 class _HashGridEncodeTorch(torch.autograd.Function):
-    """Recomputes indices and weights in the backward so only one level's [N, 8] lives at once."""
+    """Recomputes indices and weights in the backward so only one level's [N, C] lives at once."""
 
     @staticmethod
     def forward(ctx, x: Tensor, table: Tensor, spec: HashGridSpec, grad_sink) -> Tensor:
@@ -133,8 +127,8 @@ class _HashGridEncodeTorch(torch.autograd.Function):
 
 
 def _check_inputs(x: Tensor, table: Tensor, spec: HashGridSpec) -> None:
-    if x.dim() != 2 or x.shape[1] != 3:
-        raise ValueError(f"x must have shape [N, 3], got {tuple(x.shape)}")
+    if x.dim() != 2 or x.shape[1] != spec.n_dims:
+        raise ValueError(f"x must have shape [N, {spec.n_dims}], got {tuple(x.shape)}")
     expected = (spec.n_entries, spec.n_features)
     if tuple(table.shape) != expected:
         raise ValueError(f"table must have shape {list(expected)}, got {list(table.shape)}")
@@ -157,9 +151,9 @@ def _hash_grid_encode_torch(x: Tensor, table: Tensor, spec: HashGridSpec,
                             grad_sink: Tensor | None = None) -> Tensor:
     """Pure-PyTorch reference of the hash encoding (the spec for the Triton kernel).
 
-    ``x`` [N, 3] in [0, 1], ``table`` [spec.n_entries, F] (fp16, fp32 or fp64) -> [N, L*F],
-    level-major (columns l*F .. l*F+F-1 hold level l). Gathered values are upcast and
-    interpolated in float32 (float64 for a float64 table), and the output has that dtype.
+    ``x`` [N, d] in [0, 1] (d = ``spec.n_dims``), ``table`` [spec.n_entries, F] (fp16, fp32
+    or fp64) -> [N, L*F], level-major (columns l*F .. l*F+F-1 hold level l). Gathered values are
+    upcast and interpolated in float32 (float64 for a float64 table), and the output has that dtype.
 
     Differentiable with respect to ``table`` only (gradient: scatter-add of weight * upstream
     into the table rows, colliding points summed); ``x`` gets no gradient. The backward is not
@@ -174,7 +168,8 @@ def hash_grid_encode(
     x: Tensor, table: Tensor, spec: HashGridSpec, backend: str = "torch",
     grad_sink: Tensor | None = None, table_fp16: Tensor | None = None,
 ) -> Tensor:
-    """Multiresolution hash encoding: ``x`` [N, 3] in [0, 1] -> features [N, L*F] float32.
+    """Multiresolution hash encoding: ``x`` [N, d] in [0, 1] -> features [N, L*F] float32
+    (d = ``spec.n_dims``: 3 for the NeRF field, 2 for an image).
 
     ``table`` is the flat parameter table [spec.n_entries, spec.n_features] (level l occupies
     rows ``spec.level_offsets[l]`` to ``spec.level_offsets[l + 1]``). Output is level-major:

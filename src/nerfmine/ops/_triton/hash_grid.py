@@ -8,10 +8,11 @@ Forward
     parameters (scale, resolution, size, row offset) come from two tiny device tensors.
     Each corner is ONE 4-byte gather of the packed fp16 feature pair (the fp16 table viewed as
     int32), unpacked in registers; interpolation is accumulated in fp32; the output is fp32.
-    Index arithmetic is uint32 exactly as tcnn: hashed ``(x * 1) ^ (y * 2654435761) ^
-    (z * 805459861)`` wrapping in uint32 then ``& (T - 1)`` (hashed levels always have
-    T = 2^k entries); dense ``(x + y res + z res^2) % size`` in uint32 (the reference's
-    ``& 0xFFFFFFFF`` then ``% size`` on int64 gives the same bits).
+    A 2-D grid (an image) is the same kernel with the constexpr ``DIMS = 2``: no z load, 4
+    corners, the z terms zero. Index arithmetic is uint32 exactly as tcnn: hashed
+    ``(x * 1) ^ (y * 2654435761) ^ (z * 805459861)`` wrapping in uint32 then ``& (T - 1)``
+    (hashed levels always have T = 2^k entries); dense ``(x + y res + z res^2) % size`` in
+    uint32 (the reference's ``& 0xFFFFFFFF`` then ``% size`` on int64 gives the same bits).
 
 Backward (table only; ``x`` gets no gradient)
     fp32 gradient buffer ``[n_entries, 2]``, scatter-add of ``weight * grad_out``.
@@ -22,9 +23,9 @@ Backward (table only; ``x`` gets no gradient)
     * Contention (level 0: 4096 entries hit by 2^21 corner updates) is cut by a run-length
       pre-reduction (``_hash_grid_bwd_runs_kernel``): NeRF samples of a ray are contiguous,
       ~40 consecutive samples share a level-0 cell and still a few share a level-8 cell, and
-      consecutive points in one cell share all 8 corner rows. Each point recomputes the cells
+      consecutive points in one cell share all 2^d corner rows. Each point recomputes the cells
       of its neighbours (positions offs - 1 and offs + 1: cached loads, no register gather), a
-      segmented scan along the block sums each run, and only a run's last point issues its 8
+      segmented scan along the block sums each run, and only a run's last point issues its 2^d
       atomics. ``PRE_REDUCE`` (or ``pre_reduce=``) switches it off. It roughly halves the
       backward on ray-ordered points and costs ~2% on random ones (BENCHMARKS.md, "The hash
       grid's backward with run-length pre-reduction").
@@ -51,22 +52,31 @@ FP_FUSION = False
 
 
 @triton.jit
-def _cell(x_ptr, offs, mask, scale_ptr, lp_ptr, level):
-    """Cell coordinates (uint32) and fractional positions (fp32) of points at one level."""
+def _cell(x_ptr, offs, mask, scale_ptr, lp_ptr, level, DIMS: tl.constexpr):
+    """Cell coordinates (uint32) and fractional positions (fp32) of points at one level.
+
+    A 2-D point is the 3-D point (x, y, 0) whose z corners are never visited: cz = 0 and
+    wz1 = 0, so the hash's z term and the dense index's z res^2 term vanish and the weights
+    (wy * wx) * (1 - 0) are the bilinear ones, bit for bit."""
     scale = tl.load(scale_ptr + level)
-    px = tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0).to(tl.float32)
-    py = tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0).to(tl.float32)
-    pz = tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0).to(tl.float32)
+    px = tl.load(x_ptr + offs * DIMS + 0, mask=mask, other=0.0).to(tl.float32)
+    py = tl.load(x_ptr + offs * DIMS + 1, mask=mask, other=0.0).to(tl.float32)
     px = px * scale + 0.5
     py = py * scale + 0.5
-    pz = pz * scale + 0.5
     fx = tl.floor(px)
     fy = tl.floor(py)
-    fz = tl.floor(pz)
     cx = fx.to(tl.int32).to(tl.uint32, bitcast=True)
     cy = fy.to(tl.int32).to(tl.uint32, bitcast=True)
-    cz = fz.to(tl.int32).to(tl.uint32, bitcast=True)
-    return cx, cy, cz, px - fx, py - fy, pz - fz
+    if DIMS == 3:
+        pz = tl.load(x_ptr + offs * DIMS + 2, mask=mask, other=0.0).to(tl.float32)
+        pz = pz * scale + 0.5
+        fz = tl.floor(pz)
+        cz = fz.to(tl.int32).to(tl.uint32, bitcast=True)
+        wz1 = pz - fz
+    else:
+        cz = tl.zeros_like(cx)
+        wz1 = tl.zeros_like(px)
+    return cx, cy, cz, px - fx, py - fy, wz1
 
 
 @triton.jit
@@ -83,7 +93,7 @@ def _row(cx, cy, cz, res, size, offset, DENSE: tl.constexpr):
 @triton.jit
 def _hash_grid_fwd_kernel(
     x_ptr, tab_ptr, out_ptr, scale_ptr, lp_ptr, N, level_base,
-    OUT_STRIDE: tl.constexpr, DENSE: tl.constexpr, BLOCK: tl.constexpr,
+    OUT_STRIDE: tl.constexpr, DENSE: tl.constexpr, DIMS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     level = tl.program_id(1) + level_base
@@ -92,10 +102,10 @@ def _hash_grid_fwd_kernel(
     res = tl.load(lp_ptr + level * 4 + 0)
     size = tl.load(lp_ptr + level * 4 + 1)
     offset = tl.load(lp_ptr + level * 4 + 2)
-    cx, cy, cz, wx1, wy1, wz1 = _cell(x_ptr, offs, mask, scale_ptr, lp_ptr, level)
+    cx, cy, cz, wx1, wy1, wz1 = _cell(x_ptr, offs, mask, scale_ptr, lp_ptr, level, DIMS)
     acc0 = tl.zeros((BLOCK,), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK,), dtype=tl.float32)
-    for k in tl.static_range(8):
+    for k in tl.static_range(1 << DIMS):  # corners: 4 (2-D) or 8 (3-D)
         bx = k & 1
         by = (k >> 1) & 1
         bz = (k >> 2) & 1
@@ -117,7 +127,7 @@ def _hash_grid_fwd_kernel(
 @triton.jit
 def _hash_grid_bwd_kernel(
     x_ptr, gout_ptr, grad_ptr, scale_ptr, lp_ptr, N, level_base,
-    OUT_STRIDE: tl.constexpr, DENSE: tl.constexpr, BLOCK: tl.constexpr,
+    OUT_STRIDE: tl.constexpr, DENSE: tl.constexpr, DIMS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Plain scatter: one packed-pair atomic per (point, corner)."""
     pid = tl.program_id(0)
@@ -127,11 +137,11 @@ def _hash_grid_bwd_kernel(
     res = tl.load(lp_ptr + level * 4 + 0)
     size = tl.load(lp_ptr + level * 4 + 1)
     offset = tl.load(lp_ptr + level * 4 + 2)
-    cx, cy, cz, wx1, wy1, wz1 = _cell(x_ptr, offs, mask, scale_ptr, lp_ptr, level)
+    cx, cy, cz, wx1, wy1, wz1 = _cell(x_ptr, offs, mask, scale_ptr, lp_ptr, level, DIMS)
     cols = tl.arange(0, 2)
     g = tl.load(gout_ptr + offs[:, None] * OUT_STRIDE + level * 2 + cols[None, :],
                 mask=mask[:, None], other=0.0).to(tl.float32)  # [BLOCK, 2]
-    for k in tl.static_range(8):
+    for k in tl.static_range(1 << DIMS):  # corners: 4 (2-D) or 8 (3-D)
         bx = k & 1
         by = (k >> 1) & 1
         bz = (k >> 2) & 1
@@ -154,12 +164,12 @@ def _seg_combine(a0, a1, fa, b0, b1, fb):
 @triton.jit
 def _hash_grid_bwd_runs_kernel(
     x_ptr, gout_ptr, grad_ptr, scale_ptr, lp_ptr, N, level_base,
-    OUT_STRIDE: tl.constexpr, DENSE: tl.constexpr, BLOCK: tl.constexpr,
+    OUT_STRIDE: tl.constexpr, DENSE: tl.constexpr, DIMS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Run-length pre-reduction: consecutive points in the same cell share all 8 corner rows.
 
     The cells of the previous and next points are recomputed from their positions (no gather),
-    a segmented scan along the block sums each run, and only a run's last point issues its 8
+    a segmented scan along the block sums each run, and only a run's last point issues its 2^d
     packed-pair atomics.
     """
     pid = tl.program_id(0)
@@ -170,16 +180,18 @@ def _hash_grid_bwd_runs_kernel(
     res = tl.load(lp_ptr + level * 4 + 0)
     size = tl.load(lp_ptr + level * 4 + 1)
     offset = tl.load(lp_ptr + level * 4 + 2)
-    cx, cy, cz, wx1, wy1, wz1 = _cell(x_ptr, offs, mask, scale_ptr, lp_ptr, level)
-    px, py, pz, _, _, _ = _cell(x_ptr, offs - 1, mask & (lane > 0), scale_ptr, lp_ptr, level)
+    cx, cy, cz, wx1, wy1, wz1 = _cell(x_ptr, offs, mask, scale_ptr, lp_ptr, level, DIMS)
+    px, py, pz, _, _, _ = _cell(x_ptr, offs - 1, mask & (lane > 0), scale_ptr, lp_ptr, level,
+                                DIMS)
     nx, ny, nz, _, _, _ = _cell(x_ptr, offs + 1, (offs + 1 < N) & (lane < BLOCK - 1),
-                                scale_ptr, lp_ptr, level)
+                                scale_ptr, lp_ptr, level, DIMS)
     start = (lane == 0) | (cx != px) | (cy != py) | (cz != pz)
     end = (lane == BLOCK - 1) | (offs + 1 >= N) | (cx != nx) | (cy != ny) | (cz != nz)
     g0 = tl.load(gout_ptr + offs * OUT_STRIDE + level * 2 + 0, mask=mask, other=0.0)
     g1 = tl.load(gout_ptr + offs * OUT_STRIDE + level * 2 + 1, mask=mask, other=0.0)
-    # [BLOCK, 8] corners, corner k = bx + 2 by + 4 bz.
-    k = tl.arange(0, 8)[None, :]
+    # [BLOCK, C] corners (C = 2^DIMS), corner k = bx + 2 by + 4 bz.
+    CORNERS: tl.constexpr = 1 << DIMS
+    k = tl.arange(0, CORNERS)[None, :]
     bx = (k & 1).to(tl.uint32)
     by = ((k >> 1) & 1).to(tl.uint32)
     bz = ((k >> 2) & 1).to(tl.uint32)
@@ -187,14 +199,14 @@ def _hash_grid_bwd_runs_kernel(
     wx = tl.where(bx != 0, wx1[:, None], 1.0 - wx1[:, None])
     wy = tl.where(by != 0, wy1[:, None], 1.0 - wy1[:, None])
     wz = tl.where(bz != 0, wz1[:, None], 1.0 - wz1[:, None])
-    w = (wy * wx) * wz  # [BLOCK, 8]
+    w = (wy * wx) * wz  # [BLOCK, C]
     v0 = w * g0.to(tl.float32)[:, None]
     v1 = w * g1.to(tl.float32)[:, None]
-    flag = tl.broadcast_to(start.to(tl.int32)[:, None], (BLOCK, 8))
+    flag = tl.broadcast_to(start.to(tl.int32)[:, None], (BLOCK, CORNERS))
     t0, t1, _ = tl.associative_scan((v0, v1, flag), 0, _seg_combine)
     cols = tl.arange(0, 2)
     ptrs = grad_ptr + row[:, :, None] * 2 + cols[None, None, :]
-    write = tl.broadcast_to((end & mask)[:, None, None], (BLOCK, 8, 2))
+    write = tl.broadcast_to((end & mask)[:, None, None], (BLOCK, CORNERS, 2))
     tl.atomic_add(ptrs, tl.join(t0, t1), mask=write, sem="relaxed")
 
 
@@ -239,7 +251,7 @@ def _launch_levels(kernel, args, spec, n_points, n_dense, block, **meta):
     for dense, base, count in ((True, 0, n_dense), (False, n_dense, spec.n_levels - n_dense)):
         if count > 0 and n_blocks > 0:
             kernel[(n_blocks, count)](*args, n_points, base, OUT_STRIDE=spec.n_levels * 2,
-                                      DENSE=dense, BLOCK=block, **meta)
+                                      DENSE=dense, DIMS=spec.n_dims, BLOCK=block, **meta)
 
 
 def _forward(x: Tensor, table_fp16: Tensor, spec: HashGridSpec) -> Tensor:
@@ -314,7 +326,8 @@ def hash_grid_encode_triton(
     x: Tensor, table: Tensor, spec: HashGridSpec, table_fp16: Tensor | None = None,
     grad_sink: Tensor | None = None,
 ) -> Tensor:
-    """Hash encoding ``x`` [N, 3] in [0, 1] -> [N, L*2] float32, differentiable w.r.t. ``table``.
+    """Hash encoding ``x`` [N, d] in [0, 1] -> [N, L*2] float32, differentiable w.r.t. ``table``
+    (d = ``spec.n_dims``, 2 or 3).
 
     ``table`` [spec.n_entries, 2]: the fp32 master parameters (gradients flow to it).
     ``table_fp16``: the fp16 lookup copy when the caller keeps one in sync (e.g. through
@@ -322,8 +335,8 @@ def hash_grid_encode_triton(
     Lookups are fp16, interpolation fp32: the output differs from the fp32 reference by the fp16
     rounding of the table (relative ~5e-4 of the feature scale).
     """
-    if x.dim() != 2 or x.shape[1] != 3:
-        raise ValueError(f"x must have shape [N, 3], got {tuple(x.shape)}")
+    if x.dim() != 2 or x.shape[1] != spec.n_dims:
+        raise ValueError(f"x must have shape [N, {spec.n_dims}], got {tuple(x.shape)}")
     if tuple(table.shape) != (spec.n_entries, spec.n_features):
         raise ValueError(f"table must have shape [{spec.n_entries}, {spec.n_features}], "
                          f"got {list(table.shape)}")

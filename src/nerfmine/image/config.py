@@ -1,0 +1,113 @@
+"""Settings of an image fit: a frozen dataclass with the paper's values as defaults, and presets.
+
+No torch here: the command line builds its parser from :data:`PRESETS` without importing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from nerfmine.errors import ConfigError
+
+MINING_CHOICES = ("hsm", "none")
+BACKEND_CHOICES = ("auto", "torch", "triton")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """One image fit. Defaults: instant-ngp's image setting for a GPU (paper Sec. 5.1)."""
+
+    preset: str = "gpu"
+    """The preset these values started from (recorded, not interpreted)."""
+    n_levels: int = 16
+    """Hash-grid levels L (paper: 16)."""
+    n_features: int = 2
+    """Features per level F (paper: 2)."""
+    log2_table_size: int = 22
+    """log2 T, entries per level. At the finest level (half the width) an image W pixels wide
+    has (W/2)^2 vertices: 2^22 keeps every level of an image up to 4096 px dense (no hash
+    collisions) at 32 MiB of fp32 per full level; gigapixel images want the paper's 2^24."""
+    base_resolution: int = 16
+    """Coarsest grid resolution Nmin (paper: 16)."""
+    max_resolution: int = 0
+    """Finest grid resolution; 0 means half the image width (the paper's image setting), at
+    least ``base_resolution``."""
+    hidden_dim: int = 64
+    """Width of the MLP's hidden layers (paper: 64)."""
+    n_hidden_layers: int = 2
+    """Hidden layers of the MLP (paper: 2); ReLU, no biases, linear RGB output."""
+    lr: float = 1e-2
+    """Adam learning rate (paper)."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam betas (paper)."""
+    eps: float = 1e-15
+    """Adam epsilon (paper)."""
+    pixels_per_step: int = 2**18
+    """B, pixels drawn uniformly (with replacement) per step (paper: 2^18)."""
+    steps: int = 10000
+    """Training steps in all (a resumed run may raise it)."""
+    eval_every: int = 500
+    """Steps between two PSNR points of the curve (full-image renders, off the clock)."""
+    mining: str = "hsm"
+    """"hsm": online hard sample mining over the step's pixels; "none": the plain L2 step."""
+    backend: str = "auto"
+    """Hash-grid and Adam backend: "triton" on CUDA, "torch" (the reference) on CPU."""
+    device: str = "auto"
+    """"cuda" when available, else "cpu"."""
+    seed: int = 0
+    """Seeds the initial weights, the pixel draws and the miner's draws."""
+    render_tile: int = 2**18
+    """Pixels per forward pass of the full-resolution render."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.mining not in MINING_CHOICES:
+            problems.append(f"mining must be one of {MINING_CHOICES}, got {self.mining!r}")
+        if self.backend not in BACKEND_CHOICES:
+            problems.append(f"backend must be one of {BACKEND_CHOICES}, got {self.backend!r}")
+        if not 1 <= self.log2_table_size <= 24:
+            problems.append(f"log2_table_size must lie in [1, 24], got {self.log2_table_size}")
+        for name in ("n_levels", "n_features", "base_resolution", "hidden_dim",
+                     "pixels_per_step", "eval_every", "render_tile"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps < 0 or self.n_hidden_layers < 0 or self.max_resolution < 0:
+            problems.append("steps, n_hidden_layers and max_resolution must not be negative")
+        if problems:
+            raise ConfigError("image config: " + "; ".join(problems))
+
+    def finest_resolution(self, width: int) -> int:
+        return max(self.max_resolution or width // 2, self.base_resolution)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "image config") -> ImageConfig:
+        """The config of ``values``; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        values = dict(values)
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+
+#: Named starting points. "gpu" is the paper's setting; "cpu" is small enough to fit a few
+#: hundred pixels wide image in a minute or two on a laptop's CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpu": {},
+    "cpu": {"log2_table_size": 16, "pixels_per_step": 2**12, "steps": 1000, "eval_every": 100,
+            "render_tile": 2**14},
+}
+
+
+def make_config(preset: str, overrides: dict[str, Any] | None = None) -> ImageConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown image preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[preset], "preset": preset, **(overrides or {})}
+    return ImageConfig.from_dict(values)

@@ -1,0 +1,116 @@
+"""Reading the image to fit: PNG, JPEG, TIFF, ... through Pillow; float TIFF and EXR through
+imageio where it has a backend for them. Every failure is a :class:`DataError` naming the file.
+
+Values: 8-bit images are divided by 255, 16-bit ones by 65535, float images are kept as they
+are (linear HDR values may exceed 1; the PSNR clips the prediction to [0, 1]). Grey images are
+repeated to RGB; an alpha channel is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from nerfmine.errors import DataError
+
+_IMAGEIO_SUFFIXES = (".exr", ".tif", ".tiff", ".hdr")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_image(path: Path) -> np.ndarray:
+    """The image at ``path`` as float32 [H, W, 3]; a :class:`DataError` if it cannot be."""
+    path = Path(path)
+    if not path.is_file():
+        what = "a folder, not an image file" if path.is_dir() else "no such file"
+        raise DataError(f"{path}: {what}; pass the path of a PNG, JPEG, TIFF or EXR image")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); pass an intact image file")
+    try:
+        array = _read_pillow(path)
+    except _NotPillow as exc:
+        array = _read_imageio(path, exc.reason)
+    return _to_rgb(array, path)
+
+
+class _NotPillow(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "PA", "1", "LA", "CMYK", "YCbCr", "LAB", "HSV"):
+                image = image.convert("RGBA" if "A" in image.mode or image.mode == "P"
+                                      else "RGB")
+            array = np.asarray(image)
+            return _normalise(array, image.mode)
+    except UnidentifiedImageError as exc:
+        if path.suffix.lower() in _IMAGEIO_SUFFIXES:
+            raise _NotPillow(str(exc)) from None
+        raise DataError(f"{path}: not an image Pillow can read (damaged, or another kind of "
+                        "file); pass a PNG, JPEG or TIFF image") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+        raise DataError(f"{path}: the image is damaged or truncated ({exc}); re-export or "
+                        "copy it again") from None
+
+
+def _normalise(array: np.ndarray, mode: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16 or mode.startswith("I;16"):
+        return array.astype(np.float32) / 65535.0
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if mode == "I":  # 32-bit integer grey: Pillow's 16-bit PNG
+        return array.astype(np.float32) / 65535.0
+    return array.astype(np.float32)
+
+
+def _read_imageio(path: Path, pillow_reason: str) -> np.ndarray:
+    try:
+        import imageio.v3 as iio
+    except ImportError:
+        raise DataError(f"{path}: reading this format needs imageio (pip install imageio "
+                        "tifffile), or convert the image to a 16-bit PNG") from None
+    try:
+        array = np.asarray(iio.imread(path))
+    except Exception as exc:  # noqa: BLE001 - every reader failure is the file's problem
+        hint = ("no EXR reader is installed here: convert it to a float TIFF or a 16-bit PNG "
+                "(e.g. oiiotool in.exr -o out.tif), or install one imageio can use"
+                if path.suffix.lower() == ".exr"
+                else "the file is damaged or not an image; re-export it")
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: cannot read the image ({first}); {hint}") from None
+    if array.dtype in (np.uint8, np.uint16):
+        return _normalise(array, "")
+    return array.astype(np.float32)
+
+
+def _to_rgb(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise DataError(f"{path}: expected a grey, RGB or RGBA image, got an array of shape "
+                        f"{list(array.shape)}; pass a single 2-D image")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise DataError(f"{path}: the image has size {array.shape[1]}x{array.shape[0]} (0 "
+                        "pixels); pass an image with pixels")
+    if array.shape[2] in (1, 2):  # grey (with alpha)
+        array = np.repeat(array[:, :, :1], 3, axis=2)
+    array = np.ascontiguousarray(array[:, :, :3], dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise DataError(f"{path}: the image holds NaN or infinite values; fix or re-export it")
+    return array
