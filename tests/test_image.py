@@ -220,3 +220,23 @@ def test_reader_formats(tmp_path):
     assert got.shape == (3, 5, 3) and (got[..., 0] == 1).all() and (got[..., 1:] == 0).all()
     Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.tif")
     assert read_image(tmp_path / "rgb.tif").shape == (3, 5, 3)
+
+
+def test_exr_images_are_read_with_their_float_values(tmp_path):
+    """EXR through the OpenEXR bindings: linear values above 1 kept, alpha dropped; the
+    paper's albert.exr reads as 1024x1024 RGB where ../shared is present."""
+    exr = pytest.importorskip("OpenEXR", reason="pip install 'nerfmine[image]'")
+    from conftest import shared_data_dir
+
+    from nerfmine.image.io import read_image
+
+    rgba = np.random.default_rng(0).uniform(0, 3, size=(7, 5, 4)).astype(np.float32)
+    header = {"compression": exr.ZIP_COMPRESSION, "type": exr.scanlineimage}
+    with exr.File(header, {"RGBA": rgba}) as out:
+        out.write(str(tmp_path / "hdr.exr"))
+    got = read_image(tmp_path / "hdr.exr")
+    assert got.shape == (7, 5, 3) and np.array_equal(got, rgba[:, :, :3])
+    data = shared_data_dir()
+    if data is not None and (data / "prims" / "albert.exr").is_file():
+        albert = read_image(data / "prims" / "albert.exr")
+        assert albert.shape == (1024, 1024, 3) and 0.0 <= albert.min() < albert.max() <= 1.0

@@ -1,5 +1,6 @@
-"""Reading the image to fit: PNG, JPEG, TIFF, ... through Pillow; float TIFF and EXR through
-imageio where it has a backend for them. Every failure is a :class:`DataError` naming the file.
+"""Reading the image to fit: PNG, JPEG, TIFF, ... through Pillow; EXR through the OpenEXR
+bindings (``pip install 'nerfmine[image]'``), float TIFF and HDR through imageio where it has
+a backend for them. Every failure is a :class:`DataError` naming the file.
 
 Values: 8-bit images are divided by 255, 16-bit ones by 65535, float images are kept as they
 are (linear HDR values may exceed 1; the PSNR clips the prediction to [0, 1]). Grey images are
@@ -34,11 +35,39 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: {what}; pass the path of a PNG, JPEG, TIFF or EXR image")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (0 bytes); pass an intact image file")
+    if path.suffix.lower() == ".exr":
+        array = _read_openexr(path)
+        if array is not None:
+            return _to_rgb(array, path)
     try:
         array = _read_pillow(path)
     except _NotPillow as exc:
         array = _read_imageio(path, exc.reason)
     return _to_rgb(array, path)
+
+
+def _read_openexr(path: Path) -> np.ndarray | None:
+    """An EXR file's RGB(A) or Y channels as float32 [H, W, C] through the OpenEXR bindings;
+    None when they are not installed (imageio is tried next)."""
+    try:
+        import OpenEXR
+    except ImportError:
+        return None
+    try:
+        with OpenEXR.File(str(path)) as exr:
+            channels = exr.channels()
+            for name in ("RGBA", "RGB", "Y"):
+                if name in channels:
+                    return np.asarray(channels[name].pixels, dtype=np.float32)
+            if all(c in channels for c in "RGB"):
+                return np.stack([np.asarray(channels[c].pixels, dtype=np.float32)
+                                 for c in "RGB"], axis=-1)
+    except Exception as exc:  # noqa: BLE001 - every reader failure is the file's problem
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: cannot read the EXR image ({first}); the file is damaged "
+                        "or not an EXR image; re-export it") from None
+    raise DataError(f"{path}: the EXR image has channels {', '.join(sorted(channels))}; "
+                    "expected R, G, B (and A) or Y; re-export it with colour channels")
 
 
 class _NotPillow(Exception):
@@ -88,8 +117,8 @@ def _read_imageio(path: Path, pillow_reason: str) -> np.ndarray:
     try:
         array = np.asarray(iio.imread(path))
     except Exception as exc:  # noqa: BLE001 - every reader failure is the file's problem
-        hint = ("no EXR reader is installed here: convert it to a float TIFF or a 16-bit PNG "
-                "(e.g. oiiotool in.exr -o out.tif), or install one imageio can use"
+        hint = ("no EXR reader is installed here: pip install 'nerfmine[image]' (the OpenEXR "
+                "bindings), or convert it to a float TIFF or a 16-bit PNG"
                 if path.suffix.lower() == ".exr"
                 else "the file is damaged or not an image; re-export it")
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
