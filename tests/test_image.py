@@ -156,6 +156,29 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert straight.curve[-1]["psnr"] == resumed.curve[-1]["psnr"]
 
 
+def test_a_signal_checkpoints_and_resume_finishes_as_if_never_stopped(tmp_path):
+    """SIGINT after the first evaluation point: the fit stops with a checkpoint at that
+    point's step, and resuming it ends with the weights of a fit that never stopped."""
+    import os
+    import signal
+
+    from nerfmine.errors import TrainingInterrupted
+    from nerfmine.image.fit import ImageFit
+
+    image = _smooth_image(tmp_path / "smooth.png", size=32)
+    config = _config(steps=6, eval_every=3, pixels_per_step=256, log2_table_size=10)
+    straight = ImageFit.create(config, image, tmp_path / "a")
+    straight.train()
+    fit = ImageFit.create(config, image, tmp_path / "b")
+    with pytest.raises(TrainingInterrupted, match="nerfmine image --resume"):
+        fit.train(progress=lambda point: os.kill(os.getpid(), signal.SIGINT))
+    resumed = ImageFit.resume(tmp_path / "b")
+    assert resumed.step == 3
+    resumed.train()
+    for name, value in straight.field.state_dict().items():
+        assert torch.equal(value, resumed.field.state_dict()[name]), name
+
+
 def test_cli_fits_and_resumes(tmp_path, capsys):
     from nerfmine.cli import main
 

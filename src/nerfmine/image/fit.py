@@ -23,9 +23,12 @@ generator that draws pixels and mining keys.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from nerfmine.errors import ConfigError, DataError
+from nerfmine.errors import ConfigError, DataError, TrainingInterrupted
 from nerfmine.image.config import ImageConfig
 from nerfmine.image.field import ImageField, pixel_positions
 from nerfmine.image.io import file_sha256, read_image
@@ -166,8 +169,10 @@ class ImageFit:
 
     def train(self, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Train to ``config.steps`` (the clock excludes evaluations), then write the folder's
-        files; returns metrics.json's dict. Holds the folder's lock meanwhile."""
-        with RunLock(self.run_dir):
+        files; returns metrics.json's dict. Holds the folder's lock meanwhile. The checkpoint
+        is written at every evaluation point; SIGINT or SIGTERM stops between steps after a
+        checkpoint, with :class:`TrainingInterrupted` (``--resume`` continues)."""
+        with RunLock(self.run_dir), _stop_requests() as stopped:
             remove_stale_temporaries(self.run_dir)
             atomic_write_text(self.run_dir / "config.json",
                               json.dumps(self.config.to_dict(), indent=2) + "\n")
@@ -177,12 +182,18 @@ class ImageFit:
                 stop = min(self.config.steps, (self.step // every + 1) * every)
                 self._sync()
                 start = time.perf_counter()
-                while self.step < stop:
+                while self.step < stop and not stopped:
                     loss = self.train_step()
                 self._sync()
                 self.clock += time.perf_counter() - start
+                if stopped:
+                    save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
+                    raise TrainingInterrupted(
+                        f"image fit interrupted at step {self.step}; the checkpoint is in "
+                        f"{self.run_dir}. Continue with: nerfmine image --resume {self.run_dir}")
                 value, image = self.evaluate()
                 self._add_point(value, float(loss))
+                save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
                 if progress is not None:
                     progress(self.curve[-1])
             value, image = self.evaluate()
@@ -240,3 +251,20 @@ class ImageFit:
         }
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         return metrics
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """A list that SIGINT/SIGTERM append to while the block runs (main thread only; elsewhere
+    the list stays empty), the previous handlers restored after it."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
