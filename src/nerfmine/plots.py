@@ -11,9 +11,10 @@ from nerfmine.run_folder import atomic_write_bytes
 
 def plot_psnr_curve(curve: list[dict[str, Any]], path: Path, title: str = "",
                     others: dict[str, list[dict[str, Any]]] | None = None,
-                    x: str = "clock") -> None:
-    """Test PSNR against training time (x="clock") or steps (x="step"); ``others`` adds
-    named curves to the same axes (side-by-side benchmarks)."""
+                    x: str = "clock", metric: str = "psnr") -> None:
+    """Test PSNR (or another curve ``metric``: "iou" for an SDF) against training time
+    (x="clock") or steps (x="step"); ``others`` adds named curves to the same axes
+    (side-by-side benchmarks)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,10 +26,10 @@ def plot_psnr_curve(curve: list[dict[str, Any]], path: Path, title: str = "",
         if not points:
             continue
         xs = [p[x] for p in points]
-        ys = [p["psnr"] for p in points]
+        ys = [p[metric] for p in points]
         ax.plot(xs, ys, marker="o", label=name)
     ax.set_xlabel("training clock (s)" if x == "clock" else "training steps")
-    ax.set_ylabel("test PSNR (dB)")
+    ax.set_ylabel({"psnr": "test PSNR (dB)", "iou": "IoU"}.get(metric, metric))
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()

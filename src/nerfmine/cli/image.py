@@ -45,8 +45,9 @@ _FLAGS = ("mining", "backend", "device", "steps", "pixels_per_step", "log2_table
 
 def run(args: argparse.Namespace) -> int:
     from nerfmine.cli.common import check_writable
+    from nerfmine.fit_loop import resolve_device
     from nerfmine.image.config import make_config
-    from nerfmine.image.fit import ImageFit, resolve_device
+    from nerfmine.image.fit import ImageFit
 
     overrides = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
     if args.resume is not None:

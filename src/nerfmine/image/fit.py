@@ -23,12 +23,7 @@ generator that draws pixels and mining keys.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +31,8 @@ import numpy as np
 import torch
 
 from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from nerfmine.errors import ConfigError, DataError, TrainingInterrupted
+from nerfmine.errors import ConfigError, DataError
+from nerfmine.fit_loop import FitLoop, resolve_device
 from nerfmine.image.config import ImageConfig
 from nerfmine.image.field import ImageField, pixel_positions
 from nerfmine.image.io import file_sha256, read_image
@@ -46,22 +42,14 @@ from nerfmine.optim import NGPAdam
 from nerfmine.plots import plot_psnr_curve
 from nerfmine.provenance import device_name, git_commit
 from nerfmine.run_folder import (
-    RunLock,
     atomic_save_image,
     atomic_write_text,
-    remove_stale_temporaries,
 )
 
 KIND = "nerfmine-image"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-class ImageFit:
+class ImageFit(FitLoop):
     """One image fit and its run folder. :meth:`create` starts one, :meth:`resume` continues
     one; :meth:`train` trains to ``config.steps`` and writes the folder's files."""
 
@@ -158,53 +146,15 @@ class ImageFit:
         self.step += 1
         return loss.detach()
 
+    COMMAND, METRIC = "image", "psnr"
+
+    def _evaluate_point(self) -> tuple[float, torch.Tensor]:
+        return self.evaluate()
+
     def evaluate(self) -> tuple[float, torch.Tensor]:
         """PSNR over the whole image and the render [H, W, 3]."""
         image = self.field.render(self.height, self.width, self.config.render_tile)
         return psnr(image, self.target), image
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def train(self, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train to ``config.steps`` (the clock excludes evaluations), then write the folder's
-        files; returns metrics.json's dict. Holds the folder's lock meanwhile. The checkpoint
-        is written at every evaluation point; SIGINT or SIGTERM stops between steps after a
-        checkpoint, with :class:`TrainingInterrupted` (``--resume`` continues)."""
-        with RunLock(self.run_dir), _stop_requests() as stopped:
-            remove_stale_temporaries(self.run_dir)
-            atomic_write_text(self.run_dir / "config.json",
-                              json.dumps(self.config.to_dict(), indent=2) + "\n")
-            every = self.config.eval_every
-            loss = torch.zeros(())
-            while self.step < self.config.steps:
-                stop = min(self.config.steps, (self.step // every + 1) * every)
-                self._sync()
-                start = time.perf_counter()
-                while self.step < stop and not stopped:
-                    loss = self.train_step()
-                self._sync()
-                self.clock += time.perf_counter() - start
-                if stopped:
-                    save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
-                    raise TrainingInterrupted(
-                        f"image fit interrupted at step {self.step}; the checkpoint is in "
-                        f"{self.run_dir}. Continue with: nerfmine image --resume {self.run_dir}")
-                value, image = self.evaluate()
-                self._add_point(value, float(loss))
-                save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
-                if progress is not None:
-                    progress(self.curve[-1])
-            value, image = self.evaluate()
-            if not self.curve or self.curve[-1]["step"] != self.step:
-                self._add_point(value, None)
-            return self._write_outputs(value, image)
-
-    def _add_point(self, value: float, loss: float | None) -> None:
-        fraction = self.miner.last_fraction.item() if self.miner is not None else None
-        self.curve.append({"clock": self.clock, "step": self.step, "psnr": value,
-                           "loss": loss, "hard_fraction": fraction})
 
     # ------------------------------------------------------------------ outputs
 
@@ -252,19 +202,3 @@ class ImageFit:
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         return metrics
 
-
-@contextlib.contextmanager
-def _stop_requests() -> Iterator[list[int]]:
-    """A list that SIGINT/SIGTERM append to while the block runs (main thread only; elsewhere
-    the list stays empty), the previous handlers restored after it."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
