@@ -11,11 +11,10 @@ abs; tiny-cuda-nn's copysign gives +1 there, a measure-zero difference).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import Tensor
 
-from nerfmine.field import _xavier_uniform
-from nerfmine.ops.hash_grid import HashGridSpec, hash_grid_encode, init_hash_table
+from nerfmine.grid_mlp import GridMLP
+from nerfmine.ops.hash_grid import HashGridSpec
 from nerfmine.sdf.config import SdfConfig
 
 MAPE_EPSILON = 0.01
@@ -38,35 +37,19 @@ def mape_output_grad(prediction: Tensor, distance: Tensor) -> Tensor:
     return torch.sign(prediction - distance) / ((distance.abs() + MAPE_EPSILON) * n)
 
 
-class SdfField(nn.Module):
+class SdfField(GridMLP):
     """Hash grid (``n_dims=3``) -> MLP -> signed distance. Parameters: ``table``, ``layers``."""
 
     def __init__(self, config: SdfConfig, backend: str = "torch", seed: int = 0) -> None:
-        super().__init__()
-        self.backend = backend
-        self.spec = HashGridSpec(
+        spec = HashGridSpec(
             n_levels=config.n_levels, n_features=config.n_features,
             log2_table_size=config.log2_table_size, base_resolution=config.base_resolution,
             max_resolution=config.max_resolution, n_dims=3)
-        gen = torch.Generator().manual_seed(seed)
-        self.table = nn.Parameter(init_hash_table(self.spec, generator=gen))  # [T_all, F]
-        widths = [self.spec.output_dim] + [config.hidden_dim] * config.n_hidden_layers + [1]
-        self.layers = nn.ParameterList(
-            nn.Parameter(_xavier_uniform(out_dim, in_dim, gen))
-            for in_dim, out_dim in zip(widths[:-1], widths[1:]))
-
-    def mlp_parameters(self) -> list[nn.Parameter]:
-        return list(self.layers)
+        super().__init__(spec, config.hidden_dim, config.n_hidden_layers, 1, backend, seed)
 
     def forward(self, positions: Tensor) -> Tensor:
         """Positions [N, 3] in [0, 1]^3 -> signed distances [N] float32 (unit-cube units)."""
-        h = hash_grid_encode(positions.clamp(0.0, 1.0), self.table, self.spec,
-                             backend=self.backend)
-        for i, weight in enumerate(self.layers):
-            h = F.linear(h, weight)
-            if i < len(self.layers) - 1:
-                h = torch.relu(h)
-        return h[:, 0]
+        return self.network(positions.clamp(0.0, 1.0))[:, 0]
 
     @torch.no_grad()
     def distances(self, positions: Tensor, chunk: int) -> Tensor:
