@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from nerfmine.bench import compare, merge
 from nerfmine.cli import main
+from nerfmine.errors import NerfmineError
 
 
 def _arm(mining, curve, increment):
@@ -103,8 +106,61 @@ def test_summary_over_seeds_pairs_each_seed_and_spreads_the_figures():
     assert abs(gain["mean"] - 1.0) < 1e-9 and gain["min"] == 0.5 and gain["max"] == 1.5
     # Seed 0 reaches the baseline's 28.0 at 60 s (half the budget); seed 1 (28.5) does not.
     assert summary["mining_reaches_baseline_final_within_half_budget"] == [True, False]
+    assert summary["arms"]["hsm"]["ssim_at"]["120"]["mean"] == 0.9
+    assert summary["training_increment_ratio"]["mean"] == 0.5
     text = table(summarise(runs))
     assert "| fox | hsm |" in text and "28.80 (28.60 .. 29.00)" in text
+    assert "0.50 (0.50 .. 0.50)" in text  # the increment ratio in the hsm - none row
+
+
+def _suite_run(mining, psnr):
+    return {"mining": mining, "psnr": psnr, "steps": 500, "steps_per_second": 10.0,
+            "curve": [{"clock": 60.0, "step": 500, "psnr": psnr, "ssim": 0.9}]}
+
+
+def test_merge_combines_benches_of_separate_seeds(tmp_path):
+    """Seeds run in separate commands (each its own bench.json) merge into one report."""
+    from nerfmine.bench import write_suite_report
+
+    write_suite_report({"fox": {"0": {"none": _suite_run("none", 28.0),
+                                      "hsm": _suite_run("hsm", 29.0)}}}, tmp_path / "a")
+    write_suite_report({"fox": {"1": {"none": _suite_run("none", 30.0),
+                                      "hsm": _suite_run("hsm", 30.5)}},
+                        "bird": {"1": {"none": _suite_run("none", 25.0)}}}, tmp_path / "b")
+    out = tmp_path / "merged"
+    assert main(["bench", "--merge", str(tmp_path / "a" / "bench.json"),
+                 str(tmp_path / "b" / "bench.json"), "--output", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["seeds"] == [0, 1] and report["scenes"] == ["fox", "bird"]
+    gain = report["summary"]["fox"]["mining_gain_at"]["60"]
+    assert gain["n"] == 2 and gain["min"] == 0.5 and gain["max"] == 1.0
+    assert "| bird | none |" in (out / "bench_table.md").read_text()
+    # A suite's bench.json and a single comparison's files do not mix.
+    (tmp_path / "one.json").write_text(json.dumps(_suite_run("none", 1.0)))
+    with pytest.raises(NerfmineError, match="not both"):
+        merge([tmp_path / "a" / "bench.json", tmp_path / "one.json"], tmp_path / "x")
+
+
+def test_suite_writes_its_report_after_every_run(tmp_path, monkeypatch):
+    """A suite stopped in its third run (a time limit, a kill) keeps the two finished runs in
+    bench.json and bench_table.md."""
+    import nerfmine.bench as bench
+
+    calls = []
+
+    def fake_run_arm(arm, values, preset, folder, progress, warm_steps):
+        calls.append(arm)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return _suite_run(arm, 28.0 + len(calls))
+
+    monkeypatch.setattr(bench, "run_arm", fake_run_arm)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_suite([None], [0, 1], ["none", "hsm"], {}, "cpu", tmp_path, log=lambda _: None)
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert set(report["runs"]["demo"]) == {"0"}
+    assert set(report["runs"]["demo"]["0"]) == {"none", "hsm"}
+    assert "| demo | hsm - none |" in (tmp_path / "bench_table.md").read_text()
 
 
 def test_bench_over_seeds_writes_one_report(tmp_path):

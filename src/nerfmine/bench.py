@@ -16,6 +16,7 @@ from typing import Any
 
 from nerfmine.errors import NerfmineError
 from nerfmine.plots import plot_psnr_curve
+from nerfmine.run_folder import atomic_write_text
 
 ARMS = ("none", "hsm")
 
@@ -64,10 +65,11 @@ def run_arm(arm: str, overrides: dict[str, Any], preset: str, out_dir: Path,
     return metrics
 
 
-def _psnr_at(curve: list[dict[str, Any]], clock: float) -> float | None:
-    """PSNR of the last evaluation at or before ``clock`` (within 1% of it)."""
+def _psnr_at(curve: list[dict[str, Any]], clock: float, key: str = "psnr") -> float | None:
+    """PSNR (or another figure of the curve, ``key``) of the last evaluation at or before
+    ``clock`` (within 1% of it)."""
     points = [p for p in curve if p["clock"] <= clock * 1.01]
-    return points[-1]["psnr"] if points else None
+    return points[-1].get(key) if points else None
 
 
 def compare(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -137,8 +139,11 @@ def write_report(arms: dict[str, dict[str, Any]], out_dir: Path) -> dict[str, An
 
 
 def merge(files: list[Path], out_dir: Path) -> dict[str, Any]:
-    """Combine metrics.json files (or bench.json files) of separately run arms."""
+    """Combine metrics.json files (or bench.json files) of separately run arms, or the
+    bench.json files of several-scene or several-seed benches run in separate commands (a
+    seed per command, say): those give one report over all their scenes and seeds."""
     arms: dict[str, dict[str, Any]] = {}
+    suites: list[dict[str, Any]] = []
     for path in files:
         try:
             data = json.loads(Path(path).read_text())
@@ -146,12 +151,24 @@ def merge(files: list[Path], out_dir: Path) -> dict[str, Any]:
             raise NerfmineError(f"{path}: cannot read it ({exc.strerror})") from None
         except json.JSONDecodeError as exc:
             raise NerfmineError(f"{path}: not valid JSON ({exc})") from None
-        if isinstance(data, dict) and isinstance(data.get("arms"), dict):
+        if isinstance(data, dict) and isinstance(data.get("runs"), dict):
+            suites.append(data)
+        elif isinstance(data, dict) and isinstance(data.get("arms"), dict):
             arms.update(data["arms"])
         elif isinstance(data, dict) and data.get("mining") in ARMS and "curve" in data:
             arms[data["mining"]] = data
         else:
             raise NerfmineError(f"{path}: expected a run's metrics.json or a bench.json")
+    if suites and arms:
+        raise NerfmineError("--merge: give either bench.json files of several scenes or seeds, "
+                            "or the metrics.json / bench.json files of one comparison, not both")
+    if suites:
+        runs: dict[str, dict[str, dict[str, Any]]] = {}
+        for suite in suites:
+            for scene, by_seed in suite["runs"].items():
+                for seed, by_arm in by_seed.items():
+                    runs.setdefault(scene, {}).setdefault(str(seed), {}).update(by_arm)
+        return write_suite_report(runs, out_dir)
     return write_report(arms, out_dir)
 
 
@@ -191,12 +208,15 @@ def summarise(runs: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> dict[str
             arms[arm] = {
                 "psnr_at": {str(t): _spread([_psnr_at(m["curve"], t) for m in metrics])
                             for t in points},
+                "ssim_at": {str(t): _spread([_psnr_at(m["curve"], t, "ssim") for m in metrics])
+                            for t in points},
                 "final_psnr": _spread([m["psnr"] for m in metrics]),
                 "steps_per_second": _spread([m["steps_per_second"] for m in metrics]),
                 "training_increment_bytes": _spread(mem),
                 "mean_hard_fraction": _spread([m.get("mean_hard_fraction") for m in metrics]),
             }
         gains: dict[str, list[float]] = {}
+        ratios: list[float] = []
         reached, budget = [], None
         for pair in seeds.values():
             if not {"none", "hsm"} <= set(pair):
@@ -204,20 +224,26 @@ def summarise(runs: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> dict[str
             comparison = compare(pair)
             for t, gain in comparison["psnr_gain_at"].items():
                 gains.setdefault(t, []).append(gain)
+            if "training_increment_ratio" in comparison:
+                ratios.append(comparison["training_increment_ratio"])
             budget = max(p["clock"] for p in pair["none"]["curve"])
             reach = comparison["mining_first_reaches_baseline_final_at"]
             reached.append(reach is not None and reach["clock"] <= 0.5 * budget * 1.01)
         out[scene] = {"arms": arms,
                       "mining_gain_at": {t: _spread(v) for t, v in gains.items()},
+                      "training_increment_ratio": _spread(ratios),
                       "mining_reaches_baseline_final_within_half_budget": reached}
     return out
 
 
 def table(summary: dict[str, Any]) -> str:
-    """A Markdown table of :func:`summarise`: mean (min .. max) per scene, arm and point."""
-    lines = ["| scene | arm | " + " | ".join(["PSNR at t (s): mean (min .. max)", "final",
-                                               "steps/s", "b/B"]) + " |",
-             "|---|---|---|---|---|---|"]
+    """A Markdown table of :func:`summarise`: mean (min .. max) per scene, arm and point; the
+    ``hsm - none`` row gives mining's paired PSNR gain and its training-memory increment as a
+    fraction of the baseline's."""
+    lines = ["| scene | arm | " + " | ".join(["PSNR at t (s): mean (min .. max)",
+                                               "SSIM at t (s)", "final PSNR", "steps/s", "b/B",
+                                               "increment ratio"]) + " |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def fmt(s, digits=2):
         return "-" if s is None else (f"{s['mean']:.{digits}f} ({s['min']:.{digits}f} .. "
@@ -226,11 +252,13 @@ def table(summary: dict[str, Any]) -> str:
     for scene, entry in summary.items():
         for arm, a in entry["arms"].items():
             at = "; ".join(f"{t}: {fmt(s)}" for t, s in a["psnr_at"].items())
-            lines.append(f"| {scene} | {arm} | {at} | {fmt(a['final_psnr'])} | "
-                         f"{fmt(a['steps_per_second'], 0)} | {fmt(a['mean_hard_fraction'])} |")
+            ssim = "; ".join(f"{t}: {fmt(s, 4)}" for t, s in a.get("ssim_at", {}).items())
+            lines.append(f"| {scene} | {arm} | {at} | {ssim} | {fmt(a['final_psnr'])} | "
+                         f"{fmt(a['steps_per_second'], 0)} | {fmt(a['mean_hard_fraction'])} | |")
         gains = "; ".join(f"{t}: {fmt(s)}" for t, s in entry["mining_gain_at"].items())
         if gains:
-            lines.append(f"| {scene} | hsm - none | {gains} | | | |")
+            ratio = fmt(entry.get("training_increment_ratio"))
+            lines.append(f"| {scene} | hsm - none | {gains} | | | | | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -266,17 +294,28 @@ def run_suite(scenes: list[str | None], seeds: list[int], arms: list[str],
                 runs[name][str(seed)][arm] = metrics
                 log(f"bench: {name}, seed {seed}, mining={arm}: PSNR {metrics['psnr']:.2f} dB "
                     f"after {metrics['steps']} steps")
+                write_suite_report(runs, out_dir)  # after every run: a killed suite keeps it
+    return write_suite_report(runs, out_dir)
+
+
+def write_suite_report(runs: dict[str, dict[str, dict[str, Any]]],
+                       out_dir: Path) -> dict[str, Any]:
+    """``bench.json`` (every run's metrics, :func:`summarise` and warnings) and
+    ``bench_table.md`` of a several-scene or several-seed bench; returns the report."""
     summary = summarise(runs)
     warnings = few_steps_warnings({f"{name}, seed {seed}, arm mining={arm}": metrics
                                    for name, by_seed in runs.items()
                                    for seed, by_arm in by_seed.items()
                                    for arm, metrics in by_arm.items()})
-    report = {"scenes": [scene_name(s) for s in scenes], "seeds": seeds, "arms": arms,
+    seeds = sorted({int(seed) for by_seed in runs.values() for seed in by_seed})
+    arms = [a for a in ARMS if any(a in by_arm for by_seed in runs.values()
+                                   for by_arm in by_seed.values())]
+    report = {"scenes": list(runs), "seeds": seeds, "arms": arms,
               "runs": runs, "summary": summary, "warnings": warnings}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / "bench.json", json.dumps(report, indent=2) + "\n")
     text = table(summary)
     if warnings:
         text += "\n" + "".join(f"- **Warning:** {w}\n" for w in warnings)
-    (out_dir / "bench_table.md").write_text(text)
+    atomic_write_text(out_dir / "bench_table.md", text)
     return report

@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.merge:
         report = merge(args.merge, args.output)
+        if "runs" in report:  # benches of several scenes or seeds
+            print((args.output / "bench_table.md").read_text())
+            print(f"written: {args.output / 'bench.json'}, bench_table.md")
+            return 0
     else:
         arms = [a.strip() for a in args.arms.split(",") if a.strip()]
         bad = [a for a in arms if a not in ARMS]
