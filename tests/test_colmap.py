@@ -30,11 +30,15 @@ def _rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def _write_project(root, cameras=(PINHOLE, OPENCV), n_images=9, extra_files=(), seed=0,
-                   points=None):
+                   points=None, seen_by=None):
     """root/images/img0k.png (+ extra unposed files) and root/sparse/0 (binary), root/text.
 
-    Image k (names img00..) uses camera k % len(cameras) + 1. Returns {name: (R, t)}.
+    Image k (names img00..) uses camera k % len(cameras) + 1. ``seen_by`` gives, per point,
+    the indices k of the images that observe it (its track; default: none). Returns
+    {name: (R, t)}.
     """
+    n_points = 4 if points is None else len(points)
+    keypoints = np.zeros((n_points, 2))  # keypoint j of an image observes point j
     rng = np.random.default_rng(seed)
     rec = pycolmap.Reconstruction()
     for cid, (model, params) in enumerate(cameras, start=1):
@@ -47,14 +51,17 @@ def _write_project(root, cameras=(PINHOLE, OPENCV), n_images=9, extra_files=(), 
         rot, t = _rotation(rng), rng.normal(size=3) * 2.0
         image = pycolmap.Image(
             name=name,
-            keypoints=np.zeros((0, 2)),
+            keypoints=keypoints if seen_by is not None else np.zeros((0, 2)),
             camera_id=int(k % len(cameras)) + 1,
             image_id=int(k) + 1,
         )
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(rot), t))
         poses[name] = (rot, t)
-    for p in rng.normal(size=(4, 3)) if points is None else points:
-        rec.add_point3D(p, pycolmap.Track(), np.zeros(3, dtype=np.uint8))
+    for j, p in enumerate(rng.normal(size=(4, 3)) if points is None else points):
+        track = pycolmap.Track()
+        for k in (seen_by[j] if seen_by is not None else ()):
+            track.add_element(int(k) + 1, j)
+        rec.add_point3D(p, track, np.zeros(3, dtype=np.uint8))
     (root / "sparse" / "0").mkdir(parents=True)
     (root / "text").mkdir()
     rec.write(str(root / "sparse" / "0"))
@@ -246,4 +253,35 @@ def test_the_box_holds_the_sparse_points(tmp_path):
     _write_project(tmp_path / "room", points=room)
     scene = load_colmap(tmp_path / "room" / "sparse" / "0", tmp_path / "room" / "images", "all")
     assert scene.aabb_scale == 4.0  # 2 * 0.33 * 6 = 3.96 -> 4, the stray point left out
-    assert any("aabb_scale 4 from the 201 sparse points" in note for note in scene.notes)
+    assert any("aabb_scale 4 from the 201 sparse points" in note and "no image observes" in note
+               for note in scene.notes)
+
+
+def test_the_box_holds_what_every_image_sees(tmp_path):
+    """With observations, the box holds 99.5% of the points each image sees: a room behind
+    the object that only one view observes (0.7% of all points, so 99% of them lie on the
+    object) is modelled, while a stray far point seen by one view is not."""
+    rng = np.random.default_rng(6)
+    poses = _write_project(tmp_path / "probe")
+    centres = np.stack([-r.T @ t for r, t in poses.values()])
+    centre = centres.mean(0)
+    radius = np.linalg.norm(centres - centre, axis=1).max()
+    n_object = 3000
+    obj = centre + rng.normal(size=(n_object, 3)) * 0.2 * radius
+    room = centre + 6 * radius * np.eye(3)[rng.integers(0, 3, 20)]  # seen by image 4 only
+    stray = centre + 1000 * radius * np.ones((1, 3))  # seen by image 2 only
+    points = np.concatenate([obj, room, stray])
+    every = list(range(9))
+    seen_by = [every] * n_object + [[4]] * len(room) + [[2]]
+    _write_project(tmp_path / "room", points=points, seen_by=seen_by)
+    args = (tmp_path / "room" / "sparse" / "0", tmp_path / "room" / "images", "all")
+    scene = load_colmap(*args)
+    assert scene.aabb_scale == 4.0  # the room: 2 * 0.33 * 6 = 3.96 -> 4; the stray left out
+    assert any("aabb_scale 4 from the 3021 sparse points (every image sees 99.5%" in note
+               for note in scene.notes)
+    # Without the room the views see only the object (and image 2 its stray point): the box
+    # is the unit cube, as 99% of all points would also say.
+    _write_project(tmp_path / "object", points=np.concatenate([obj, stray]),
+                   seen_by=[every] * n_object + [[2]])
+    assert load_colmap(tmp_path / "object" / "sparse" / "0", tmp_path / "object" / "images",
+                       "all").aabb_scale == 1.0

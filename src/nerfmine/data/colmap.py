@@ -16,9 +16,11 @@ Conventions (the result is a :class:`~nerfmine.data.scene_data.SceneData` like e
   a sphere of radius 1.0 (a single camera keeps scale 1). ``scale`` 0.33 and ``offset``
   (0.5, 0.5, 0.5) are instant-ngp's defaults: the unit cube then holds world points within
   about 1.5 of the camera centre, the cameras at distance <= 0.33 from the cube's centre.
-  ``aabb_scale`` is the smallest power of two whose box holds 99% of the sparse points (at most
-  16; 1 for a model without points), so that a capture's background is modelled. Notes record
-  the centre, radius and box used.
+  ``aabb_scale`` is the smallest power of two whose box holds, for every image, 99.5% of the
+  sparse points that image observes (LLFF's far bound, a percentile of each view's point
+  depths, taken per axis; at most 16), so that the background each view sees is modelled; a
+  model whose points carry no observations falls back to 99% of all points, and one without
+  points gets 1. Notes record the centre, radius and box used.
 - Camera models (intrinsics in pixels, COLMAP's pixel centres at integer + 0.5 as in the rest of
   nerfmine; coefficients as ``(k1, k2, k3, k4, p1, p2)``):
   SIMPLE_PINHOLE (f, cx, cy) and PINHOLE (fx, fy, cx, cy) -> "pinhole";
@@ -153,7 +155,7 @@ def load_colmap(
         (model_dir / n for n in ("images.bin", "images.txt") if (model_dir / n).is_file()),
         model_dir / "images.bin",
     )
-    registered, cameras, points = _read_model(model_dir, model_file)
+    registered, cameras, points, observations = _read_model(model_dir, model_file)
     notes: list[str] = []
     if not registered:
         raise DataError(f"the COLMAP model in {model_dir} has no registered images.")
@@ -213,7 +215,8 @@ def load_colmap(
         f"({centre[0]:.4g}, {centre[1]:.4g}, {centre[2]:.4g}) and divided by {radius:.4g} so the "
         "cameras lie within radius 1; scale 0.33, offset 0.5 (instant-ngp's defaults)."
     )
-    aabb_scale = _aabb_scale_from_points(points, centre, radius, notes)
+    aabb_scale = _aabb_scale_from_points(points, observations,
+                                         [im.image_id for im in found], centre, radius, notes)
 
     chosen = holdout_indices(len(found), split, holdout_every, model_dir, "registered image")
 
@@ -282,24 +285,51 @@ def load_colmap(
                          notes)
 
 
-# The share of sparse points the modelled box must hold: a few stray points far out (bad
-# triangulations) should not grow the box.
+# The share of the sparse points each image observes that the modelled box must hold
+# (LLFF's imgs2poses takes the 99.5th percentile of a view's point depths as its far bound): a
+# few stray points (bad triangulations) should not grow the box. The box holds this share for
+# every image, not of all points together: a 360 capture triangulates its object densely and
+# its room sparsely, so 99% of all points can lie on the object while every view sees the room
+# behind it (bird360: 99% of the points within 2.3 camera radii, aabb_scale 2; its views' far
+# points up to 11.5 radii, aabb_scale 8, which scored 2.4-2.9 dB higher at 60-120 s in one
+# seed per arm; BENCHMARKS.md).
+IMAGE_POINTS_QUANTILE = 0.995
+# Fewest observed points for an image's percentile to count (a handful says nothing).
+MIN_IMAGE_POINTS = 10
+# Without observations (a model written without tracks): the share of all points.
 POINTS_QUANTILE = 0.99
 
 
-def _aabb_scale_from_points(points: np.ndarray, centre, radius: float,
+def _aabb_scale_from_points(points: np.ndarray, observations: tuple[np.ndarray, np.ndarray],
+                            image_ids: list[int], centre, radius: float,
                             notes: list[str]) -> float:
-    """aabb_scale from the sparse points [P, 3] in the normalised world: the box holds
-    :data:`POINTS_QUANTILE` of them (and the cameras), at most 16; 1 without points."""
-    points = points[np.isfinite(points).all(axis=1)]  # a damaged point must not set the box
-    if len(points) == 0:
+    """aabb_scale from the sparse points [P, 3] (COLMAP world) and their observations
+    (``(image ids, point rows)``, one entry per track element): the box, around the
+    cameras' centre in the normalised world, holds :data:`IMAGE_POINTS_QUANTILE` of the points
+    each of ``image_ids`` observes, at most 16; :data:`POINTS_QUANTILE` of all points when no
+    image observes :data:`MIN_IMAGE_POINTS`; 1 without points."""
+    finite = np.isfinite(points).all(axis=1)  # a damaged point must not set the box
+    if not finite.any():
         return 1.0
     extent = np.abs((points - centre) / radius).max(axis=1)  # [P], per axis from the centre
-    reach = float(np.quantile(extent, POINTS_QUANTILE))
+    seen_by, rows = observations
+    keep = finite[rows] & np.isin(seen_by, image_ids)
+    seen_by, rows = seen_by[keep], rows[keep]
+    order = np.argsort(seen_by, kind="stable")
+    groups = np.split(extent[rows[order]], np.flatnonzero(np.diff(seen_by[order])) + 1)
+    per_image = [float(np.quantile(g, IMAGE_POINTS_QUANTILE)) for g in groups
+                 if len(g) >= MIN_IMAGE_POINTS]
+    if per_image:
+        reach = max(per_image)
+        how = (f"every image sees {IMAGE_POINTS_QUANTILE:.1%} of the points it observes within "
+               f"{reach:.3g} of the cameras' centre per axis")
+    else:
+        reach = float(np.quantile(extent[finite], POINTS_QUANTILE))
+        how = (f"no image observes {MIN_IMAGE_POINTS} of them; {POINTS_QUANTILE:.0%} lie within "
+               f"{reach:.3g} of the cameras' centre per axis")
     aabb_scale = aabb_scale_for_extent(max(reach, 1.0))
-    notes.append(f"aabb_scale {aabb_scale:g} from the {len(points)} sparse points "
-                 f"({POINTS_QUANTILE:.0%} of them lie within {reach:.3g} of the cameras' centre "
-                 "per axis); set data.aabb_scale to choose another.")
+    notes.append(f"aabb_scale {aabb_scale:g} from the {int(finite.sum())} sparse points ({how}); "
+                 "set data.aabb_scale to choose another.")
     return aabb_scale
 
 
@@ -324,9 +354,11 @@ class _ModelCamera:
 
 
 def _read_model(model_dir: Path, model_file: Path
-                ) -> tuple[list[_ModelImage], dict[int, _ModelCamera], np.ndarray]:
-    """The registered images (with a pose), the cameras they use and the sparse points [P, 3]
-    of the model in ``model_dir``, as plain Python values.
+                ) -> tuple[list[_ModelImage], dict[int, _ModelCamera], np.ndarray,
+                           tuple[np.ndarray, np.ndarray]]:
+    """The registered images (with a pose), the cameras they use, the sparse points [P, 3]
+    and their observations (image ids and point rows, one pair per track element) of the model
+    in ``model_dir``, as plain Python values.
 
     Everything the loader asks of pycolmap happens here, behind one boundary: its C++ checks
     surface as ValueError, IndexError, RuntimeError, MemoryError or UnicodeDecodeError (a name
@@ -353,8 +385,14 @@ def _read_model(model_dir: Path, model_file: Path
             cam = rec.cameras[camera_id]
             cameras[camera_id] = _ModelCamera(cam.model.name, int(cam.width), int(cam.height),
                                               [float(v) for v in cam.params])
-        points = np.array([p.xyz for p in rec.points3D.values()],
-                          dtype=np.float64).reshape(-1, 3)
+        points = np.empty((len(rec.points3D), 3), dtype=np.float64)
+        seen_by: list[int] = []
+        rows: list[int] = []
+        for row, point in enumerate(rec.points3D.values()):
+            points[row] = point.xyz
+            ids = [el.image_id for el in point.track.elements]
+            seen_by += ids
+            rows += [row] * len(ids)
     except DataError:
         raise
     except UnicodeDecodeError as e:  # pybind11 decodes the names as UTF-8
@@ -364,7 +402,8 @@ def _read_model(model_dir: Path, model_file: Path
         raise DataError(f"cannot read the COLMAP model in {model_dir}: "
                         f"{type(e).__name__}: {str(e)[:300]}. Re-export it from COLMAP "
                         "(colmap model_converter) if the files are damaged.") from None
-    return registered, cameras, points
+    observations = (np.asarray(seen_by, dtype=np.int64), np.asarray(rows, dtype=np.int64))
+    return registered, cameras, points, observations
 
 
 def _camera(cam: _ModelCamera, camera_id: int, model_dir: Path) -> tuple[str, tuple, tuple]:
