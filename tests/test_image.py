@@ -138,18 +138,13 @@ def test_mining_step_backpropagates_only_the_drawn_pixels(tmp_path):
 
 
 def test_resume_continues_bit_exactly(tmp_path):
+    from conftest import straight_and_resumed
+
     from nerfmine.image.fit import ImageFit
 
     image = _smooth_image(tmp_path / "smooth.png", size=32)
     config = _config(steps=6, eval_every=3, pixels_per_step=256, log2_table_size=10)
-    straight = ImageFit.create(config, image, tmp_path / "a")
-    straight.train()
-    half = ImageFit.create(config.__class__(**{**config.to_dict(), "steps": 3}), image,
-                           tmp_path / "b")
-    half.train()
-    resumed = ImageFit.resume(tmp_path / "b", {"steps": 6})
-    assert resumed.step == 3
-    resumed.train()
+    straight, resumed = straight_and_resumed(ImageFit, config, image, tmp_path)
     for name, value in straight.field.state_dict().items():
         assert torch.equal(value, resumed.field.state_dict()[name]), name
     assert torch.equal(straight.miner.tau_bar, resumed.miner.tau_bar)
@@ -180,17 +175,11 @@ def test_a_signal_checkpoints_and_resume_finishes_as_if_never_stopped(tmp_path):
 
 
 def test_cli_fits_and_resumes(tmp_path, capsys):
-    from nerfmine.cli import main
+    from conftest import check_cli_fit_and_resume
 
     image = _smooth_image(tmp_path / "smooth.png", size=24)
-    run = tmp_path / "run"
-    flags = ["--pixels-per-step", "128", "--log2-table-size", "10", "--eval-every", "2", "-q"]
-    assert main(["image", str(image), "-o", str(run), "--steps", "2", *flags[:-1]]) == 0
-    assert main(["image", "--resume", str(run), "--steps", "4", "-q"]) == 0
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 4 and [p["step"] for p in metrics["curve"]] == [2, 4]
-    assert main(["image", str(image), "-o", str(run)]) == 2  # the folder holds a run
-    assert "already holds a run" in capsys.readouterr().err
+    flags = ["--pixels-per-step", "128", "--log2-table-size", "10", "--eval-every", "2"]
+    check_cli_fit_and_resume("image", image, tmp_path / "run", flags, capsys)
 
 
 # ------------------------------------------------------------------------- bad input

@@ -179,18 +179,13 @@ def test_mining_step_backpropagates_only_the_drawn_points(sphere, tmp_path):
 
 
 def test_resume_continues_bit_exactly(sphere, tmp_path):
+    from conftest import straight_and_resumed
+
     from nerfmine.sdf.fit import SdfFit
 
     config = _config(steps=6, eval_every=3, samples_per_step=256, mesh_resolution=8,
                      mining="hsm")
-    straight = SdfFit.create(config, sphere, tmp_path / "a")
-    straight.train()
-    half = SdfFit.create(config.__class__(**{**config.to_dict(), "steps": 3}), sphere,
-                         tmp_path / "b")
-    half.train()
-    resumed = SdfFit.resume(tmp_path / "b", {"steps": 6})
-    assert resumed.step == 3
-    resumed.train()
+    straight, resumed = straight_and_resumed(SdfFit, config, sphere, tmp_path)
     for name, value in straight.field.state_dict().items():
         assert torch.equal(value, resumed.field.state_dict()[name]), name
     for a, b in zip(straight.ema, resumed.ema):
@@ -200,17 +195,11 @@ def test_resume_continues_bit_exactly(sphere, tmp_path):
 
 
 def test_cli_fits_and_resumes(sphere, tmp_path, capsys):
-    from nerfmine.cli import main
+    from conftest import check_cli_fit_and_resume
 
-    run = tmp_path / "run"
     flags = ["--samples-per-step", "128", "--pool-size", "4096", "--iou-points", "4096",
              "--log2-table-size", "10", "--eval-every", "2", "--mesh-resolution", "8", "-q"]
-    assert main(["sdf", str(sphere), "-o", str(run), "--steps", "2", *flags]) == 0
-    assert main(["sdf", "--resume", str(run), "--steps", "4", "-q"]) == 0
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 4 and [p["step"] for p in metrics["curve"]] == [2, 4]
-    assert main(["sdf", str(sphere), "-o", str(run)]) == 2  # the folder holds a run
-    assert "already holds a run" in capsys.readouterr().err
+    check_cli_fit_and_resume("sdf", sphere, tmp_path / "run", flags, capsys)
 
 
 # ------------------------------------------------------------------------- bad input

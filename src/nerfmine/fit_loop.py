@@ -1,4 +1,6 @@
-"""The training loop of the single-task primitives (``nerfmine image``, ``nerfmine sdf``).
+"""The training loop of the single-task primitives (``nerfmine image``, ``nerfmine sdf``), and
+what else their fits share: starting a run, resuming one, the checkpoint's layout and the run
+metrics both write.
 
 A fit trains to ``config.steps`` in chunks of ``config.eval_every`` steps; after each chunk it
 evaluates (its metric: PSNR for an image, IoU for an SDF), records a curve point and writes its
@@ -7,10 +9,13 @@ checkpoint. The training clock counts only the steps. The run folder is held wit
 between steps after a checkpoint, raising :class:`~nerfmine.errors.TrainingInterrupted` with
 the ``--resume`` command (docs/design.md, "Robustness").
 
-A fit class mixes in :class:`FitLoop` and provides ``run_dir``, ``config`` (``steps``,
-``eval_every``, ``to_dict()``), ``device``, ``step``, ``clock``, ``curve``, ``miner`` (or None),
-``train_step()``, ``state_dict()``, ``_evaluate_point() -> (value, payload)`` and
-``_write_outputs(value, payload) -> metrics``, and names its ``COMMAND`` and ``METRIC``.
+A fit class mixes in :class:`FitLoop`, names the class attributes listed there and provides
+``__init__(config, source_path, run_dir)`` (which calls :meth:`FitLoop._start` first, builds
+``field`` and then calls :meth:`FitLoop._start_training`), ``train_step()``,
+``_source_state()`` (the path and hash of the fitted file, and what else the checkpoint
+records of it), ``_evaluate_point() -> (value, payload)`` and
+``_write_outputs(value, payload) -> metrics`` (which calls ``_save()``, builds metrics.json
+around :meth:`FitLoop._run_metrics` and writes it with :meth:`FitLoop._write_metrics`).
 """
 
 from __future__ import annotations
@@ -21,12 +26,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from nerfmine.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from nerfmine.errors import TrainingInterrupted
+from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from nerfmine.errors import ConfigError, DataError, TrainingInterrupted
+from nerfmine.image.io import file_sha256
+from nerfmine.miner import HardSampleMiner
+from nerfmine.optim import NGPAdam
+from nerfmine.provenance import device_name, git_commit
 from nerfmine.run_folder import RunLock, atomic_write_text, remove_stale_temporaries
 
 
@@ -55,10 +65,134 @@ def stop_requests() -> Iterator[list[int]]:
 
 
 class FitLoop:
-    """The loop of a single-task fit (see the module docstring for what a fit provides)."""
+    """The loop, start, resume and checkpoint of a single-task fit (see the module docstring
+    for what a fit provides). :meth:`create` starts a fit, :meth:`resume` continues one;
+    :meth:`train` trains to ``config.steps`` and writes the folder's files."""
 
-    COMMAND = ""  # the subcommand, for the resume hint: "image", "sdf"
+    COMMAND = ""  # the subcommand, for messages: "image", "sdf"
     METRIC = ""  # the curve's metric key: "psnr", "iou"
+    KIND = ""  # the checkpoint's "kind": "nerfmine-image", "nerfmine-sdf"
+    SOURCE = ""  # the fitted file, in messages and as its checkpoint key: "image", "mesh"
+    CONFIG_CLASS: Any = None  # ImageConfig, SdfConfig
+    CONFIG_KEY = ""  # the config's checkpoint key, "image_config": "config" is a NeRF run's
+    WRONG_KIND = ""  # why resume refuses a checkpoint of another kind, after its path
+    RESUMABLE: tuple[str, ...] = ()  # the settings a resume may change
+    RESUMABLE_FLAGS = ""  # their flags, for the message when another one changes
+
+    # ------------------------------------------------------------------ construction
+
+    def _start(self, config: Any, run_dir: Path) -> None:
+        """The config, the run folder, the device and the backend ("auto": triton on CUDA,
+        torch elsewhere)."""
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(config.device)
+        self.backend = config.backend
+        if self.backend == "auto":
+            self.backend = "triton" if self.device.type == "cuda" else "torch"
+
+    def _start_training(self, l2_reg: float) -> None:
+        """Adam over the field's table and MLP, the miner (none when mining is "none"), the one
+        generator of every draw (seeded by ``config.seed``) and an empty curve at step 0."""
+        config = self.config
+        self.optimizer = NGPAdam([self.field.table], self.field.mlp_parameters(), lr=config.lr,
+                                 betas=config.betas, eps=config.eps, l2_reg=l2_reg,
+                                 backend=self.backend)
+        self.miner = HardSampleMiner().to(self.device) if config.mining != "none" else None
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.step = 0
+        self.clock = 0.0
+        self.curve: list[dict[str, Any]] = []
+
+    @classmethod
+    def create(cls, config: Any, source_path: Path, run_dir: Path) -> Any:
+        """A new fit of ``source_path`` into ``run_dir``; a folder that already holds a run's
+        checkpoint is refused (``--resume`` continues that run)."""
+        if (Path(run_dir) / CHECKPOINT_NAME).exists():
+            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume "
+                              f"{run_dir} or choose another -o")
+        return cls(config, source_path, run_dir)
+
+    @classmethod
+    def resume(cls, run_dir: Path, overrides: dict[str, Any] | None = None,
+               source_path: Path | None = None) -> Any:
+        """Continue the run in ``run_dir``; ``overrides`` may change only the
+        :attr:`RESUMABLE` settings; ``source_path`` replaces a moved file (same bytes). The
+        file's hash is checked before the fit is built (an SDF's ground truth takes long)."""
+        path = Path(run_dir) / CHECKPOINT_NAME
+        state = load_checkpoint(path)
+        if state.get("kind") != cls.KIND:
+            raise ConfigError(f"{path}: {cls.WRONG_KIND}")
+        changed = sorted(set(overrides or {}) - set(cls.RESUMABLE))
+        if changed:
+            raise ConfigError(f"--resume keeps the run's config; {', '.join(changed)} cannot "
+                              f"change (only {cls.RESUMABLE_FLAGS})")
+        config = cls.CONFIG_CLASS.from_dict({**state[cls.CONFIG_KEY], **(overrides or {})},
+                                            str(path))
+        source = state[cls.SOURCE]
+        source_path = Path(source_path or source["path"])
+        if not source_path.is_file():
+            raise DataError(f"{source_path}: the run's {cls.SOURCE} is not there any more; "
+                            f"pass it again: nerfmine {cls.COMMAND} {cls.SOURCE.upper()} "
+                            f"--resume {run_dir}")
+        if file_sha256(source_path) != source["sha256"]:
+            raise DataError(f"{source_path}: not the {cls.SOURCE} this run was fitting (its "
+                            f"content changed); pass the original {cls.SOURCE}, or start a "
+                            "new run")
+        fit = cls(config, source_path, run_dir)
+        fit._load_state(state)
+        return fit
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """The trained state of a checkpoint: the weights, Adam, the miner, the generator,
+        the step, the clock and the curve."""
+        self.field.load_state_dict(state["field"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.miner is not None:
+            self.miner.load_state_dict(state["miner"])
+        self.generator.set_state(state["generator"])
+        self.step, self.clock, self.curve = state["step"], state["clock"], list(state["curve"])
+
+    # ------------------------------------------------------------------ checkpoint, metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's content: everything a bit-exact resume on the same device needs."""
+        return {
+            "kind": self.KIND,
+            self.CONFIG_KEY: self.config.to_dict(),
+            self.SOURCE: self._source_state(),
+            **self._model_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "miner": self.miner.state_dict() if self.miner is not None else {},
+            "generator": self.generator.get_state(),
+            "step": self.step,
+            "clock": self.clock,
+            "curve": self.curve,
+        }
+
+    def _model_state(self) -> dict[str, Any]:
+        """The checkpoint's weights (a fit with more of them, such as an EMA, adds those)."""
+        return {"field": self.field.state_dict()}
+
+    def _run_metrics(self) -> dict[str, Any]:
+        """metrics.json's entries of every fit: where and how it ran, and how fast."""
+        return {
+            "device": device_name(self.device),
+            "commit": git_commit(),
+            "backend": self.backend,
+            "mining": self.config.mining,
+            "preset": self.config.preset,
+            "steps": self.step,
+            "training_seconds": self.clock,
+            "steps_per_second": self.step / max(self.clock, 1e-9),
+        }
+
+    def _write_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """metrics.json, written atomically; returns ``metrics`` (what :meth:`train` returns)."""
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

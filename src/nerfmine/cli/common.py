@@ -1,5 +1,5 @@
 """What the subcommands share: the table of training flags (train and bench), the progress bar,
-run-folder checks and loading a trained run.
+run-folder checks, loading a trained run and the ``run`` of the image and SDF primitives.
 
 :data:`TRAINING_FLAGS` lists every flag that sets a config value, where the value goes and
 which commands take it; :func:`add_training_flags` adds them to a subcommand's parser and
@@ -213,6 +213,82 @@ def check_writable(folder: Path) -> None:
     except OSError as exc:
         raise NerfmineError(f"{folder}: cannot write the run folder here ({exc.strerror}); "
                             "choose another place with --output") from None
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser, source: str, presets: dict[str, Any],
+                      preset_help: str, mining_choices: tuple[str, ...],
+                      mining_help: str) -> None:
+    """The arguments every single-task primitive takes first, in ``--help``'s order: the file
+    to fit (``source``: "image", "mesh"), ``-o``, ``--resume``, ``--preset``, ``--mining``,
+    ``--backend``, ``--device`` and ``--steps``. The command adds its own after them."""
+    from nerfmine.fit_config import BACKEND_CHOICES
+
+    parser.add_argument(source, type=Path, nargs="?", default=None,
+                        help=f"the {source} to fit (with --resume: only if it moved)")
+    parser.add_argument("--output", "-o", type=Path, default=None, metavar="RUN_DIR",
+                        help="run folder to write (required unless --resume)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its checkpoint")
+    parser.add_argument("--preset", choices=sorted(presets), default=None, help=preset_help)
+    parser.add_argument("--mining", choices=mining_choices, default=None, help=mining_help)
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
+                        help="hash grid and Adam backend (auto: triton on CUDA, torch on CPU)")
+    parser.add_argument("--device", default=None, help="cuda, cpu or auto (default)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps in all")
+
+
+def run_fit(args: argparse.Namespace, fit_class: Any, make_config: Callable[..., Any],
+            source: Path | None, flags: tuple[str, ...], *, usage: str,
+            size: Callable[[Any], str], metric: Callable[[float], str],
+            outputs: Callable[[dict[str, Any]], str],
+            note: Callable[[Any], str] = lambda fit: "") -> int:
+    """``run`` of a single-task primitive (``nerfmine image``, ``nerfmine sdf``): start the fit
+    of ``source`` in ``-o RUN_DIR`` (the preset: ``--preset``, else gpu on a CUDA device and cpu
+    elsewhere) or continue ``--resume RUN_DIR``, train with a line per evaluation point unless
+    ``--quiet``, and say what came out.
+
+    ``fit_class`` is a :class:`~nerfmine.fit_loop.FitLoop` (imported by the caller, inside its
+    ``run``, so that building the parser needs no torch); ``flags`` are the argparse
+    destinations that become config overrides when given; ``usage`` is the message when the
+    source or the run folder is missing. The messages' parts: ``size(fit)`` (what is fitted,
+    e.g. "64x48"), ``note(fit)`` (after the start line), ``metric(value)`` (e.g. "PSNR 25.00
+    dB") and ``outputs(metrics)`` (the files after metrics.json)."""
+    from nerfmine.fit_loop import resolve_device
+
+    overrides = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    if args.resume is not None:
+        if args.output is not None or args.preset is not None:
+            raise NerfmineError("-o and --preset do not apply with --resume: the run continues "
+                                "in its own folder with its own config")
+        fit = fit_class.resume(args.resume, overrides, source)
+        print(f"resuming {args.resume} at step {fit.step} ({fit.clock:.1f} s of training "
+              "clock)", flush=True)
+    else:
+        if source is None or args.output is None:
+            raise NerfmineError(usage)
+        preset = args.preset
+        if preset is None:
+            preset = "gpu" if resolve_device(overrides.get("device", "auto")).type == "cuda" \
+                else "cpu"
+        config = make_config(preset, overrides)
+        check_writable(args.output)
+        fit = fit_class.create(config, source, args.output)
+        print(f"fitting {source} ({size(fit)}) on {fit.device} (preset {config.preset}, "
+              f"backend {fit.backend}, mining {config.mining}) into {args.output}{note(fit)}",
+              flush=True)
+
+    def progress(point: dict) -> None:
+        if not args.quiet:
+            print(f"step {point['step']}: {metric(point[fit.METRIC])} at "
+                  f"{point['clock']:.1f} s", flush=True)
+
+    metrics = fit.train(progress=progress)
+    print(f"done: {metrics['steps']} steps in {metrics['training_seconds']:.1f} s "
+          f"({metrics['steps_per_second']:.1f} steps/s) on {metrics['device']}; "
+          f"{metric(metrics[fit.METRIC])}")
+    print(f"outputs in {fit.run_dir}: config.json, checkpoint.pt, metrics.json, "
+          f"{outputs(metrics)}")
+    return 0
 
 
 def load_scene(run_dir: Path, data: Path | None = None, overrides: dict | None = None):

@@ -5,19 +5,25 @@ No torch here: the command line builds its parser from :data:`PRESETS` without i
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from nerfmine.errors import ConfigError
+from nerfmine.fit_config import FitConfig
 
 MINING_CHOICES = ("hsm", "none")
-BACKEND_CHOICES = ("auto", "torch", "triton")
 
 
 @dataclass(frozen=True)
-class ImageConfig:
-    """One image fit. Defaults: instant-ngp's image setting for a GPU (paper Sec. 5.1)."""
+class ImageConfig(FitConfig):
+    """One image fit. Defaults: instant-ngp's image setting for a GPU (paper Sec. 5.1). The
+    shared checks, the dict round trip and the presets are
+    :class:`~nerfmine.fit_config.FitConfig`'s."""
+
+    NAME: ClassVar[str] = "image"
+    MINING_CHOICES: ClassVar[tuple[str, ...]] = MINING_CHOICES
+    AT_LEAST_ONE: ClassVar[tuple[str, ...]] = (
+        "n_levels", "n_features", "base_resolution", "hidden_dim", "pixels_per_step",
+        "eval_every", "render_tile")
 
     preset: str = "gpu"
     """The preset these values started from (recorded, not interpreted)."""
@@ -61,40 +67,13 @@ class ImageConfig:
     render_tile: int = 2**18
     """Pixels per forward pass of the full-resolution render."""
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.mining not in MINING_CHOICES:
-            problems.append(f"mining must be one of {MINING_CHOICES}, got {self.mining!r}")
-        if self.backend not in BACKEND_CHOICES:
-            problems.append(f"backend must be one of {BACKEND_CHOICES}, got {self.backend!r}")
-        if not 1 <= self.log2_table_size <= 24:
-            problems.append(f"log2_table_size must lie in [1, 24], got {self.log2_table_size}")
-        for name in ("n_levels", "n_features", "base_resolution", "hidden_dim",
-                     "pixels_per_step", "eval_every", "render_tile"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+    def _problems(self) -> list[str]:
         if self.steps < 0 or self.n_hidden_layers < 0 or self.max_resolution < 0:
-            problems.append("steps, n_hidden_layers and max_resolution must not be negative")
-        if problems:
-            raise ConfigError("image config: " + "; ".join(problems))
+            return ["steps, n_hidden_layers and max_resolution must not be negative"]
+        return []
 
     def finest_resolution(self, width: int) -> int:
         return max(self.max_resolution or width // 2, self.base_resolution)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "image config") -> ImageConfig:
-        """The config of ``values``; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-        values = dict(values)
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        return cls(**values)
 
 
 #: Named starting points. "gpu" is the paper's setting; "cpu" is small enough to fit a few
@@ -107,7 +86,5 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_config(preset: str, overrides: dict[str, Any] | None = None) -> ImageConfig:
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown image preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset], "preset": preset, **(overrides or {})}
-    return ImageConfig.from_dict(values)
+    """The config of preset ``preset`` of :data:`PRESETS` under ``overrides``."""
+    return ImageConfig.from_preset(PRESETS, preset, overrides)

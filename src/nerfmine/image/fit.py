@@ -23,98 +23,46 @@ generator that draws pixels and mining keys.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from nerfmine.errors import ConfigError, DataError
-from nerfmine.fit_loop import FitLoop, resolve_device
+from nerfmine.fit_loop import FitLoop
 from nerfmine.image.config import ImageConfig
 from nerfmine.image.field import ImageField, pixel_positions
 from nerfmine.image.io import file_sha256, read_image
 from nerfmine.metrics import psnr
-from nerfmine.miner import HardSampleMiner
-from nerfmine.optim import NGPAdam
 from nerfmine.plots import plot_psnr_curve
-from nerfmine.provenance import device_name, git_commit
-from nerfmine.run_folder import (
-    atomic_save_image,
-    atomic_write_text,
-)
+from nerfmine.run_folder import atomic_save_image
 
 KIND = "nerfmine-image"
 
 
 class ImageFit(FitLoop):
     """One image fit and its run folder. :meth:`create` starts one, :meth:`resume` continues
-    one; :meth:`train` trains to ``config.steps`` and writes the folder's files."""
+    one; :meth:`train` trains to ``config.steps`` and writes the folder's files (the three are
+    :class:`~nerfmine.fit_loop.FitLoop`'s)."""
+
+    COMMAND, METRIC, SOURCE = "image", "psnr", "image"
+    KIND = KIND
+    CONFIG_CLASS, CONFIG_KEY = ImageConfig, "image_config"
+    WRONG_KIND = ("not an image run's checkpoint (nerfmine image writes those); resume NeRF "
+                  "runs with 'nerfmine train --resume'")
+    RESUMABLE = ("steps", "eval_every", "render_tile")
+    RESUMABLE_FLAGS = "--steps, --eval-every and --render-tile"
 
     def __init__(self, config: ImageConfig, image_path: Path, run_dir: Path) -> None:
-        self.config = config
+        self._start(config, run_dir)
         self.image_path = Path(image_path)
-        self.run_dir = Path(run_dir)
-        self.device = resolve_device(config.device)
-        self.backend = config.backend
-        if self.backend == "auto":
-            self.backend = "triton" if self.device.type == "cuda" else "torch"
         image = read_image(self.image_path)  # [H, W, 3]
         self.image_sha256 = file_sha256(self.image_path)
         self.height, self.width = image.shape[:2]
         self.target = torch.from_numpy(image).to(self.device)  # [H, W, 3]
         self.target_flat = self.target.reshape(-1, 3)  # [H*W, 3]
         self.field = ImageField(config, self.width, self.backend, config.seed).to(self.device)
-        self.optimizer = NGPAdam([self.field.table], self.field.mlp_parameters(), lr=config.lr,
-                                 betas=config.betas, eps=config.eps, l2_reg=0.0,
-                                 backend=self.backend)
-        self.miner = HardSampleMiner().to(self.device) if config.mining == "hsm" else None
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.step = 0
-        self.clock = 0.0
-        self.curve: list[dict[str, Any]] = []
-
-    # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def create(cls, config: ImageConfig, image_path: Path, run_dir: Path) -> ImageFit:
-        if (Path(run_dir) / CHECKPOINT_NAME).exists():
-            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume "
-                              f"{run_dir} or choose another -o")
-        return cls(config, image_path, run_dir)
-
-    @classmethod
-    def resume(cls, run_dir: Path, overrides: dict[str, Any] | None = None,
-               image_path: Path | None = None) -> ImageFit:
-        """Continue the run in ``run_dir``; ``overrides`` may change ``steps``, ``eval_every``
-        and ``render_tile`` only; ``image_path`` replaces a moved image (same bytes)."""
-        path = Path(run_dir) / CHECKPOINT_NAME
-        state = load_checkpoint(path)
-        if state.get("kind") != KIND:
-            raise ConfigError(f"{path}: not an image run's checkpoint (nerfmine image writes "
-                              "those); resume NeRF runs with 'nerfmine train --resume'")
-        changed = sorted(set(overrides or {}) - {"steps", "eval_every", "render_tile"})
-        if changed:
-            raise ConfigError(f"--resume keeps the run's config; {', '.join(changed)} cannot "
-                              "change (only --steps, --eval-every and --render-tile)")
-        config = ImageConfig.from_dict({**state["image_config"], **(overrides or {})}, str(path))
-        image_path = Path(image_path or state["image"]["path"])
-        if not image_path.is_file():
-            raise DataError(f"{image_path}: the run's image is not there any more; pass it "
-                            f"again: nerfmine image IMAGE --resume {run_dir}")
-        fit = cls(config, image_path, run_dir)
-        if fit.image_sha256 != state["image"]["sha256"]:
-            raise DataError(f"{image_path}: not the image this run was fitting (its content "
-                            "changed); pass the original image, or start a new run")
-        fit.field.load_state_dict(state["field"])
-        fit.optimizer.load_state_dict(state["optimizer"])
-        if fit.miner is not None:
-            fit.miner.load_state_dict(state["miner"])
-        fit.generator.set_state(state["generator"])
-        fit.step, fit.clock, fit.curve = state["step"], state["clock"], list(state["curve"])
-        return fit
+        self._start_training(l2_reg=0.0)
 
     # ------------------------------------------------------------------ training
 
@@ -146,8 +94,6 @@ class ImageFit(FitLoop):
         self.step += 1
         return loss.detach()
 
-    COMMAND, METRIC = "image", "psnr"
-
     def _evaluate_point(self) -> tuple[float, torch.Tensor]:
         return self.evaluate()
 
@@ -158,25 +104,14 @@ class ImageFit(FitLoop):
 
     # ------------------------------------------------------------------ outputs
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": KIND,
-            "image_config": self.config.to_dict(),  # not "config": that is a NeRF run's
-            "image": {"path": str(self.image_path.resolve()), "sha256": self.image_sha256,
-                      "height": self.height, "width": self.width},
-            "field": self.field.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "miner": self.miner.state_dict() if self.miner is not None else {},
-            "generator": self.generator.get_state(),
-            "step": self.step,
-            "clock": self.clock,
-            "curve": self.curve,
-        }
+    def _source_state(self) -> dict[str, Any]:
+        return {"path": str(self.image_path.resolve()), "sha256": self.image_sha256,
+                "height": self.height, "width": self.width}
 
     def _write_outputs(self, value: float, image: torch.Tensor) -> dict[str, Any]:
         from PIL import Image
 
-        save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
+        self._save()
         pixels = (image.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
         atomic_save_image(self.run_dir / "reconstruction.png", Image.fromarray(np.asarray(pixels)))
         plot_psnr_curve(self.curve, self.run_dir / "psnr_curve.png",
@@ -185,20 +120,12 @@ class ImageFit(FitLoop):
             "image": str(self.image_path.resolve()),
             "width": self.width,
             "height": self.height,
-            "device": device_name(self.device),
-            "commit": git_commit(),
-            "backend": self.backend,
-            "mining": self.config.mining,
-            "preset": self.config.preset,
-            "steps": self.step,
-            "training_seconds": self.clock,
-            "steps_per_second": self.step / max(self.clock, 1e-9),
+            **self._run_metrics(),
             "pixels_per_second": self.step * self.config.pixels_per_step / max(self.clock, 1e-9),
             "psnr": value,
             "psnr_over": "the whole image, prediction clipped to [0, 1]",
             "mean_hard_fraction": self.miner.mean_fraction() if self.miner is not None else None,
             "curve": self.curve,
         }
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        return metrics
+        return self._write_metrics(metrics)
 

@@ -7,15 +7,13 @@ the command line builds its parser from :data:`PRESETS` without importing it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from nerfmine.errors import ConfigError
+from nerfmine.fit_config import FitConfig
 
 MINING_CHOICES = ("hsm", "hsm-error", "none")
-BACKEND_CHOICES = ("auto", "torch", "triton")
 
 LOGISTIC_SCALE = math.sqrt(3.0) / 2.0 / 1024.0
 """instant-ngp's scale s of the logistic perturbation of surface points: the bounding radius of
@@ -24,8 +22,15 @@ the unit cube the mesh is placed in (half its diagonal, sqrt(3)/2) over 1024, pe
 
 
 @dataclass(frozen=True)
-class SdfConfig:
-    """One SDF fit. Defaults: instant-ngp's SDF setting for a GPU."""
+class SdfConfig(FitConfig):
+    """One SDF fit. Defaults: instant-ngp's SDF setting for a GPU. The shared checks, the dict
+    round trip and the presets are :class:`~nerfmine.fit_config.FitConfig`'s."""
+
+    NAME: ClassVar[str] = "sdf"
+    MINING_CHOICES: ClassVar[tuple[str, ...]] = MINING_CHOICES
+    AT_LEAST_ONE: ClassVar[tuple[str, ...]] = (
+        "n_levels", "n_features", "base_resolution", "hidden_dim", "iou_points",
+        "samples_per_step", "eval_every", "eval_chunk", "lr_decay_interval")
 
     preset: str = "gpu"
     """The preset these values started from (recorded, not interpreted)."""
@@ -99,18 +104,8 @@ class SdfConfig:
     eval_chunk: int = 2**18
     """Points per forward pass at evaluation and export."""
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> list[str]:
         problems = []
-        if self.mining not in MINING_CHOICES:
-            problems.append(f"mining must be one of {MINING_CHOICES}, got {self.mining!r}")
-        if self.backend not in BACKEND_CHOICES:
-            problems.append(f"backend must be one of {BACKEND_CHOICES}, got {self.backend!r}")
-        if not 1 <= self.log2_table_size <= 24:
-            problems.append(f"log2_table_size must lie in [1, 24], got {self.log2_table_size}")
-        for name in ("n_levels", "n_features", "base_resolution", "hidden_dim", "iou_points",
-                     "samples_per_step", "eval_every", "eval_chunk", "lr_decay_interval"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.pool_size < 8:
             problems.append(f"pool_size must be at least 8, got {self.pool_size}")
         if self.max_resolution < self.base_resolution:
@@ -121,8 +116,7 @@ class SdfConfig:
             problems.append("steps, n_hidden_layers and lr_decay_start must not be negative")
         if not (0 <= self.ema_decay < 1 and self.bbox_padding >= 0 and self.logistic_scale > 0):
             problems.append("ema_decay must lie in [0, 1), bbox_padding >= 0, logistic_scale > 0")
-        if problems:
-            raise ConfigError("sdf config: " + "; ".join(problems))
+        return problems
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based): instant-ngp's ExponentialDecay."""
@@ -130,21 +124,6 @@ class SdfConfig:
             return self.lr
         return self.lr * self.lr_decay_base ** ((step - self.lr_decay_start)
                                                 // self.lr_decay_interval + 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "sdf config") -> SdfConfig:
-        """The config of ``values``; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-        values = dict(values)
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        return cls(**values)
 
 
 #: Named starting points. "gpu" is instant-ngp's setting; "cpu" fits a simple mesh (a sphere)
@@ -161,7 +140,5 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_config(preset: str, overrides: dict[str, Any] | None = None) -> SdfConfig:
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown sdf preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset], "preset": preset, **(overrides or {})}
-    return SdfConfig.from_dict(values)
+    """The config of preset ``preset`` of :data:`PRESETS` under ``overrides``."""
+    return SdfConfig.from_preset(PRESETS, preset, overrides)

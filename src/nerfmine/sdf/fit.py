@@ -38,7 +38,6 @@ that draws points and mining keys; the pool and the IoU points are regenerated f
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import warnings
@@ -49,18 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from nerfmine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from nerfmine.errors import ConfigError, DataError, NerfmineError
-from nerfmine.fit_loop import FitLoop, resolve_device
+from nerfmine.errors import NerfmineError
+from nerfmine.fit_loop import FitLoop
 from nerfmine.image.io import file_sha256
-from nerfmine.miner import HardSampleMiner
-from nerfmine.optim import NGPAdam
 from nerfmine.plots import plot_psnr_curve
-from nerfmine.provenance import device_name, git_commit
-from nerfmine.run_folder import (
-    TMP_SUFFIX,
-    atomic_write_text,
-)
+from nerfmine.run_folder import TMP_SUFFIX
 from nerfmine.sdf.config import SdfConfig
 from nerfmine.sdf.field import SdfField, mape_loss, mape_output_grad, mape_terms
 from nerfmine.sdf.mesh import read_mesh, require_igl
@@ -73,16 +65,19 @@ RESUMABLE = ("steps", "eval_every", "mesh_resolution", "eval_chunk")
 
 class SdfFit(FitLoop):
     """One SDF fit and its run folder. :meth:`create` starts one, :meth:`resume` continues
-    one; :meth:`train` trains to ``config.steps`` and writes the folder's files."""
+    one; :meth:`train` trains to ``config.steps`` and writes the folder's files (the three are
+    :class:`~nerfmine.fit_loop.FitLoop`'s)."""
+
+    COMMAND, METRIC, SOURCE = "sdf", "iou", "mesh"
+    KIND = KIND
+    CONFIG_CLASS, CONFIG_KEY = SdfConfig, "sdf_config"
+    WRONG_KIND = "not an SDF run's checkpoint (nerfmine sdf writes those)"
+    RESUMABLE = RESUMABLE
+    RESUMABLE_FLAGS = "--steps, --eval-every and --mesh-resolution"
 
     def __init__(self, config: SdfConfig, mesh_path: Path, run_dir: Path) -> None:
-        self.config = config
+        self._start(config, run_dir)
         self.mesh_path = Path(mesh_path)
-        self.run_dir = Path(run_dir)
-        self.device = resolve_device(config.device)
-        self.backend = config.backend
-        if self.backend == "auto":
-            self.backend = "triton" if self.device.type == "cuda" else "torch"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             self.mesh = read_mesh(self.mesh_path, config.bbox_padding)
@@ -105,55 +100,13 @@ class SdfFit(FitLoop):
 
         self.field = SdfField(config, self.backend, config.seed).to(self.device)
         self.ema = [p.detach().clone() for p in self.field.parameters()]
-        self.optimizer = NGPAdam([self.field.table], self.field.mlp_parameters(), lr=config.lr,
-                                 betas=config.betas, eps=config.eps, l2_reg=config.l2_reg,
-                                 backend=self.backend)
-        self.miner = HardSampleMiner().to(self.device) if config.mining != "none" else None
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.step = 0
-        self.clock = 0.0
-        self.curve: list[dict[str, Any]] = []
+        self._start_training(l2_reg=config.l2_reg)
 
-    # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def create(cls, config: SdfConfig, mesh_path: Path, run_dir: Path) -> SdfFit:
-        if (Path(run_dir) / CHECKPOINT_NAME).exists():
-            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume "
-                              f"{run_dir} or choose another -o")
-        return cls(config, mesh_path, run_dir)
-
-    @classmethod
-    def resume(cls, run_dir: Path, overrides: dict[str, Any] | None = None,
-               mesh_path: Path | None = None) -> SdfFit:
-        """Continue the run in ``run_dir``; ``overrides`` may change only :data:`RESUMABLE`
-        settings; ``mesh_path`` replaces a moved mesh (same bytes)."""
-        path = Path(run_dir) / CHECKPOINT_NAME
-        state = load_checkpoint(path)
-        if state.get("kind") != KIND:
-            raise ConfigError(f"{path}: not an SDF run's checkpoint (nerfmine sdf writes those)")
-        changed = sorted(set(overrides or {}) - set(RESUMABLE))
-        if changed:
-            raise ConfigError(f"--resume keeps the run's config; {', '.join(changed)} cannot "
-                              "change (only --steps, --eval-every and --mesh-resolution)")
-        config = SdfConfig.from_dict({**state["sdf_config"], **(overrides or {})}, str(path))
-        mesh_path = Path(mesh_path or state["mesh"]["path"])
-        if not mesh_path.is_file():
-            raise DataError(f"{mesh_path}: the run's mesh is not there any more; pass it "
-                            f"again: nerfmine sdf MESH --resume {run_dir}")
-        if file_sha256(mesh_path) != state["mesh"]["sha256"]:
-            raise DataError(f"{mesh_path}: not the mesh this run was fitting (its content "
-                            "changed); pass the original mesh, or start a new run")
-        fit = cls(config, mesh_path, run_dir)
-        fit.field.load_state_dict(state["field"])
-        for mine, saved in zip(fit.ema, state["ema"]):
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """The shared trained state and the EMA of the weights."""
+        super()._load_state(state)
+        for mine, saved in zip(self.ema, state["ema"]):
             mine.copy_(saved)
-        fit.optimizer.load_state_dict(state["optimizer"])
-        if fit.miner is not None:
-            fit.miner.load_state_dict(state["miner"])
-        fit.generator.set_state(state["generator"])
-        fit.step, fit.clock, fit.curve = state["step"], state["clock"], list(state["curve"])
-        return fit
 
     # ------------------------------------------------------------------ training
 
@@ -203,8 +156,6 @@ class SdfFit(FitLoop):
                 for p, w in zip(params, live):
                     p.copy_(w)
 
-    COMMAND, METRIC = "sdf", "iou"
-
     def _evaluate_point(self) -> tuple[float, None]:
         return self.evaluate(), None
 
@@ -218,20 +169,11 @@ class SdfFit(FitLoop):
 
     # ------------------------------------------------------------------ outputs
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": KIND,
-            "sdf_config": self.config.to_dict(),  # not "config": that is a NeRF run's
-            "mesh": {"path": str(self.mesh_path.resolve()), "sha256": self.mesh_sha256},
-            "field": self.field.state_dict(),
-            "ema": list(self.ema),
-            "optimizer": self.optimizer.state_dict(),
-            "miner": self.miner.state_dict() if self.miner is not None else {},
-            "generator": self.generator.get_state(),
-            "step": self.step,
-            "clock": self.clock,
-            "curve": self.curve,
-        }
+    def _source_state(self) -> dict[str, Any]:
+        return {"path": str(self.mesh_path.resolve()), "sha256": self.mesh_sha256}
+
+    def _model_state(self) -> dict[str, Any]:
+        return {**super()._model_state(), "ema": list(self.ema)}
 
     def zero_level_set(self) -> tuple[np.ndarray, np.ndarray]:
         """Marching cubes of the EMA model's zero level set over the mesh's grown box:
@@ -268,7 +210,7 @@ class SdfFit(FitLoop):
         return MESH_NAME
 
     def _write_outputs(self, value: float, _payload: None = None) -> dict[str, Any]:
-        save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
+        self._save()
         mesh_file = self._write_mesh()
         plot_psnr_curve(self.curve, self.run_dir / "iou_curve.png", metric="iou",
                         title=f"{self.mesh_path.name} ({self.config.mining})")
@@ -277,14 +219,7 @@ class SdfFit(FitLoop):
             "watertight": self.mesh.watertight,
             "triangles": int(self.mesh.faces.shape[0]),
             "warnings": self.warnings,
-            "device": device_name(self.device),
-            "commit": git_commit(),
-            "backend": self.backend,
-            "mining": self.config.mining,
-            "preset": self.config.preset,
-            "steps": self.step,
-            "training_seconds": self.clock,
-            "steps_per_second": self.step / max(self.clock, 1e-9),
+            **self._run_metrics(),
             "ground_truth_seconds": self.ground_truth_seconds,
             "ground_truth_seconds_note": "pool distances and IoU signs (libigl, once per "
                                          "process, off the training clock)",
@@ -296,5 +231,4 @@ class SdfFit(FitLoop):
             "zero_level_set": mesh_file,
             "curve": self.curve,
         }
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        return metrics
+        return self._write_metrics(metrics)
