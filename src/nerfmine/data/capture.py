@@ -236,3 +236,51 @@ def aabb_scale_for_extent(extent: float) -> float:
     while scale < need and scale < MAX_AUTO_AABB_SCALE:
         scale *= 2.0
     return scale
+
+
+# The share of the sparse points each image observes that the modelled box must hold
+# (LLFF's imgs2poses takes the 99.5th percentile of a view's point depths as its far bound): a
+# few stray points (bad triangulations) should not grow the box. The box holds this share for
+# every image, not of all points together: a 360 capture triangulates its object densely and
+# its room sparsely, so 99% of all points can lie on the object while every view sees the room
+# behind it (bird360: 99% of the points within 2.3 camera radii, aabb_scale 2; its views' far
+# points up to 11.5 radii, aabb_scale 8, which scored 2.4-2.9 dB higher at 60-120 s in one
+# seed per arm; BENCHMARKS.md).
+IMAGE_POINTS_QUANTILE = 0.995
+# Fewest observed points for an image's percentile to count (a handful says nothing).
+MIN_IMAGE_POINTS = 10
+# Without observations (a model written without tracks): the share of all points.
+POINTS_QUANTILE = 0.99
+
+
+def aabb_scale_from_points(points: np.ndarray, observations: tuple[np.ndarray, np.ndarray],
+                            image_ids: list[int], centre, radius: float,
+                            notes: list[str]) -> float:
+    """aabb_scale from the sparse points [P, 3] (the model's world) and their observations
+    (``(image ids, point rows)``, one entry per track element): the box, around the
+    cameras' centre in the normalised world, holds :data:`IMAGE_POINTS_QUANTILE` of the points
+    each of ``image_ids`` observes, at most 16; :data:`POINTS_QUANTILE` of all points when no
+    image observes :data:`MIN_IMAGE_POINTS`; 1 without points."""
+    finite = np.isfinite(points).all(axis=1)  # a damaged point must not set the box
+    if not finite.any():
+        return 1.0
+    extent = np.abs((points - centre) / radius).max(axis=1)  # [P], per axis from the centre
+    seen_by, rows = observations
+    keep = finite[rows] & np.isin(seen_by, image_ids)
+    seen_by, rows = seen_by[keep], rows[keep]
+    order = np.argsort(seen_by, kind="stable")
+    groups = np.split(extent[rows[order]], np.flatnonzero(np.diff(seen_by[order])) + 1)
+    per_image = [float(np.quantile(g, IMAGE_POINTS_QUANTILE)) for g in groups
+                 if len(g) >= MIN_IMAGE_POINTS]
+    if per_image:
+        reach = max(per_image)
+        how = (f"every image sees {IMAGE_POINTS_QUANTILE:.1%} of the points it observes within "
+               f"{reach:.3g} of the cameras' centre per axis")
+    else:
+        reach = float(np.quantile(extent[finite], POINTS_QUANTILE))
+        how = (f"no image observes {MIN_IMAGE_POINTS} of them; {POINTS_QUANTILE:.0%} lie within "
+               f"{reach:.3g} of the cameras' centre per axis")
+    aabb_scale = aabb_scale_for_extent(max(reach, 1.0))
+    notes.append(f"aabb_scale {aabb_scale:g} from the {int(finite.sum())} sparse points ({how}); "
+                 "set data.aabb_scale to choose another.")
+    return aabb_scale
