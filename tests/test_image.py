@@ -252,3 +252,105 @@ def test_exr_images_are_read_with_their_float_values(tmp_path):
     if data is not None and (data / "prims" / "albert.exr").is_file():
         albert = read_image(data / "prims" / "albert.exr")
         assert albert.shape == (1024, 1024, 3) and 0.0 <= albert.min() < albert.max() <= 1.0
+
+
+# ------------------------------------------------------------------ pixels on the host, .npy
+
+
+def test_pixels_on_host_fit_the_same_as_on_the_device(tmp_path):
+    """The host path (a step's pixels gathered from the decoded image; the evaluation scored a
+    band of rows at a time) draws the same pixels with the same values as the device path, so
+    the fit is bit-identical and the PSNR agrees to rounding; the reconstruction PNGs match."""
+    from nerfmine.image.fit import ImageFit
+
+    image = _smooth_image(tmp_path / "smooth.png", size=37)  # bands that do not divide 37
+    fits = {}
+    for where in ("device", "host"):
+        config = _config(steps=8, eval_every=4, pixels_per_step=300, log2_table_size=10,
+                         render_tile=37 * 5, pixels_on=where)
+        fits[where] = ImageFit.create(config, image, tmp_path / where)
+        fits[where].train()
+    device, host = fits["device"], fits["host"]
+    assert device.pixels_on == "device" and host.pixels_on == "host" and host.target is None
+    for name, value in device.field.state_dict().items():
+        assert torch.equal(value, host.field.state_dict()[name]), name
+    for a, b in zip(device.curve, host.curve):
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-9)
+    metrics = json.loads((tmp_path / "host" / "metrics.json").read_text())
+    assert metrics["pixels_on"] == "host"
+    with Image.open(tmp_path / "device" / "reconstruction.png") as a, \
+            Image.open(tmp_path / "host" / "reconstruction.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_npy_images_are_memory_mapped_and_fit_like_the_png(tmp_path):
+    """An 8-bit .npy array is memory-mapped (auto puts its pixels on the host) and gives the
+    fit of the PNG with the same pixels; grey and 16-bit arrays read with read_image's values."""
+    from nerfmine.image.fit import ImageFit
+    from nerfmine.image.io import open_image, read_image
+
+    png = _smooth_image(tmp_path / "smooth.png", size=24)
+    with Image.open(png) as im:
+        np.save(tmp_path / "smooth.npy", np.asarray(im))
+    source = open_image(tmp_path / "smooth.npy")
+    assert source.mapped and (source.height, source.width) == (24, 24)
+    assert np.array_equal(source.whole(), read_image(png))
+    fits = [ImageFit.create(_config(steps=4, eval_every=4, pixels_per_step=128,
+                                    log2_table_size=10), path, tmp_path / path.suffix[1:])
+            for path in (png, tmp_path / "smooth.npy")]
+    for fit in fits:
+        fit.train()
+    assert fits[0].pixels_on == "device" and fits[1].pixels_on == "host"
+    for name, value in fits[0].field.state_dict().items():
+        assert torch.equal(value, fits[1].field.state_dict()[name]), name
+    grey16 = np.array([[0, 65535], [32768, 1000]], dtype=np.uint16)
+    np.save(tmp_path / "grey16.npy", grey16)
+    got = read_image(tmp_path / "grey16.npy")
+    assert got.shape == (2, 2, 3) and got[0, 1, 2] == 1.0 and abs(got[1, 0, 0] - 0.5) < 1e-4
+
+
+@pytest.mark.parametrize("case", ["int64", "shape", "pickle", "nan"])
+def test_bad_npy_images_raise_data_error_naming_the_file(tmp_path, case):
+    from nerfmine.image.io import read_image
+
+    path = tmp_path / f"{case}.npy"
+    if case == "int64":
+        np.save(path, np.zeros((4, 4, 3), dtype=np.int64))
+    elif case == "shape":
+        np.save(path, np.zeros((2, 4, 4, 3), dtype=np.uint8))
+    elif case == "pickle":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        np.save(path, np.full((3, 3, 3), np.nan, dtype=np.float32))
+    with pytest.raises(DataError) as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_images_beyond_pillows_bomb_limit_are_read(tmp_path, monkeypatch):
+    """Pillow refuses images over twice MAX_IMAGE_PIXELS as decompression bombs; a gigapixel
+    photograph is what this primitive is for, so the file the user names is read (the limit
+    is lowered here to keep the test small) and the limit is restored afterwards."""
+    from nerfmine.image.io import read_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    _smooth_image(tmp_path / "big.png", size=16)  # 256 pixels > 2 * 10
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "big.png")
+    assert read_image(tmp_path / "big.png").shape == (16, 16, 3)
+    assert Image.MAX_IMAGE_PIXELS == 10
+
+
+def test_pixels_on_is_checked_and_resumable(tmp_path):
+    """A bad pixels_on is refused by name; a run resumes with its pixels moved to the host
+    (the same fit either way, so the setting may change on resume)."""
+    from nerfmine.errors import ConfigError
+    from nerfmine.image.fit import ImageFit
+
+    with pytest.raises(ConfigError, match="pixels_on must be one of auto, device, host"):
+        _config(pixels_on="gpu")
+    image = _smooth_image(tmp_path / "smooth.png", size=16)
+    ImageFit.create(_config(steps=2, eval_every=2, pixels_per_step=64, log2_table_size=8),
+                    image, tmp_path / "run").train()
+    resumed = ImageFit.resume(tmp_path / "run", {"steps": 4, "pixels_on": "host"})
+    assert resumed.pixels_on == "host" and resumed.train()["steps"] == 4

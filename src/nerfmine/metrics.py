@@ -41,6 +41,11 @@ class EvalResult:
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR in dB of images [..., 3] with values in [0, 1]; prediction is clipped to [0, 1]."""
     mse = torch.mean((prediction.clamp(0, 1).double() - target.double()) ** 2).item()
+    return psnr_from_mse(mse)
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error over values in [0, 1] (inf for 0)."""
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 

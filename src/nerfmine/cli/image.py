@@ -9,10 +9,10 @@ from nerfmine.cli.common import add_fit_arguments, run_fit
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from nerfmine.image.config import MINING_CHOICES, PRESETS
+    from nerfmine.image.config import MINING_CHOICES, PIXELS_ON_CHOICES, PRESETS
 
     p = subparsers.add_parser(
-        "image", help="fit an image (PNG, JPEG, TIFF; EXR where imageio reads it)",
+        "image", help="fit an image (PNG, JPEG, TIFF, .npy; EXR where imageio reads it)",
         description="Fit an image with a 2-D multiresolution hash grid and a 64-wide MLP "
                     "(the paper's image setting on a GPU; --preset cpu for a small CPU run).")
     add_fit_arguments(
@@ -22,13 +22,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log2-table-size", type=int, default=None, help="log2 T, 1 to 24")
     p.add_argument("--eval-every", type=int, default=None, help="steps between PSNR points")
     p.add_argument("--render-tile", type=int, default=None, help="pixels per render pass")
+    p.add_argument("--pixels-on", choices=PIXELS_ON_CHOICES, default=None,
+                   help="where the target pixels live: device, host (images larger than the "
+                        "GPU's memory; a .npy file is memory-mapped) or auto (default)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     return p
 
 
 _FLAGS = ("mining", "backend", "device", "steps", "pixels_per_step", "log2_table_size",
-          "eval_every", "render_tile", "seed")
+          "eval_every", "render_tile", "pixels_on", "seed")
 
 
 def run(args: argparse.Namespace) -> int:

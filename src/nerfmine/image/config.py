@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from nerfmine.fit_config import FitConfig
 
 MINING_CHOICES = ("hsm", "none")
+PIXELS_ON_CHOICES = ("auto", "device", "host")
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,20 @@ class ImageConfig(FitConfig):
     """Seeds the initial weights, the pixel draws and the miner's draws."""
     render_tile: int = 2**18
     """Pixels per forward pass of the full-resolution render."""
+    pixels_on: str = "auto"
+    """Where the target pixels live: "device" (the whole image as float32), "host" (gathered
+    per step from memory or a memory-mapped .npy file: images larger than the device's
+    memory) or "auto" (host for a .npy file or an image over a quarter of the device's free
+    memory). Both give the same fit."""
 
     def _problems(self) -> list[str]:
+        problems = []
         if self.steps < 0 or self.n_hidden_layers < 0 or self.max_resolution < 0:
-            return ["steps, n_hidden_layers and max_resolution must not be negative"]
-        return []
+            problems.append("steps, n_hidden_layers and max_resolution must not be negative")
+        if self.pixels_on not in PIXELS_ON_CHOICES:
+            problems.append(f"pixels_on must be one of {', '.join(PIXELS_ON_CHOICES)}, got "
+                            f"{self.pixels_on!r}")
+        return problems
 
     def finest_resolution(self, width: int) -> int:
         return max(self.max_resolution or width // 2, self.base_resolution)

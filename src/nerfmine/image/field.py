@@ -38,6 +38,13 @@ class ImageField(GridMLP):
         return self.network(positions)
 
     @torch.no_grad()
+    def render_rows(self, start: int, stop: int, height: int, width: int) -> Tensor:
+        """Rows ``start:stop`` of the H x W image [stop - start, W, 3] float32, one pass."""
+        device = self.table.device
+        pixel = torch.arange(start * width, stop * width, device=device)
+        return self(pixel_positions(pixel, height, width)).reshape(stop - start, width, 3)
+
+    @torch.no_grad()
     def render(self, height: int, width: int, tile: int) -> Tensor:
         """The full image [H, W, 3] float32, ``tile`` pixels per forward pass."""
         device = self.table.device

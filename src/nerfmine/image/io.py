@@ -1,10 +1,14 @@
 """Reading the image to fit: PNG, JPEG, TIFF, ... through Pillow; EXR through the OpenEXR
 bindings (``pip install 'nerfmine[image]'``), float TIFF and HDR through imageio where it has
-a backend for them. Every failure is a :class:`DataError` naming the file.
+a backend for them; a NumPy ``.npy`` array [H, W, C] (uint8, uint16, float16 or float32),
+memory-mapped rather than read, for images larger than the host's memory. Every failure is a
+:class:`DataError` naming the file.
 
 Values: 8-bit images are divided by 255, 16-bit ones by 65535, float images are kept as they
 are (linear HDR values may exceed 1; the PSNR clips the prediction to [0, 1]). Grey images are
-repeated to RGB; an alpha channel is dropped.
+repeated to RGB; an alpha channel is dropped. Pillow's guard against decompression bombs is
+lifted for the file the user asked to fit (a gigapixel photograph is the point of the
+primitive).
 """
 
 from __future__ import annotations
@@ -27,14 +31,88 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class ImageSource:
+    """The pixels of the image to fit, read on demand: :meth:`pixels` gathers flat pixel
+    indices, :meth:`rows` a band of rows, both as float32 RGB with :func:`read_image`'s values.
+    ``array`` is a decoded float32 [H, W, 3] image or a memory-mapped ``.npy`` array [H, W, C]
+    converted per access (so that an image larger than memory is read page by page)."""
+
+    def __init__(self, array: np.ndarray, path: Path) -> None:
+        self.array, self.path = array, path
+        self.height, self.width = int(array.shape[0]), int(array.shape[1])
+        self.mapped = isinstance(array, np.memmap)
+
+    @property
+    def nbytes_float32(self) -> int:
+        """Bytes of the whole image as float32 RGB (what holding it on a device costs)."""
+        return self.height * self.width * 3 * 4
+
+    def _convert(self, values: np.ndarray) -> np.ndarray:
+        """[..., C] raw values -> float32 [..., 3], :func:`read_image`'s rules."""
+        values = _normalise(np.asarray(values), "")
+        if values.shape[-1] in (1, 2):
+            values = np.repeat(values[..., :1], 3, axis=-1)
+        values = np.ascontiguousarray(values[..., :3], dtype=np.float32)
+        if self.mapped and not np.isfinite(values).all():
+            raise DataError(f"{self.path}: the image holds NaN or infinite values; fix or "
+                            "re-export it")
+        return values
+
+    def pixels(self, flat: np.ndarray) -> np.ndarray:
+        """Pixels ``row * W + col`` [N] -> float32 [N, 3]."""
+        rows, cols = np.divmod(np.asarray(flat, dtype=np.int64), self.width)
+        return self._convert(self.array[rows, cols])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` -> float32 [stop - start, W, 3]."""
+        return self._convert(self.array[start:stop])
+
+    def whole(self) -> np.ndarray:
+        """The whole image, float32 [H, W, 3] (in memory)."""
+        return self.rows(0, self.height)
+
+
+def open_image(path: Path) -> ImageSource:
+    """The image at ``path`` as an :class:`ImageSource`: a ``.npy`` file memory-mapped, any
+    other format decoded by :func:`read_image`."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy" and path.is_file():
+        return ImageSource(_map_npy(path), path)
+    return ImageSource(read_image(path), path)
+
+
+_NPY_DTYPES = (np.uint8, np.uint16, np.float16, np.float32)
+
+
+def _map_npy(path: Path) -> np.memmap:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a NumPy array file that can be memory-mapped ({exc}); "
+                        "save the image with numpy.save as an [H, W, 3] array") from None
+    if not isinstance(array, np.memmap) or array.ndim not in (2, 3) or (
+            array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4)):
+        raise DataError(f"{path}: expected an [H, W] or [H, W, C] array with C from 1 to 4, "
+                        f"got shape {list(np.shape(array))}; save a single 2-D image")
+    if array.dtype not in _NPY_DTYPES:
+        raise DataError(f"{path}: the array's type is {array.dtype}; expected uint8, uint16, "
+                        "float16 or float32 (convert it with astype before saving)")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise DataError(f"{path}: the image has size {array.shape[1]}x{array.shape[0]} (0 "
+                        "pixels); pass an image with pixels")
+    return array if array.ndim == 3 else array[:, :, None]
+
+
 def read_image(path: Path) -> np.ndarray:
     """The image at ``path`` as float32 [H, W, 3]; a :class:`DataError` if it cannot be."""
     path = Path(path)
     if not path.is_file():
         what = "a folder, not an image file" if path.is_dir() else "no such file"
-        raise DataError(f"{path}: {what}; pass the path of a PNG, JPEG, TIFF or EXR image")
+        raise DataError(f"{path}: {what}; pass the path of a PNG, JPEG, TIFF, EXR or .npy image")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (0 bytes); pass an intact image file")
+    if path.suffix.lower() == ".npy":
+        return open_image(path).whole()
     if path.suffix.lower() == ".exr":
         array = _read_openexr(path)
         if array is not None:
@@ -78,6 +156,8 @@ class _NotPillow(Exception):
 def _read_pillow(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the user chose this file: a gigapixel image is no attack
     try:
         with Image.open(path) as image:
             image.load()
@@ -94,6 +174,12 @@ def _read_pillow(path: Path) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
         raise DataError(f"{path}: the image is damaged or truncated ({exc}); re-export or "
                         "copy it again") from None
+    except MemoryError:
+        raise DataError(f"{path}: the decoded image does not fit in this machine's memory; "
+                        "save it as an uncompressed .npy array (numpy.save), which nerfmine "
+                        "memory-maps instead of reading") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _normalise(array: np.ndarray, mode: str) -> np.ndarray:
