@@ -98,6 +98,16 @@ def test_depth_and_alpha_outputs(run_dir, tmp_path):
     info = json.loads((out / "render.json").read_text())
     near, far = info["depth_range_world"]
     assert 0 <= near < far
+    # The raw depth beside each PNG: float32 world units, NaN exactly where nothing is hit,
+    # and where something is, within the path's depth range (the colour map's ends).
+    raw = [np.load(f) for f in sorted((out / "depth").glob("frame_*.npy"))]
+    assert len(raw) == N
+    for r, a in zip(raw, alpha):
+        assert r.shape == (H, W) and r.dtype == np.float32
+        hit = np.isfinite(r)
+        assert hit[a > 0].all() and (a[~hit] == 0).all()  # a > 0: opacity above 1/510
+        assert hit.any() and (r[hit] >= near * (1 - 1e-4)).all()
+        assert (r[hit] <= far * (1 + 1e-4)).all()
 
 
 def test_alpha_matches_rgb_over_backgrounds(run_dir, tmp_path):

@@ -8,6 +8,10 @@ Outputs in ``--output DIR`` (default ``RUN_DIR/render_<path>``):
   opacity (empty space is black). One depth range serves the whole path so the video does not
   flicker: from the nearest to the farthest point of the occupied cells of the occupancy grid,
   as seen from any of the path's cameras. The range, in world units, is in ``DIR/render.json``;
+- ``DIR/depth/frame_00000.npy`` beside each depth PNG: the raw depth, float32 [H, W], the
+  expected distance along each pixel's ray (sum of weights * t divided by the opacity) in the
+  scene's own world units (the poses' units: the unit cube's t divided by the scene's scale),
+  NaN where the ray meets nothing (opacity below 1e-6);
 - ``DIR/alpha/frame_00000.png``: 8-bit grayscale opacity (255 = opaque);
 - ``DIR/<output>.mp4`` per output (H.264 through imageio-ffmpeg, ``pip install
   'nerfmine[video]'``), when ``--video`` (the default if imageio-ffmpeg is installed);
@@ -255,6 +259,16 @@ def _depth_image(depth: torch.Tensor, opacity: torch.Tensor, near: float, far: f
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
+def _raw_depth(depth: torch.Tensor, opacity: torch.Tensor, scale: float) -> np.ndarray:
+    """Expected ray distance [H, W] float32 in world units; NaN where nothing is hit."""
+    import numpy as np
+
+    d = depth.cpu().double().numpy()
+    a = opacity.cpu().double().numpy()
+    hit = a > 1e-6
+    return np.where(hit, d / np.where(hit, a, 1.0) / scale, np.nan).astype(np.float32)
+
+
 def _to_u8(x: torch.Tensor) -> np.ndarray:
     import numpy as np
 
@@ -268,6 +282,7 @@ def render(args: argparse.Namespace) -> int:
 
     from nerfmine import camera_paths as cp
     from nerfmine.cameras import Cameras
+    from nerfmine.run_folder import atomic_write
 
     # Checks that need no run first, so a typo fails fast.
     check_size(getattr(args, "width", None), getattr(args, "height", None))
@@ -322,6 +337,9 @@ def render(args: argparse.Namespace) -> int:
                 images["rgb"] = _to_u8(out["rgb"])
             if "depth" in outputs:
                 images["depth"] = _depth_image(out["depth"], out["opacity"], near, far)
+                raw = _raw_depth(out["depth"], out["opacity"], scale)
+                atomic_write(out_dir / "depth" / f"frame_{i:05d}.npy",
+                             lambda f, raw=raw: np.save(f, raw))
             if "alpha" in outputs:
                 images["alpha"] = _to_u8(out["opacity"])
             for o, img in images.items():
@@ -357,6 +375,8 @@ def render(args: argparse.Namespace) -> int:
         "frames": len(path), "width": w, "height": h, "fps": path.fps,
         "background": list(background), "outputs": outputs,
         "depth_png": "8-bit turbo colormap of expected depth times opacity",
+        "depth_npy": "float32 expected distance along the ray in world units, NaN where "
+                     "nothing is hit",
         "depth_range_world": [near / scale, far / scale],
         "videos": [v.name for v in videos],
     }
