@@ -113,7 +113,7 @@ def test_fit_reaches_psnr_floor_and_writes_run_folder(tmp_path, mining):
     assert [p["step"] for p in metrics["curve"]] == [50, 100]
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"checkpoint.pt", "metrics.json", "config.json", "psnr_curve.png",
-            "reconstruction.png"} <= names
+            "reconstruction.png", "crops.png"} <= names
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["steps"] == 100 and on_disk["mining"] == mining and on_disk["commit"]
     if mining == "hsm":
@@ -354,3 +354,34 @@ def test_pixels_on_is_checked_and_resumable(tmp_path):
                     image, tmp_path / "run").train()
     resumed = ImageFit.resume(tmp_path / "run", {"steps": 4, "pixels_on": "host"})
     assert resumed.pixels_on == "host" and resumed.train()["steps"] == 4
+
+
+def test_crops_show_the_worst_and_the_busiest_blocks(tmp_path):
+    """crops.png picks the block the fit got most wrong, the most detailed other block and the
+    centre, at full resolution: on a flat image with a checkerboard block and a fit that is
+    wrong in another block, those are the first two crops."""
+    from nerfmine.image.crops import choose_crops, write_crops
+    from nerfmine.image.io import ImageSource
+
+    h, w, c = 60, 100, 20  # a 3 x 5 grid of 20-px blocks
+    original = np.full((h, w, 3), 0.5, dtype=np.float32)
+    yy, xx = np.mgrid[0:c, 0:c]
+    original[20:40, 60:80] = ((yy + xx) % 2)[..., None]  # detail in block (1, 3)
+    recon = (original * 255 + 0.5).astype(np.uint8)
+    recon[40:60, 0:20] = 0  # the fit is wrong in block (2, 0)
+    source = ImageSource(original, tmp_path / "x.png")
+    crops = choose_crops(source, recon, size=c)
+    assert [(k.label, k.row, k.col) for k in crops] == [
+        ("largest error", 40, 0), ("most detail", 20, 60), ("centre", 20, 40)]
+    assert [k.label for k in choose_crops(source, recon, size=1000)] == [
+        "largest error", "most detail", "centre"]  # at most a third of the side: 20 px
+    flat = ImageSource(np.full((5, 7, 3), 0.5, dtype=np.float32), tmp_path / "tiny.png")
+    tiny = choose_crops(flat, np.full((5, 7, 3), 128, dtype=np.uint8))
+    assert 1 <= len(tiny) <= 3 and tiny[0].size == 1  # no block repeated
+    assert len({(k.row, k.col) for k in tiny}) == len(tiny)
+    write_crops(tmp_path / "crops.png", source, recon, "test", size=c)
+    with Image.open(tmp_path / "crops.png") as sheet:
+        pixels = np.asarray(sheet)
+    assert sheet.size[0] == 320  # the labels' width: wider than two 20-px crops
+    # The first row's fit panel is the black block of the reconstruction.
+    assert (pixels[28 : 28 + c, 12 + c : 12 + 2 * c] == 0).all()

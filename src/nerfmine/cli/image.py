@@ -44,4 +44,4 @@ def run(args: argparse.Namespace) -> int:
               "RUN_DIR)",
         size=lambda fit: f"{fit.width}x{fit.height}",
         metric=lambda value: f"PSNR {value:.2f} dB",
-        outputs=lambda metrics: "psnr_curve.png, reconstruction.png")
+        outputs=lambda metrics: "psnr_curve.png, reconstruction.png, crops.png")

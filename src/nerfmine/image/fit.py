@@ -24,8 +24,9 @@ host for a memory-mapped file and for an image whose float32 copy would take mor
 quarter of the device's free memory.
 
 Run folder: ``config.json`` (the resolved config), ``checkpoint.pt`` (atomic, hashed),
-``metrics.json``, ``psnr_curve.png`` and ``reconstruction.png`` (the full image, rendered in
-tiles, clipped to [0, 1] and 8-bit). Resume continues bit-exactly on the same device: the
+``metrics.json``, ``psnr_curve.png``, ``reconstruction.png`` (the full image, rendered in
+tiles, clipped to [0, 1] and 8-bit) and ``crops.png`` (full-resolution crops of the original
+beside the fit, :mod:`nerfmine.image.crops`). Resume continues bit-exactly on the same device: the
 checkpoint holds the parameters, Adam's moments, the miner's buffers and the state of the one
 generator that draws pixels and mining keys.
 """
@@ -40,6 +41,7 @@ import torch
 
 from nerfmine.fit_loop import FitLoop
 from nerfmine.image.config import ImageConfig
+from nerfmine.image.crops import write_crops
 from nerfmine.image.field import ImageField, pixel_positions
 from nerfmine.image.io import file_sha256, open_image
 from nerfmine.metrics import psnr, psnr_from_mse
@@ -156,6 +158,8 @@ class ImageFit(FitLoop):
         self._save()
         pixels = image if isinstance(image, np.ndarray) else _to_8bit(image).cpu().numpy()
         atomic_save_image(self.run_dir / "reconstruction.png", Image.fromarray(np.asarray(pixels)))
+        write_crops(self.run_dir / "crops.png", self.source, pixels,
+                    f"{self.image_path.name}, step {self.step}, PSNR {value:.2f} dB")
         plot_psnr_curve(self.curve, self.run_dir / "psnr_curve.png",
                         title=f"{self.image_path.name} ({self.config.mining})")
         metrics = {
