@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from nerfmine.errors import DataError
 
@@ -134,6 +135,20 @@ def test_exported_mesh_is_close_to_the_sphere(plain_run):
     mesh = trimesh.load(run / "mesh.ply", force="mesh")
     radius = np.linalg.norm(mesh.vertices, axis=1)
     assert len(mesh.faces) > 100 and abs(radius.mean() - 1.0) < 0.05, radius.mean()
+
+
+def test_comparison_picture_shows_both_meshes(plain_run):
+    """mesh_vs_truth.png: the ground truth and the fit side by side from two views; each of
+    the four panels has drawn shaded faces (not left blank)."""
+    *_, run = plain_run
+    assert json.loads((run / "metrics.json").read_text())["comparison"] == "mesh_vs_truth.png"
+    with Image.open(run / "mesh_vs_truth.png") as picture:
+        pixels = np.asarray(picture.convert("L"), dtype=np.float64)
+    h, w = pixels.shape
+    panels = [pixels[r * h // 2 : (r + 1) * h // 2, c * w // 2 : (c + 1) * w // 2]
+              for r in (0, 1) for c in (0, 1)]
+    for panel in panels:
+        assert (panel < 200).mean() > 0.05  # grey faces cover part of the white panel
 
 
 def test_hsm_error_mining_reaches_the_iou_floor(sphere, tmp_path):

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from nerfmine.sdf.fit import SdfFit
 
     def outputs(metrics: dict) -> str:
-        mesh = f", {metrics['zero_level_set']}" if metrics["zero_level_set"] else ""
+        mesh = (f", {metrics['zero_level_set']}, {metrics['comparison']}"
+                if metrics["zero_level_set"] else "")
         return f"iou_curve.png{mesh}"
 
     return run_fit(

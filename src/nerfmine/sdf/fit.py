@@ -28,11 +28,13 @@ drawn once per run; inside for the mesh where its winding number exceeds 1/2, fo
 where its distance is <= 0 (EMA weights); IoU = |both inside| / |either inside|.
 
 Run folder: ``config.json``, ``checkpoint.pt`` (atomic, hashed; written at every evaluation
-point), ``metrics.json``, ``iou_curve.png`` and ``mesh.ply`` (marching cubes of the EMA model's
+point), ``metrics.json``, ``iou_curve.png``, ``mesh.ply`` (marching cubes of the EMA model's
 zero level set over the grown box, in the input file's coordinates, through
-:mod:`nerfmine.export`). Resume continues bit-exactly on the same device: the checkpoint holds
-the parameters, their EMA, Adam's moments, the miner's buffers and the state of the generator
-that draws points and mining keys; the pool and the IoU points are regenerated from the seed.
+:mod:`nerfmine.export`) and ``mesh_vs_truth.png`` (the ground truth beside the fitted mesh
+from two views, :func:`nerfmine.plots.plot_meshes`). Resume continues bit-exactly on the same
+device: the checkpoint holds the parameters, their EMA, Adam's moments, the miner's buffers and
+the state of the generator that draws points and mining keys; the pool and the IoU points are
+regenerated from the seed.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import torch
 from nerfmine.errors import NerfmineError
 from nerfmine.fit_loop import FitLoop
 from nerfmine.image.io import file_sha256
-from nerfmine.plots import plot_psnr_curve
+from nerfmine.plots import plot_meshes, plot_psnr_curve
 from nerfmine.run_folder import TMP_SUFFIX
 from nerfmine.sdf.config import SdfConfig
 from nerfmine.sdf.field import SdfField, mape_loss, mape_output_grad, mape_terms
@@ -60,6 +62,7 @@ from nerfmine.sdf.samples import training_points, uniform_points
 
 KIND = "nerfmine-sdf"
 MESH_NAME = "mesh.ply"
+COMPARISON_NAME = "mesh_vs_truth.png"
 RESUMABLE = ("steps", "eval_every", "mesh_resolution", "eval_chunk")
 
 
@@ -190,9 +193,10 @@ class SdfFit(FitLoop):
         vertices, faces = extract_mesh(grid, 0.0, lo, hi)
         return self.mesh.to_file_coordinates(vertices), faces
 
-    def _write_mesh(self) -> str | None:
+    def _write_mesh(self) -> tuple[np.ndarray, np.ndarray] | None:
         """mesh.ply through export.write_ply, written to a ``<name>.<random>.tmp`` beside it
-        and renamed (atomic; remove_stale_temporaries cleans a killed write)."""
+        and renamed (atomic; remove_stale_temporaries cleans a killed write); returns the mesh
+        written (vertices, faces), or None when the model has no zero level set."""
         from nerfmine.export import write_ply
 
         try:
@@ -207,11 +211,17 @@ class SdfFit(FitLoop):
             os.replace(tmp, self.run_dir / MESH_NAME)
         finally:
             tmp.unlink(missing_ok=True)
-        return MESH_NAME
+        return vertices, faces
 
     def _write_outputs(self, value: float, _payload: None = None) -> dict[str, Any]:
         self._save()
-        mesh_file = self._write_mesh()
+        written = self._write_mesh()
+        if written is not None:
+            plot_meshes({"ground truth": (self.mesh.to_file_coordinates(self.mesh.vertices),
+                                          self.mesh.faces),
+                         "fit (zero level set)": written},
+                        self.run_dir / COMPARISON_NAME,
+                        title=f"{self.mesh_path.name}, step {self.step}, IoU {value:.4f}")
         plot_psnr_curve(self.curve, self.run_dir / "iou_curve.png", metric="iou",
                         title=f"{self.mesh_path.name} ({self.config.mining})")
         metrics = {
@@ -228,7 +238,8 @@ class SdfFit(FitLoop):
                         f"grown by {self.config.bbox_padding} of its diagonal per side "
                         "(EMA weights; inside: distance <= 0 vs winding number > 1/2)",
             "mean_hard_fraction": self.miner.mean_fraction() if self.miner is not None else None,
-            "zero_level_set": mesh_file,
+            "zero_level_set": MESH_NAME if written is not None else None,
+            "comparison": COMPARISON_NAME if written is not None else None,
             "curve": self.curve,
         }
         return self._write_metrics(metrics)
