@@ -1,8 +1,9 @@
 """The ``nerfmine`` command: one module per subcommand, each with ``add_parser`` and ``run``.
 
 ``train`` (:mod:`~nerfmine.cli.train`), ``eval``, ``bench``, ``render``, ``export``, ``view``,
-``process``, ``image`` (:mod:`~nerfmine.cli.image`, the image primitive) and ``sdf``
-(:mod:`~nerfmine.cli.sdf`, the signed-distance primitive); the flags train and
+``process``, ``image`` (:mod:`~nerfmine.cli.image`, the image primitive), ``sdf``
+(:mod:`~nerfmine.cli.sdf`, the signed-distance primitive) and ``sweep`` (many runs, one
+process per GPU); the flags train and
 bench share, the progress bar and the run-folder checks are in :mod:`nerfmine.cli.common`. A
 user mistake (:class:`~nerfmine.errors.NerfmineError`) prints one line and exits with status 2,
 an interrupted training run exits with 130 after its checkpoint.
@@ -14,12 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nerfmine.cli import bench, common, export, image, process, render, sdf, train, view
+from nerfmine.cli import bench, common, export, image, process, render, sdf, sweep, train, view
 from nerfmine.cli import eval as eval_
 from nerfmine.errors import NerfmineError, TrainingInterrupted
 
 COMMANDS = {"train": train, "eval": eval_, "bench": bench, "render": render,
-            "export": export, "view": view, "process": process, "image": image, "sdf": sdf}
+            "export": export, "view": view, "process": process, "image": image, "sdf": sdf,
+            "sweep": sweep}
 
 
 def build_parser() -> argparse.ArgumentParser:
