@@ -139,6 +139,19 @@ def test_merge_combines_benches_of_separate_seeds(tmp_path):
     (tmp_path / "one.json").write_text(json.dumps(_suite_run("none", 1.0)))
     with pytest.raises(NerfmineError, match="not both"):
         merge([tmp_path / "a" / "bench.json", tmp_path / "one.json"], tmp_path / "x")
+    # A seed's arms are a pair: one arm of a scene and seed in two files is refused, naming both.
+    write_suite_report({"fox": {"0": {"hsm": _suite_run("hsm", 35.0)}}}, tmp_path / "c")
+    with pytest.raises(NerfmineError, match=r"a.bench.json and .*c.bench.json both hold scene "
+                                            r"'fox', seed 0, arm mining=hsm"):
+        merge([tmp_path / "a" / "bench.json", tmp_path / "c" / "bench.json"], tmp_path / "y")
+    # A malformed entry is named, not a traceback.
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"runs": {"fox": {"s0": {"hsm": _suite_run("hsm", 1.0)}}}}))
+    with pytest.raises(NerfmineError, match=r"runs.fox.s0: a seed must be a whole number"):
+        merge([bad], tmp_path / "z")
+    bad.write_text(json.dumps({"runs": {"fox": {"0": {"hsm": {"psnr": 1.0}}}}}))
+    with pytest.raises(NerfmineError, match=r"runs.fox.0.hsm: expected an arm"):
+        merge([bad], tmp_path / "z")
 
 
 def test_suite_writes_its_report_after_every_run(tmp_path, monkeypatch):

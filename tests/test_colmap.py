@@ -277,8 +277,8 @@ def test_the_box_holds_what_every_image_sees(tmp_path):
     args = (tmp_path / "room" / "sparse" / "0", tmp_path / "room" / "images", "all")
     scene = load_colmap(*args)
     assert scene.aabb_scale == 4.0  # the room: 2 * 0.33 * 6 = 3.96 -> 4; the stray left out
-    assert any("aabb_scale 4 from the 3021 sparse points (every image sees 99.5%" in note
-               for note in scene.notes)
+    assert any("aabb_scale 4 from the 3021 sparse points (each of the 9 images that observe at "
+               "least 200 of them sees 99.5%" in note for note in scene.notes)
     # Without the room the views see only the object (and image 2 its stray point): the box
     # is the unit cube, as 99% of all points would also say.
     _write_project(tmp_path / "object", points=np.concatenate([obj, stray]),

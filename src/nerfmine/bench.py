@@ -143,7 +143,7 @@ def merge(files: list[Path], out_dir: Path) -> dict[str, Any]:
     bench.json files of several-scene or several-seed benches run in separate commands (a
     seed per command, say): those give one report over all their scenes and seeds."""
     arms: dict[str, dict[str, Any]] = {}
-    suites: list[dict[str, Any]] = []
+    suites: list[tuple[Path, dict[str, Any]]] = []
     for path in files:
         try:
             data = json.loads(Path(path).read_text())
@@ -152,7 +152,7 @@ def merge(files: list[Path], out_dir: Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise NerfmineError(f"{path}: not valid JSON ({exc})") from None
         if isinstance(data, dict) and isinstance(data.get("runs"), dict):
-            suites.append(data)
+            suites.append((path, data))
         elif isinstance(data, dict) and isinstance(data.get("arms"), dict):
             arms.update(data["arms"])
         elif isinstance(data, dict) and data.get("mining") in ARMS and "curve" in data:
@@ -164,12 +164,42 @@ def merge(files: list[Path], out_dir: Path) -> dict[str, Any]:
                             "or the metrics.json / bench.json files of one comparison, not both")
     if suites:
         runs: dict[str, dict[str, dict[str, Any]]] = {}
-        for suite in suites:
-            for scene, by_seed in suite["runs"].items():
-                for seed, by_arm in by_seed.items():
-                    runs.setdefault(scene, {}).setdefault(str(seed), {}).update(by_arm)
+        came_from: dict[tuple[str, str, str], Path] = {}
+        for path, suite in suites:
+            for scene, seed, arm, metrics in _suite_runs(path, suite):
+                key = (scene, seed, arm)
+                if key in came_from:
+                    raise NerfmineError(
+                        f"--merge: {came_from[key]} and {path} both hold scene '{scene}', seed "
+                        f"{seed}, arm mining={arm}; a seed's arms are compared as a pair, so "
+                        "each must come from one file (leave one of them out)")
+                came_from[key] = path
+                runs.setdefault(scene, {}).setdefault(seed, {})[arm] = metrics
         return write_suite_report(runs, out_dir)
     return write_report(arms, out_dir)
+
+
+def _suite_runs(path: Path, suite: dict[str, Any]):
+    """(scene, seed, arm, metrics) of a several-seed bench.json, each checked for what the
+    report reads; a malformed file is a NerfmineError naming the file and the entry."""
+    for scene, by_seed in suite["runs"].items():
+        if not isinstance(by_seed, dict):
+            raise NerfmineError(f"{path}: runs.{scene} must map seeds to arms")
+        for seed, by_arm in by_seed.items():
+            where = f"{path}: runs.{scene}.{seed}"
+            try:
+                int(seed)
+            except ValueError:
+                raise NerfmineError(f"{where}: a seed must be a whole number") from None
+            if not isinstance(by_arm, dict):
+                raise NerfmineError(f"{where} must map arms (none, hsm) to a run's metrics")
+            for arm, metrics in by_arm.items():
+                if arm not in ARMS or not isinstance(metrics, dict) or not isinstance(
+                        metrics.get("curve"), list) or "psnr" not in metrics:
+                    raise NerfmineError(f"{where}.{arm}: expected an arm (none, hsm) with a "
+                                        "run's metrics (psnr and curve); the file is not a "
+                                        "bench.json of nerfmine bench")
+                yield scene, str(seed), arm, metrics
 
 
 # --------------------------------------------------------------------------- several scenes, seeds

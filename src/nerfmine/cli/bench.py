@@ -37,7 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--arms", default="none,hsm", help="comma-separated: none, hsm")
     p.add_argument("--output", "-o", type=Path, default=Path("runs/bench"))
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
-                   help="combine metrics.json / bench.json files of arms run separately")
+                   help="combine metrics.json / bench.json files of arms run separately, or "
+                        "the bench.json files of several-seed benches (a seed per command)")
     p.add_argument("--warm-steps", type=int, default=0, metavar="N",
                    help="before each arm, train a throwaway run of N steps, so that its clock "
                         "starts with the kernels compiled (the protocol's warm figure; "

@@ -247,8 +247,10 @@ def aabb_scale_for_extent(extent: float) -> float:
 # points up to 11.5 radii, aabb_scale 8, which scored 2.4-2.9 dB higher at 60-120 s in one
 # seed per arm; BENCHMARKS.md).
 IMAGE_POINTS_QUANTILE = 0.995
-# Fewest observed points for an image's percentile to count (a handful says nothing).
-MIN_IMAGE_POINTS = 10
+# Fewest observed points for an image's percentile to count: at least 1 / (1 - quantile), so
+# that the percentile can leave out a stray point (with fewer, one bad two-view triangulation
+# seen by one image would set the box: a review measured aabb_scale 16 from 150 points an image).
+MIN_IMAGE_POINTS = 200
 # Without observations (a model written without tracks): the share of all points.
 POINTS_QUANTILE = 0.99
 
@@ -274,8 +276,9 @@ def aabb_scale_from_points(points: np.ndarray, observations: tuple[np.ndarray, n
                  if len(g) >= MIN_IMAGE_POINTS]
     if per_image:
         reach = max(per_image)
-        how = (f"every image sees {IMAGE_POINTS_QUANTILE:.1%} of the points it observes within "
-               f"{reach:.3g} of the cameras' centre per axis")
+        how = (f"each of the {len(per_image)} images that observe at least {MIN_IMAGE_POINTS} "
+               f"of them sees {IMAGE_POINTS_QUANTILE:.1%} of those within {reach:.3g} of the "
+               "cameras' centre per axis")
     else:
         reach = float(np.quantile(extent[finite], POINTS_QUANTILE))
         how = (f"no image observes {MIN_IMAGE_POINTS} of them; {POINTS_QUANTILE:.0%} lie within "

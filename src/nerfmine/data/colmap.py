@@ -16,11 +16,12 @@ Conventions (the result is a :class:`~nerfmine.data.scene_data.SceneData` like e
   a sphere of radius 1.0 (a single camera keeps scale 1). ``scale`` 0.33 and ``offset``
   (0.5, 0.5, 0.5) are instant-ngp's defaults: the unit cube then holds world points within
   about 1.5 of the camera centre, the cameras at distance <= 0.33 from the cube's centre.
-  ``aabb_scale`` is the smallest power of two whose box holds, for every image, 99.5% of the
-  sparse points that image observes (LLFF's far bound, a percentile of each view's point
-  depths, taken per axis; at most 16), so that the background each view sees is modelled; a
-  model whose points carry no observations falls back to 99% of all points, and one without
-  points gets 1. Notes record the centre, radius and box used.
+  ``aabb_scale`` is the smallest power of two whose box holds, for every image that observes
+  at least 200 sparse points, 99.5% of the points it observes (LLFF's far bound, a percentile
+  of each view's point depths, taken per axis; at most 16), so that the background each view
+  sees is modelled; without such an image (a model whose points carry no observations, say)
+  it holds 99% of all points, and a model without points gets 1. Notes record the centre,
+  radius and box used.
 - Camera models (intrinsics in pixels, COLMAP's pixel centres at integer + 0.5 as in the rest of
   nerfmine; coefficients as ``(k1, k2, k3, k4, p1, p2)``):
   SIMPLE_PINHOLE (f, cx, cy) and PINHOLE (fx, fy, cx, cy) -> "pinhole";
