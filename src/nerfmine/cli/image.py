@@ -35,8 +35,14 @@ _FLAGS = ("mining", "backend", "device", "steps", "pixels_per_step", "log2_table
 
 
 def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
     from nerfmine.image.config import make_config
     from nerfmine.image.fit import ImageFit
+
+    # The user names the image: a gigapixel photograph is no decompression bomb (this
+    # process reads no other image it did not ask for).
+    Image.MAX_IMAGE_PIXELS = None
 
     return run_fit(
         args, ImageFit, make_config, args.image, _FLAGS,

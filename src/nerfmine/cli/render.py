@@ -10,8 +10,11 @@ Outputs in ``--output DIR`` (default ``RUN_DIR/render_<path>``):
   as seen from any of the path's cameras. The range, in world units, is in ``DIR/render.json``;
 - ``DIR/depth/frame_00000.npy`` beside each depth PNG: the raw depth, float32 [H, W], the
   expected distance along each pixel's ray (sum of weights * t divided by the opacity) in the
-  scene's own world units (the poses' units: the unit cube's t divided by the scene's scale),
-  NaN where the ray meets nothing (opacity below 1e-6);
+  world units of the scene as loaded (the unit cube's t divided by the scene's scale): a
+  transforms.json or Blender scene's own units; for COLMAP and LLFF folders the normalised
+  world the loader made, centred on the cameras and divided by their largest distance from
+  that centre (the run's data notes give that radius), so multiply by it for COLMAP's
+  units. NaN where the ray meets nothing (opacity below 1e-6);
 - ``DIR/alpha/frame_00000.png``: 8-bit grayscale opacity (255 = opaque);
 - ``DIR/<output>.mp4`` per output (H.264 through imageio-ffmpeg, ``pip install
   'nerfmine[video]'``), when ``--video`` (the default if imageio-ffmpeg is installed);
@@ -375,11 +378,12 @@ def render(args: argparse.Namespace) -> int:
         "frames": len(path), "width": w, "height": h, "fps": path.fps,
         "background": list(background), "outputs": outputs,
         "depth_png": "8-bit turbo colormap of expected depth times opacity",
-        "depth_npy": "float32 expected distance along the ray in world units, NaN where "
-                     "nothing is hit",
         "depth_range_world": [near / scale, far / scale],
         "videos": [v.name for v in videos],
     }
+    if "depth" in outputs:
+        info["depth_npy"] = ("float32 expected distance along the ray in the world units of "
+                             "the scene as loaded, NaN where nothing is hit")
     (out_dir / "render.json").write_text(json.dumps(info, indent=2) + "\n")
     where = ", ".join(f"{o}/" for o in outputs)
     print(f"wrote {len(path)} frames to {out_dir}: {where}"

@@ -6,9 +6,9 @@ memory-mapped rather than read, for images larger than the host's memory. Every 
 
 Values: 8-bit images are divided by 255, 16-bit ones by 65535, float images are kept as they
 are (linear HDR values may exceed 1; the PSNR clips the prediction to [0, 1]). Grey images are
-repeated to RGB; an alpha channel is dropped. Pillow's guard against decompression bombs is
-lifted for the file the user asked to fit (a gigapixel photograph is the point of the
-primitive).
+repeated to RGB; an alpha channel is dropped. Pillow's guard against decompression bombs
+stays (it is process-wide state); ``nerfmine image`` lifts it for the image it is given, since
+a gigapixel photograph is the point of the primitive.
 """
 
 from __future__ import annotations
@@ -52,11 +52,7 @@ class ImageSource:
         values = _normalise(np.asarray(values), "")
         if values.shape[-1] in (1, 2):
             values = np.repeat(values[..., :1], 3, axis=-1)
-        values = np.ascontiguousarray(values[..., :3], dtype=np.float32)
-        if self.mapped and not np.isfinite(values).all():
-            raise DataError(f"{self.path}: the image holds NaN or infinite values; fix or "
-                            "re-export it")
-        return values
+        return np.ascontiguousarray(values[..., :3], dtype=np.float32)
 
     def pixels(self, flat: np.ndarray) -> np.ndarray:
         """Pixels ``row * W + col`` [N] -> float32 [N, 3]."""
@@ -94,13 +90,29 @@ def _map_npy(path: Path) -> np.memmap:
             array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4)):
         raise DataError(f"{path}: expected an [H, W] or [H, W, C] array with C from 1 to 4, "
                         f"got shape {list(np.shape(array))}; save a single 2-D image")
+    if not array.dtype.isnative:
+        raise DataError(f"{path}: the array's bytes are in the other byte order ({array.dtype}); "
+                        "re-save it in this machine's order: numpy.save(path, "
+                        "a.astype(a.dtype.newbyteorder('=')))")
     if array.dtype not in _NPY_DTYPES:
         raise DataError(f"{path}: the array's type is {array.dtype}; expected uint8, uint16, "
                         "float16 or float32 (convert it with astype before saving)")
+    if not array.flags.c_contiguous:
+        raise DataError(f"{path}: the array is stored column-major (Fortran order), so every "
+                        "band of rows would read the whole file; re-save it row-major: "
+                        "numpy.save(path, numpy.ascontiguousarray(a))")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise DataError(f"{path}: the image has size {array.shape[1]}x{array.shape[0]} (0 "
                         "pixels); pass an image with pixels")
-    return array if array.ndim == 3 else array[:, :, None]
+    array = array if array.ndim == 3 else array[:, :, None]
+    if array.dtype.kind == "f":  # checked once, a band at a time, before any training
+        band = max(1, (64 << 20) // max(1, array.shape[1] * array.shape[2] * array.itemsize))
+        for start in range(0, array.shape[0], band):
+            if not np.isfinite(array[start : start + band]).all():
+                raise DataError(f"{path}: the image holds NaN or infinite values (in rows "
+                                f"{start} to {min(start + band, array.shape[0]) - 1}); fix or "
+                                "re-export it")
+    return array
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -156,8 +168,6 @@ class _NotPillow(Exception):
 def _read_pillow(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # the user chose this file: a gigapixel image is no attack
     try:
         with Image.open(path) as image:
             image.load()
@@ -174,12 +184,14 @@ def _read_pillow(path: Path) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
         raise DataError(f"{path}: the image is damaged or truncated ({exc}); re-export or "
                         "copy it again") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: Pillow refuses to decode it as a possible decompression bomb "
+                        f"({exc}); nerfmine image lifts that limit for the image it is given; "
+                        "in your own code set PIL.Image.MAX_IMAGE_PIXELS = None first") from None
     except MemoryError:
         raise DataError(f"{path}: the decoded image does not fit in this machine's memory; "
                         "save it as an uncompressed .npy array (numpy.save), which nerfmine "
                         "memory-maps instead of reading") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _normalise(array: np.ndarray, mode: str) -> np.ndarray:
@@ -191,7 +203,7 @@ def _normalise(array: np.ndarray, mode: str) -> np.ndarray:
         return array.astype(np.float32)
     if mode == "I":  # 32-bit integer grey: Pillow's 16-bit PNG
         return array.astype(np.float32) / 65535.0
-    return array.astype(np.float32)
+    return array.astype(np.float32, copy=False)  # float32 images are not copied again
 
 
 def _read_imageio(path: Path, pillow_reason: str) -> np.ndarray:
