@@ -398,3 +398,18 @@ def test_crops_show_the_worst_and_the_busiest_blocks(tmp_path):
     assert sheet.size[0] == 320  # the labels' width: wider than two 20-px crops
     # The first row's fit panel is the black block of the reconstruction.
     assert (pixels[28 : 28 + c, 12 + c : 12 + 2 * c] == 0).all()
+
+
+def test_crops_read_the_image_again_when_its_host_copy_was_freed(tmp_path):
+    """On a GPU the device path frees the decoded host image after the upload; crops.png then
+    reads the file again (simulated here on the CPU)."""
+    from nerfmine.image.fit import ImageFit
+
+    image = _smooth_image(tmp_path / "smooth.png", size=24)
+    fit = ImageFit.create(_config(steps=2, eval_every=2, pixels_per_step=64,
+                                  log2_table_size=8), image, tmp_path / "run")
+    fit.train()
+    (tmp_path / "run" / "crops.png").unlink()
+    fit.source = None
+    fit._write_outputs(*fit.evaluate())
+    assert (tmp_path / "run" / "crops.png").is_file()

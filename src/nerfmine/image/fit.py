@@ -43,7 +43,7 @@ from nerfmine.fit_loop import FitLoop
 from nerfmine.image.config import ImageConfig
 from nerfmine.image.crops import write_crops
 from nerfmine.image.field import ImageField, pixel_positions
-from nerfmine.image.io import file_sha256, open_image
+from nerfmine.image.io import ImageSource, file_sha256, open_image
 from nerfmine.metrics import psnr, psnr_from_mse
 from nerfmine.plots import plot_psnr_curve
 from nerfmine.run_folder import atomic_save_image
@@ -67,13 +67,15 @@ class ImageFit(FitLoop):
     def __init__(self, config: ImageConfig, image_path: Path, run_dir: Path) -> None:
         self._start(config, run_dir)
         self.image_path = Path(image_path)
-        self.source = open_image(self.image_path)
+        self.source: ImageSource | None = open_image(self.image_path)
         self.image_sha256 = file_sha256(self.image_path)
         self.height, self.width = self.source.height, self.source.width
         self.pixels_on = self._choose_pixels_on()
         self.target: torch.Tensor | None = None  # [H, W, 3] on the device, or None: host
         if self.pixels_on == "device":
             self.target = torch.from_numpy(self.source.whole()).to(self.device)
+            if self.device.type != "cpu":  # on a CPU the target shares the decoded array
+                self.source = None  # freed; crops.png reads the file again at the end
         self.field = ImageField(config, self.width, self.backend, config.seed).to(self.device)
         self._start_training(l2_reg=0.0)
 
@@ -158,7 +160,8 @@ class ImageFit(FitLoop):
         self._save()
         pixels = image if isinstance(image, np.ndarray) else _to_8bit(image).cpu().numpy()
         atomic_save_image(self.run_dir / "reconstruction.png", Image.fromarray(np.asarray(pixels)))
-        write_crops(self.run_dir / "crops.png", self.source, pixels,
+        source = self.source if self.source is not None else open_image(self.image_path)
+        write_crops(self.run_dir / "crops.png", source, pixels,
                     f"{self.image_path.name}, step {self.step}, PSNR {value:.2f} dB")
         plot_psnr_curve(self.curve, self.run_dir / "psnr_curve.png",
                         title=f"{self.image_path.name} ({self.config.mining})")
