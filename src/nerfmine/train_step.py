@@ -29,6 +29,7 @@ import torch
 
 from nerfmine.config import RunConfig
 from nerfmine.data.rays import RaySampler
+from nerfmine.distributed import StepExchange
 from nerfmine.errors import ConfigError
 from nerfmine.graphs import StepGraphs
 from nerfmine.miner import BUFFER_MULTIPLE, HardSampleMiner
@@ -111,6 +112,11 @@ class TrainStep:
         self.nonfinite_steps = torch.zeros((), dtype=torch.int64, device=self.device)
         self.nonfinite_streak = torch.zeros((), dtype=torch.int64, device=self.device)
         self.stage_marker: Callable[[str], None] = no_mark
+        # Data-parallel steps (nerfmine.distributed): the exchange between ranks, and the
+        # generator of the occupancy updates, which must draw alike on every rank (the rays'
+        # generator must not). One process: no exchange, and the one generator for both.
+        self.exchange: StepExchange | None = None
+        self.occupancy_generator: torch.Generator = generator
 
     # ------------------------------------------------------------------ graphs
     def uses_cuda_graphs(self) -> bool:
@@ -142,7 +148,7 @@ class TrainStep:
         with self.on_stream():
             scene = self.scene
             if scene.occupancy.should_update(index):
-                scene.occupancy.update(index, scene.field.density, self.generator)
+                scene.occupancy.update(index, scene.field.density, self.occupancy_generator)
             mark("occupancy")
             stats = self._graph_step(lr) if graphs else self._eager_step(lr, mark)
         mark("ema_bookkeeping")
@@ -211,7 +217,10 @@ class TrainStep:
         batch = self.rays.draw(slots, gen, self.scene.step)
         samples = self.march(batch.origins, batch.directions, batch.jitter, n_active)
         mark("rays_march")
-        n_valid = samples.ray_valid.sum().clamp(min=1)  # [] device
+        n_valid = samples.ray_valid.sum()  # [] device
+        if self.exchange is not None:  # every rank divides by the union's count
+            self.exchange.sum_([n_valid])
+        n_valid = n_valid.clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         self.table_grad.zero_()
         skip = None
@@ -253,6 +262,8 @@ class TrainStep:
             skip = mined.b == 0
             hard_fraction = mined.b.float() / samples.n_samples.clamp(min=1).float()
 
+        if self.exchange is not None:
+            loss = self._exchange_gradients(loss)
         field.table.grad = self.table_grad
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -265,9 +276,24 @@ class TrainStep:
         self.scaler.update(found_inf)
         mark("optimizer")
         self._update_ema()
+        if self.exchange is not None and cfg.mining != "none":
+            self.exchange.mean_(self.miner.tau_bar)
         self.ray_count.update(samples)
         self.total_samples += samples.n_samples
         return loss, samples, hard_fraction
+
+    @torch.no_grad()
+    def _exchange_gradients(self, loss: torch.Tensor) -> torch.Tensor:
+        """Sum the table's and the MLPs' gradients and the loss over the ranks (each rank's
+        loss is its rays' share of the union's, so the sums are the union's); returns the
+        union's loss."""
+        mlp = self.scene.field.mlp_parameters()
+        for p in mlp:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        loss = loss.detach().clone()
+        self.exchange.sum_([self.table_grad, *(p.grad for p in mlp), loss])
+        return loss
 
     @torch.no_grad()
     def _first_forward(self, samples: PackedSamples, cache: bool = True) -> torch.Tensor:

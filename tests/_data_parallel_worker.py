@@ -1,0 +1,74 @@
+"""One rank of the data-parallel equivalence test (tests/test_data_parallel.py), started by
+torchrun with the gloo backend: a tiny demo-scene trainer whose step draws a fixed share of a
+fixed pool of rays, exchanging with the other ranks through nerfmine.distributed; it saves its
+weights, EMA and tau_bar after the steps. Also imported by the test for the one-process run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+POOL, STEPS = 96, 3
+TINY = {"model": {"log2_table_size": 10, "n_levels": 4, "max_resolution": 64},
+        "occupancy": {"resolution": 16, "update_interval": 2, "warmup_steps": 0},
+        "march": {"step_size": 3**0.5 / 32, "max_steps_per_ray": 48},
+        "eval": {"max_images": 1}}
+
+
+def trainer_for(run_dir: Path, mining: str, n_rays: int):
+    """A trainer whose every step marches ``n_rays`` rays with room for all their samples."""
+    from nerfmine.config import make_config, merge_overrides
+    from nerfmine.trainer import Trainer
+
+    config = make_config("cpu", merge_overrides(TINY, {
+        "mining": mining, "train": {"max_steps": 100, "initial_rays": n_rays,
+                                    "max_rays": n_rays, "ray_granularity": 1,
+                                    "target_samples": n_rays * 48}}))
+    return Trainer(config, run_dir)
+
+
+def ray_pool(trainer):
+    """The same rays in every process (drawn from the demo scene with a fixed generator)."""
+    return trainer.step_fn.rays.draw(POOL, torch.Generator().manual_seed(123), step=0)
+
+
+def take(batch, lo: int, hi: int):
+    from dataclasses import replace
+
+    return replace(batch, origins=batch.origins[lo:hi], directions=batch.directions[lo:hi],
+                   background=batch.background[lo:hi], target=batch.target[lo:hi],
+                   jitter=batch.jitter[lo:hi])
+
+
+def train(trainer, batch) -> dict:
+    """STEPS steps on ``batch`` (every step the same rays); the state to compare."""
+    step = trainer.step_fn
+    step.rays.draw = lambda n, gen, index: batch
+    step.occupancy_generator = torch.Generator().manual_seed(7)  # alike in every process
+    for _ in range(STEPS):
+        trainer.train_step()
+    return {"params": [p.detach().clone() for p in trainer.field.parameters()],
+            "ema": [e.clone() for e in trainer.scene.ema],
+            "tau_bar": step.miner.tau_bar.clone(),
+            "bitfield": trainer.occupancy.bitfield.clone()}
+
+
+def main(out: str, mining: str) -> None:
+    import torch.distributed as dist
+
+    from nerfmine.distributed import StepExchange
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    share = POOL // world
+    trainer = trainer_for(Path(out) / f"run{rank}", mining, share)
+    trainer.step_fn.exchange = StepExchange()
+    batch = take(ray_pool(trainer), rank * share, (rank + 1) * share)
+    torch.save(train(trainer, batch), Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
