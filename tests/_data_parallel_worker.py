@@ -1,7 +1,7 @@
 """One rank of the data-parallel equivalence test (tests/test_data_parallel.py), started by
-torchrun with the gloo backend: a tiny demo-scene trainer whose step draws a fixed share of a
-fixed pool of rays, exchanging with the other ranks through nerfmine.distributed; it saves its
-weights, EMA and tau_bar after the steps. Also imported by the test for the one-process run."""
+torchrun with the gloo backend: a tiny demo-scene trainer (data-parallel, since it sees the
+process group) whose step draws a fixed share of a fixed pool of rays; it saves its weights,
+EMA, tau_bar and grid after the steps. Also imported by the test for the one-process run."""
 
 from __future__ import annotations
 
@@ -30,8 +30,13 @@ def trainer_for(run_dir: Path, mining: str, n_rays: int):
 
 
 def ray_pool(trainer):
-    """The same rays in every process (drawn from the demo scene with a fixed generator)."""
-    return trainer.step_fn.rays.draw(POOL, torch.Generator().manual_seed(123), step=0)
+    """The same rays in every process: drawn with a fixed generator from all the training
+    images (a data-parallel rank's own sampler holds only its shard)."""
+    from nerfmine.data.rays import RaySampler
+
+    data = trainer.train_data
+    sampler = RaySampler(data.images, trainer.scene.to_unit(data.cameras()), trainer.device)
+    return sampler.draw(POOL, torch.Generator().manual_seed(123), step=0)
 
 
 def take(batch, lo: int, hi: int):
@@ -63,8 +68,11 @@ def main(out: str, mining: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     share = POOL // world
-    trainer = trainer_for(Path(out) / f"run{rank}", mining, share)
-    trainer.step_fn.exchange = StepExchange()
+    # The trainer sees the process group: it divides the samples and rays per step among the
+    # ranks (each marches its share of the pool) and exchanges through nerfmine.distributed.
+    trainer = trainer_for(Path(out) / f"run{rank}", mining, POOL)
+    assert isinstance(trainer.step_fn.exchange, StepExchange)
+    assert trainer.step_fn.ray_count.n_rays == share
     batch = take(ray_pool(trainer), rank * share, (rank + 1) * share)
     torch.save(train(trainer, batch), Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()

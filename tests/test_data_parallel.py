@@ -65,3 +65,118 @@ def test_exchange_needs_a_process_group(world):
 
     with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
         StepExchange()
+
+
+# ------------------------------------------------------------------ nerfmine train --gpus N
+TINY_RUN = {"model": {"log2_table_size": 10, "n_levels": 4, "max_resolution": 64},
+            "occupancy": {"resolution": 16},
+            "train": {"target_samples": 2048, "initial_rays": 128, "ray_granularity": 32},
+            "march": {"step_size": 0.0541, "max_steps_per_ray": 64},
+            "eval": {"max_images": 1}}
+
+
+def _train(*args, cwd, wait=True):
+    command = [sys.executable, "-m", "nerfmine", "train", "--preset", "cpu", "--quiet", *args]
+    if not wait:
+        return subprocess.Popen(command, env=ENV, cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, env=ENV, cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_train_on_two_processes_resumes_on_one_and_back(tmp_path):
+    """A 2-process run writes one run folder (rank 0), its checkpoint resumes on 1 process and
+    that one's on 2 again, each time to the new budget, with the evaluation points of all."""
+    import json
+
+    from nerfmine.checkpoint import load_checkpoint
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_RUN))
+    run = tmp_path / "run"
+    done = _train("--gpus", "2", "--steps", "6", "--eval-at", "3,6", "--config", str(config),
+                  "-o", str(run), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "rank 0 of 2, 50 of 100 training images, 1024 samples a step" in done.stdout
+    assert done.stdout.count("done: 6 steps") == 1  # rank 0 alone reports
+    assert load_checkpoint(run / "checkpoint.pt")["world_size"] == 2
+    for gpus, steps, points in ((None, 9, [3, 6, 9]), ("2", 12, [3, 6, 9, 12])):
+        extra = ["--gpus", gpus] if gpus else []
+        again = subprocess.run(
+            [sys.executable, "-m", "nerfmine", "train", "--quiet", "--resume", str(run),
+             "--steps", str(steps), "--eval-at", ",".join(map(str, points)), *extra],
+            env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["steps"] == steps
+        assert [p["step"] for p in metrics["curve"]] == points
+
+
+def _children(pid: int) -> list[int]:
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(k) for k in kids]
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_a_killed_rank_stops_the_run_with_its_checkpoint_intact(tmp_path):
+    """SIGKILL to rank 1 mid-run: torchrun stops rank 0 too, the command says what happened
+    and how to continue, and the last checkpoint loads and resumes to the end."""
+    import json
+    import signal
+    import time
+
+    from nerfmine.checkpoint import load_checkpoint
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY_RUN, "train": {**TINY_RUN["train"],
+                                                        "checkpoint_every": 0.2}}))
+    run = tmp_path / "run"
+    proc = _train("--gpus", "2", "--steps", "100000", "--eval-at", "100000",
+                  "--config", str(config), "-o", str(run), cwd=tmp_path, wait=False)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoint.pt").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        workers = [p for p in _children(proc.pid) if _rank_of(p) == 1]
+        assert workers, "rank 1's process not found"
+        os.kill(workers[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, out[-3000:]
+    assert "a training process stopped" in out and "--resume" in out
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert 0 < state["step"] < 100000
+    done = subprocess.run(
+        [sys.executable, "-m", "nerfmine", "train", "--quiet", "--resume", str(run), "--steps",
+         str(state["step"] + 4), "--eval-at", str(state["step"] + 4)],
+        env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == state["step"] + 4
+
+
+def test_data_parallel_mistakes_are_named(tmp_path, monkeypatch, capsys):
+    from nerfmine.cli import main
+
+    assert main(["train", "--gpus", "0", "--steps", "1"]) == 2
+    assert "--gpus must be at least 1" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun starts each rank
+    assert main(["train", "--preset", "cpu", "--steps", "1"]) == 2
+    assert "needs --output RUN_DIR" in capsys.readouterr().err
+    assert main(["train", "--preset", "cpu", "--steps", "1", "-o", str(tmp_path / "r"),
+                 "--view"]) == 2
+    assert "--view does not apply" in capsys.readouterr().err

@@ -62,3 +62,94 @@ class StepExchange:
         """All-reduce ``tensor`` to its mean over ranks, in place."""
         self.sum_([tensor])
         tensor.div_(self.world)
+
+
+# --------------------------------------------------------------------------- a run's ranks
+RAY_SEED_STRIDE = 1_000_003
+"""Rank ``r`` draws its rays from seed ``seed + r * RAY_SEED_STRIDE`` (distinct streams); the
+occupancy generator uses ``seed`` on every rank."""
+
+
+class Ranks:
+    """The processes of one data-parallel run: ``rank`` of ``world`` (0 of 1 without a
+    process group), the :class:`StepExchange` between them, and the agreement each training
+    step starts with (rank 0's clock, and whether any rank got a stop signal), so that every
+    rank takes the same decisions (budget, evaluation points, checkpoints, stop)."""
+
+    def __init__(self, exchange: StepExchange | None = None) -> None:
+        self.exchange = exchange
+        self.rank = exchange.rank if exchange else 0
+        self.world = exchange.world if exchange else 1
+
+    @classmethod
+    def current(cls) -> Ranks:
+        """The initialised default process group's ranks (torchrun), else one process."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return cls(StepExchange())
+        return cls()
+
+    @property
+    def several(self) -> bool:
+        return self.world > 1
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the one that evaluates, checkpoints and writes the run folder."""
+        return self.rank == 0
+
+    def shard(self, count: int) -> list[int]:
+        """This rank's training images of ``count``: every ``world``-th from ``rank``."""
+        return list(range(self.rank, count, self.world))
+
+    def agree(self, clock: float, stop: bool, device: torch.device) -> tuple[float, bool]:
+        """Rank 0's clock and whether any rank wants to stop (one small all-reduce)."""
+        if not self.several:
+            return clock, stop
+        import torch.distributed as dist
+
+        values = torch.tensor([clock if self.leader else -1.0, 1.0 if stop else 0.0],
+                              dtype=torch.float64, device=self._collective_device(device))
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return float(values[0]), bool(values[1] > 0)
+
+    def broadcast_(self, tensors: list[torch.Tensor]) -> None:
+        """Overwrite ``tensors`` with rank 0's (the weights every rank starts from)."""
+        if not self.several:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():  # weights are leaves of the autograd graph: not an op of it
+            for t in tensors:
+                dist.broadcast(t.detach(), src=0)
+
+    def barrier(self) -> None:
+        if self.several:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    @staticmethod
+    def _collective_device(device: torch.device) -> torch.device:
+        """NCCL moves CUDA tensors only; gloo moves CPU tensors."""
+        import torch.distributed as dist
+
+        return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def start_process_group() -> None:
+    """Join torchrun's process group (NCCL with CUDA GPUs, else gloo), each rank on GPU
+    ``LOCAL_RANK``; a collective may wait as long as rank 0's evaluations take."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=12))

@@ -27,6 +27,7 @@ replacing methods or private attributes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -50,6 +51,7 @@ from nerfmine.config import (
 from nerfmine.data import SceneData, load_scene
 from nerfmine.data.demo import demo_scene_path
 from nerfmine.data.rays import RaySampler
+from nerfmine.distributed import RAY_SEED_STRIDE, Ranks
 from nerfmine.errors import ConfigError, TrainingInterrupted, TrainingStopped
 from nerfmine.evaluator import SSIM_IMPLEMENTATION, Evaluator, plot_curve, write_metrics
 from nerfmine.lagged import LaggedHostValue
@@ -87,6 +89,17 @@ def resolve_data_path(config: RunConfig) -> Path:
     return Path(config.data.path) if config.data.path else demo_scene_path()
 
 
+def _per_rank(config: RunConfig, world: int) -> RunConfig:
+    """The step's config on one of ``world`` ranks: the samples per step and the ray counts
+    divided among them (the union's batch stays ``train.target_samples``)."""
+    t = config.train
+    train = dataclasses.replace(
+        t, target_samples=max(1, t.target_samples // world),
+        initial_rays=max(t.ray_granularity, t.initial_rays // world),
+        max_rays=max(t.ray_granularity, t.max_rays // world))
+    return dataclasses.replace(config, train=train)
+
+
 class Trainer:
     """Trains a scene into ``run_dir``.
 
@@ -111,20 +124,45 @@ class Trainer:
         config, notes = resolve_for_scene(config, train_data)
         self.notes += notes
         device = torch.device(config.device)
-        torch.manual_seed(config.train.seed)  # graph steps draw from the default generators
+        # Data-parallel runs (torchrun; nerfmine.distributed): each rank trains on its shard of
+        # the images with its share of the samples per step, its own rays' random stream,
+        # and the same weights, occupancy draws and decisions as rank 0.
+        self.ranks = Ranks.current()
+        seed = config.train.seed
+        torch.manual_seed(seed)  # graph steps draw from the default generators
         self.scene = TrainedScene.create(config, with_ema=True)
         cameras = self.scene.to_unit(train_data.cameras())
-        rays = RaySampler(train_data.images, cameras, device, seed=config.train.seed,
+        occupancy = self.scene.occupancy
+        occupancy.set_visible(cameras.visible(occupancy.cell_centers().to(device)))
+        images, step_config, ray_seed = train_data.images, config, seed
+        if self.ranks.several:
+            shard = self.ranks.shard(len(train_data))
+            if not shard:
+                raise ConfigError(f"{len(train_data)} training images cannot be shared by "
+                                  f"{self.ranks.world} processes; start at most "
+                                  f"{len(train_data)}")
+            images, cameras = images[shard], cameras.select(shard)
+            step_config = _per_rank(config, self.ranks.world)
+            ray_seed = seed + self.ranks.rank * RAY_SEED_STRIDE
+            torch.manual_seed(ray_seed)
+            self.notes.append(f"data-parallel: rank {self.ranks.rank} of {self.ranks.world}, "
+                              f"{len(shard)} of {len(train_data)} training images, "
+                              f"{step_config.train.target_samples} samples a step")
+        rays = RaySampler(images, cameras, device, seed=ray_seed,
                           subpixel=config.train.subpixel,
                           images_on_host=config.data.images_on_host)
-        if rays.on_host:
+        if rays.on_host and not self.ranks.several:
             train_data.images = rays.images  # keep the pinned copy only
         self.notes += rays.notes
         self.train_data = train_data
-        occupancy = self.scene.occupancy
-        occupancy.set_visible(cameras.visible(occupancy.cell_centers().to(device)))
-        self.step_fn = TrainStep(config, self.scene, rays,
-                                 torch.Generator(device).manual_seed(config.train.seed))
+        self.step_fn = TrainStep(step_config, self.scene, rays,
+                                 torch.Generator(device).manual_seed(ray_seed))
+        if self.ranks.several:
+            self.step_fn.exchange = self.ranks.exchange
+            self.step_fn.occupancy_generator = torch.Generator(device).manual_seed(seed)
+            self.step_fn.disable_graphs("data-parallel steps run eagerly: their collectives "
+                                        "are not captured in CUDA graphs yet")
+            self.ranks.broadcast_([*self.scene.field.parameters(), *self.scene.ema])
         self.evaluator = Evaluator(self.scene)
         self.hooks = TrainerHooks()
         self.next_checkpoint = config.train.checkpoint_every
@@ -240,7 +278,8 @@ class Trainer:
         return {**self.scene.state_dict(), **self.step_fn.state_dict(),
                 "next_checkpoint": self.next_checkpoint,
                 "peak_train_bytes": self.peak_train_bytes,
-                "eval_due": self._eval_due}
+                "eval_due": self._eval_due,
+                "world_size": self.ranks.world}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scene.load_state_dict(state)
@@ -248,10 +287,23 @@ class Trainer:
         self.next_checkpoint = float(state["next_checkpoint"])
         self.peak_train_bytes = int(state["peak_train_bytes"])
         self._eval_due = bool(state.get("eval_due", False))  # absent before format 2
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.ranks.world:  # the ray count was one rank's share of the union's
+            t = self.step_fn.config.train
+            n_rays = int(state["n_rays"]) * saved_world // self.ranks.world
+            self.step_fn.ray_count.load(min(max(n_rays, t.ray_granularity), t.max_rays))
+        if self.ranks.several:  # rank 0's random streams were saved: each rank starts its own
+            seed, step = self.config.train.seed, self.step
+            ray_seed = seed + self.ranks.rank * RAY_SEED_STRIDE + step
+            self.step_fn.generator.manual_seed(ray_seed)
+            torch.manual_seed(ray_seed)
+            self.step_fn.occupancy_generator.manual_seed(seed + step)
 
     def save(self) -> Path:
+        """Write the checkpoint (rank 0 only in a data-parallel run: the ranks are one model)."""
         path = self.run_dir / CHECKPOINT_NAME
-        save_checkpoint(path, self.state_dict())
+        if self.ranks.leader:
+            save_checkpoint(path, self.state_dict())
         return path
 
     @classmethod
@@ -358,6 +410,13 @@ class Trainer:
                 self.hooks.progress.remove(progress)
 
     def _train(self) -> dict[str, Any]:
+        if not self.ranks.leader:  # rank 0 writes the run folder; the others only train
+            previous_handlers = self._install_signal_handlers()
+            try:
+                return self._train_locked()
+            finally:
+                for sig, old in previous_handlers.items():
+                    signal.signal(sig, old)
         lock = RunLock(self.run_dir).acquire()  # one writer per run folder
         try:
             for stale in remove_stale_temporaries(self.run_dir):
@@ -373,8 +432,10 @@ class Trainer:
 
     def _train_locked(self) -> dict[str, Any]:
         t = self.config.train
-        self.config.save(self.run_dir / "config.json")
-        self.evaluator.check()  # an unscorable evaluation split fails now, not after training
+        leader = self.ranks.leader
+        if leader:
+            self.config.save(self.run_dir / "config.json")
+            self.evaluator.check()  # an unscorable evaluation split fails now, not later
         if self.device.type == "cuda":
             self._sync()
             self.setup_bytes = torch.cuda.memory_allocated(self.device)
@@ -393,6 +454,11 @@ class Trainer:
             clock_at_segment = self.clock
             while True:
                 now_clock = clock_at_segment + (time.perf_counter() - segment_start)
+                if self.ranks.several:  # rank 0's clock, and a stop any rank was asked for
+                    now_clock, stop = self.ranks.agree(now_clock, self._stop_signal is not None,
+                                                       self.device)
+                    if stop and self._stop_signal is None:
+                        self._stop_signal = signal.SIGTERM
                 now = now_clock if unit_is_seconds else self.step
                 if now >= budget:
                     break
@@ -407,7 +473,7 @@ class Trainer:
                         while eval_points and now >= eval_points[0]:
                             eval_points.pop(0)
                         self._eval_due = True  # until it is recorded (kept in the checkpoint)
-                        if self._stop_signal is None:
+                        if self._stop_signal is None and leader:
                             try:
                                 self._evaluate_and_record()
                                 self._eval_due = False
@@ -436,6 +502,8 @@ class Trainer:
             self.save()  # the trained state is safe before the final evaluation starts
             if self._stop_signal is not None:
                 raise self._interrupted("at the end of training")
+            if not leader:  # rank 0 evaluates and writes metrics.json
+                return {"rank": self.ranks.rank, "steps": self.step}
             try:
                 final = self._evaluate_and_record(final=True)
             except _StopRequested:

@@ -50,10 +50,13 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out_dir)
     _use_gpu(local_rank)
     quiet = args.quiet or not sys.stdout.isatty() or world > 1
+    # The ranks join their process group only after their runs: a trainer that sees one
+    # would train data-parallel, and a sweep's runs are independent. Joining waits for every
+    # rank, which is the barrier before rank 0 writes the table.
+    run_share(sweep, out_dir, rank, world, log=lambda line: print(line, flush=True),
+              progress_factory=lambda: Progress(quiet))
     group = _join(world)
     try:
-        run_share(sweep, out_dir, rank, world, log=lambda line: print(line, flush=True),
-                  progress_factory=lambda: Progress(quiet))
         if group:
             import torch.distributed as dist
 
@@ -109,7 +112,8 @@ def _use_gpu(local_rank: int) -> None:
 
 
 def _join(world: int) -> bool:
-    """Join the launcher's process group over gloo (a barrier only: no GPU needed)."""
+    """Join the launcher's process group over gloo (a barrier only: no GPU needed); it waits
+    for every rank."""
     if world <= 1:
         return False
     import datetime

@@ -4,6 +4,7 @@ web viewer following the run (``--view``), or continue a run (``--resume``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="serve the web viewer while training (needs viser: pip install "
                         "'nerfmine[view]'); it keeps serving after training until Ctrl-C")
     add_server_args(p, prefix="view-")
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="data-parallel training on N GPUs, one process each, started through "
+                        "torchrun (on a machine without CUDA: N CPU processes); the same as "
+                        "torchrun --nproc_per_node N -m nerfmine train ...")
     return p
 
 
@@ -40,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from nerfmine.trainer import Trainer
 
     overrides = training_overrides(args)
+    if args.gpus is not None and "WORLD_SIZE" not in os.environ:
+        return _launch(args.gpus)
+    leader = _join_ranks(args)
     if args.view:  # fail before loading anything if the viewer cannot start
         from nerfmine.viewer import check_port, import_viser
 
@@ -54,29 +62,35 @@ def run(args: argparse.Namespace) -> int:
         if overrides.get("backend") == "auto":
             del overrides["backend"]
         trainer = Trainer.resume(args.resume, overrides)
-        for note in trainer.notes:
-            print(f"note: {note}", flush=True)
-        print(f"resuming {args.resume} at step {trainer.step} "
-              f"({trainer.clock:.1f} s of training clock)", flush=True)
+        if leader:
+            for note in trainer.notes:
+                print(f"note: {note}", flush=True)
+            print(f"resuming {args.resume} at step {trainer.step} "
+                  f"({trainer.clock:.1f} s of training clock)", flush=True)
     else:
         config = make_config(args.preset, overrides)
         run_dir = args.output or default_run_dir(config.data.path)
-        check_writable(run_dir)
-        if (run_dir / "checkpoint.pt").exists():
-            raise NerfmineError(f"{run_dir} already holds a run; resume it with "
-                                f"--resume {run_dir} or choose another --output")
+        if leader:  # the other ranks of a data-parallel run wait for this check
+            check_writable(run_dir)
+            if (run_dir / "checkpoint.pt").exists():
+                raise NerfmineError(f"{run_dir} already holds a run; resume it with "
+                                    f"--resume {run_dir} or choose another --output")
+        _barrier()
         trainer = Trainer(config, run_dir)
-        for note in trainer.notes:
-            print(f"note: {note}", flush=True)
-        print(f"training {trainer.data_root} on {config.device} (preset {config.preset}, "
-              f"backend {config.backend}, mining {config.mining}) into {run_dir}", flush=True)
-    progress = Progress(args.quiet or not sys.stdout.isatty())
+        if leader:
+            for note in trainer.notes:
+                print(f"note: {note}", flush=True)
+            print(f"training {trainer.data_root} on {config.device} (preset {config.preset}, "
+                  f"backend {config.backend}, mining {config.mining}) into {run_dir}",
+                  flush=True)
+    progress = Progress(args.quiet or not sys.stdout.isatty() or not leader)
     if not args.view:
         try:
             metrics = trainer.train(progress=progress)
         finally:
             progress.close()
-        print_summary(trainer.run_dir, metrics)
+        if leader:
+            print_summary(trainer.run_dir, metrics)
         return 0
     return _train_with_viewer(args, trainer, progress)
 
@@ -106,6 +120,48 @@ def _train_with_viewer(args: argparse.Namespace, trainer, progress: Progress) ->
         viewer.stop()
     print("viewer stopped", flush=True)
     return 0
+
+
+def _launch(processes: int) -> int:
+    """Start ``processes`` ranks of this very command through torchrun (its Python entry)."""
+    if processes < 1:
+        raise NerfmineError(f"--gpus must be at least 1, got {processes}")
+    from torch.distributed import run as torchrun
+
+    print(f"train: starting {processes} processes through torchrun", flush=True)
+    try:
+        torchrun.main(["--standalone", "--nproc_per_node", str(processes), "-m", "nerfmine",
+                       *sys.argv[1:]])
+    except Exception as exc:  # noqa: BLE001 - torchrun's ChildFailedError and kin
+        raise NerfmineError(f"a training process stopped ({type(exc).__name__}; its message is "
+                            "above); the run folder keeps its last checkpoint: continue with "
+                            "--resume RUN_DIR") from None
+    return 0
+
+
+def _barrier() -> None:
+    """Wait for every rank of a data-parallel run (nothing alone)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _join_ranks(args: argparse.Namespace) -> bool:
+    """Under torchrun with several processes: join the process group (NCCL or gloo); True on
+    rank 0 (or alone), which prints, evaluates and writes the run folder."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return True
+    if args.view:
+        raise NerfmineError("--view does not apply to data-parallel training; view the run "
+                            "afterwards with nerfmine view RUN_DIR")
+    if args.resume is None and args.output is None:
+        raise NerfmineError("data-parallel training needs --output RUN_DIR (every process "
+                            "must name the same folder)")
+    from nerfmine.distributed import start_process_group
+
+    start_process_group()
+    return int(os.environ.get("RANK", 0)) == 0
 
 
 def print_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
