@@ -16,8 +16,9 @@ The occupancy grid needs no exchange: every rank updates it from the same weight
 generator seeded alike on every rank (``TrainStep.occupancy_generator``), which gives the same
 cells, positions and densities, so the grids stay identical.
 
-:class:`StepExchange` is used by :class:`nerfmine.train_step.TrainStep` when given one; the
-trainer does not start data-parallel runs yet (issue 18).
+:class:`StepExchange` is used by :class:`nerfmine.train_step.TrainStep` when given one;
+:class:`Ranks` is how :class:`nerfmine.trainer.Trainer` runs under torchrun (``nerfmine train
+--gpus N``): image shards, per-rank ray streams, rank 0's clock and decisions.
 """
 
 from __future__ import annotations
