@@ -410,17 +410,12 @@ class Trainer:
                 self.hooks.progress.remove(progress)
 
     def _train(self) -> dict[str, Any]:
-        if not self.ranks.leader:  # rank 0 writes the run folder; the others only train
-            previous_handlers = self._install_signal_handlers()
-            try:
-                return self._train_locked()
-            finally:
-                for sig, old in previous_handlers.items():
-                    signal.signal(sig, old)
-        lock = RunLock(self.run_dir).acquire()  # one writer per run folder
+        # One writer per run folder: rank 0 of a data-parallel run; the others only train.
+        lock = RunLock(self.run_dir).acquire() if self.ranks.leader else None
         try:
-            for stale in remove_stale_temporaries(self.run_dir):
-                self.notes.append(f"removed {stale.name}, left by a killed write")
+            if lock is not None:
+                for stale in remove_stale_temporaries(self.run_dir):
+                    self.notes.append(f"removed {stale.name}, left by a killed write")
             previous_handlers = self._install_signal_handlers()
             try:
                 return self._train_locked()
@@ -428,7 +423,8 @@ class Trainer:
                 for sig, old in previous_handlers.items():
                     signal.signal(sig, old)
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     def _train_locked(self) -> dict[str, Any]:
         t = self.config.train

@@ -402,3 +402,20 @@ class Progress:
     def close(self) -> None:
         if not self.quiet:
             self.bar.stop()
+
+
+# --------------------------------------------------------------------------- several processes
+def launch_ranks(processes: int, argv: list[str], what: str, after_failure: str) -> int:
+    """Run ``nerfmine ARGV`` as ``processes`` ranks through torchrun's Python entry point
+    (``train --gpus``, ``sweep --processes``); a rank that fails (torchrun then stops the
+    others) becomes a NerfmineError naming ``what`` stopped and ``after_failure``."""
+    from torch.distributed import run as torchrun
+
+    print(f"{what}: starting {processes} processes through torchrun", flush=True)
+    try:
+        torchrun.main(["--standalone", "--nproc_per_node", str(processes), "-m", "nerfmine",
+                       *argv])
+    except Exception as exc:  # noqa: BLE001 - torchrun's ChildFailedError and kin
+        raise NerfmineError(f"a {what} process stopped ({type(exc).__name__}; its message is "
+                            f"above); {after_failure}") from None
+    return 0

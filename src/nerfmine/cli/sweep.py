@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from nerfmine.cli.common import Progress, check_writable
+from nerfmine.cli.common import Progress, check_writable, launch_ranks
 from nerfmine.errors import NerfmineError
 
 
@@ -46,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
         if processes < 1:
             raise NerfmineError(f"--processes must be at least 1, got {processes}")
         if processes > 1:
-            return _launch(args, processes)
+            argv = ["sweep", str(args.sweep), "--output", str(args.output)]
+            return launch_ranks(processes, argv + (["--quiet"] if args.quiet else []), "sweep",
+                                f"the runs that finished are in {args.output}; start the same "
+                                "command again to resume the others, or rebuild the table "
+                                "with --table-only")
     check_writable(out_dir)
     _use_gpu(local_rank)
     quiet = args.quiet or not sys.stdout.isatty() or world > 1
@@ -55,17 +59,11 @@ def run(args: argparse.Namespace) -> int:
     # rank, which is the barrier before rank 0 writes the table.
     run_share(sweep, out_dir, rank, world, log=lambda line: print(line, flush=True),
               progress_factory=lambda: Progress(quiet))
-    group = _join(world)
-    try:
-        if group:
-            import torch.distributed as dist
+    if _join(world):
+        import torch.distributed as dist
 
-            dist.barrier()
-    finally:
-        if group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        dist.barrier()
+        dist.destroy_process_group()
     if rank == 0:
         print(_table_text(write_table(sweep, out_dir), out_dir))
     return 0
@@ -81,22 +79,6 @@ def _default_processes() -> int:
     import torch
 
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
-
-
-def _launch(args: argparse.Namespace, processes: int) -> int:
-    """Start ``processes`` ranks of this command through torchrun (its Python entry point)."""
-    from torch.distributed import run as torchrun
-
-    argv = ["--standalone", "--nproc_per_node", str(processes), "-m", "nerfmine", "sweep",
-            str(args.sweep), "--output", str(args.output)] + (["--quiet"] if args.quiet else [])
-    print(f"sweep: starting {processes} processes through torchrun", flush=True)
-    try:
-        torchrun.main(argv)
-    except Exception as exc:  # noqa: BLE001 - torchrun's ChildFailedError and kin
-        raise NerfmineError(f"a sweep process stopped ({type(exc).__name__}); the runs that "
-                            f"finished are in {args.output}; start the same command again to "
-                            "resume the others, or rebuild the table with --table-only") from None
-    return 0
 
 
 def _use_gpu(local_rank: int) -> None:

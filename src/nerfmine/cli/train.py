@@ -14,6 +14,7 @@ from nerfmine.cli.common import (
     add_training_flags,
     check_writable,
     default_run_dir,
+    launch_ranks,
     training_overrides,
 )
 from nerfmine.errors import NerfmineError
@@ -45,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     from nerfmine.trainer import Trainer
 
     overrides = training_overrides(args)
-    if args.gpus is not None and "WORLD_SIZE" not in os.environ:
-        return _launch(args.gpus)
+    if args.gpus is not None and args.gpus < 1:
+        raise NerfmineError(f"--gpus must be at least 1, got {args.gpus}")
+    if args.gpus is not None and args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_ranks(args.gpus, sys.argv[1:], "training",
+                            "the run folder keeps its last checkpoint: continue with --resume "
+                            "RUN_DIR")
     leader = _join_ranks(args)
     if args.view:  # fail before loading anything if the viewer cannot start
         from nerfmine.viewer import check_port, import_viser
@@ -119,23 +124,6 @@ def _train_with_viewer(args: argparse.Namespace, trainer, progress: Progress) ->
     finally:
         viewer.stop()
     print("viewer stopped", flush=True)
-    return 0
-
-
-def _launch(processes: int) -> int:
-    """Start ``processes`` ranks of this very command through torchrun (its Python entry)."""
-    if processes < 1:
-        raise NerfmineError(f"--gpus must be at least 1, got {processes}")
-    from torch.distributed import run as torchrun
-
-    print(f"train: starting {processes} processes through torchrun", flush=True)
-    try:
-        torchrun.main(["--standalone", "--nproc_per_node", str(processes), "-m", "nerfmine",
-                       *sys.argv[1:]])
-    except Exception as exc:  # noqa: BLE001 - torchrun's ChildFailedError and kin
-        raise NerfmineError(f"a training process stopped ({type(exc).__name__}; its message is "
-                            "above); the run folder keeps its last checkpoint: continue with "
-                            "--resume RUN_DIR") from None
     return 0
 
 
