@@ -61,7 +61,7 @@ def test_graph_path_equals_the_eager_step(tmp_path, mining):
     graph.step_fn.graphs = EagerGraphs()
     assert graph.n_rays == 128 and graph.step_fn.ray_count.slots(bucketed=True) == 128
     # The graph path draws from the default generator: give it the eager run's stream (and
-    # leave out the occupancy update, which draws from the trainer's own generator).
+    # leave out the occupancy update, which eagerly draws from the trainer's own generator).
     for t in (eager, graph):
         t.occupancy.should_update = lambda step: False
     torch.manual_seed(1234)
@@ -84,23 +84,27 @@ def test_graph_path_trains_with_slots_and_buckets(tmp_path, mining):
     trainer = _trainer(tmp_path, mining)
     trainer.step_fn.graphs = graphs = EagerGraphs()
     losses = []
-    for _ in range(40):
+    for step in range(40):
         stats = trainer.train_step()
         losses.append(float(stats.loss))
+        if step % 4 == 0:  # the occupancy update, a graph of its own before the step's
+            assert graphs.keys[-2] == ("occupancy", step < 8)
         slots = graphs.keys[-1][0]
         assert slots & (slots - 1) == 0 and slots >= trainer.config.train.ray_granularity
         assert 0 < int(trainer.step_fn.ray_count.active(slots)) <= slots
         assert int(stats.n_samples) <= trainer.config.train.target_samples
     assert all(torch.isfinite(torch.tensor(losses)))
     quantum = max(BUFFER_MULTIPLE, 2048 // GRAPH_BUFFER_BUCKETS)
-    sizes = {key[1] for key in graphs.keys}
+    keys = [key for key in graphs.keys if key[0] != "occupancy"]
+    assert len(keys) == 40 and len(graphs.keys) == 50
+    sizes = {key[1] for key in keys}
     if mining == "none":
         assert sizes == {None}
     else:
         assert all(size % quantum == 0 or size == 2048 for size in sizes)
         assert 0 < float(stats.hard_fraction) <= 0.5
     # Few distinct graphs over a run: that is what makes capturing them pay.
-    assert len(set(graphs.keys)) <= 6
+    assert len(set(keys)) <= 6
     # Every step (its occupancy update included) ran on the graphs' stream.
     assert graphs.stream_entries == 40
 

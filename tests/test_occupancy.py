@@ -241,6 +241,45 @@ def test_chunked_equals_unchunked(step):
     assert len(p1) > 7
 
 
+@pytest.mark.parametrize("step", [0, 300])
+def test_update_without_generator_draws_from_the_default_one(step):
+    """A captured update (CUDA graphs) passes no generator: it draws the default generator's
+    stream, and so advances it, exactly as the same generator passed explicitly would."""
+    results = []
+    for explicit in (True, False):
+        grid = _grid()
+        grid.update(0, _smooth, torch.Generator().manual_seed(10))
+        torch.manual_seed(11)
+        grid.update(step, _smooth, torch.Generator().manual_seed(11) if explicit else None)
+        results.append((grid.density.clone(), grid.bitfield.clone(), torch.rand(3)))
+    (d1, b1, r1), (d2, b2, r2) = results
+    assert torch.equal(d1, d2) and torch.equal(b1, b2)
+    assert not torch.equal(r1, r2)  # only the default-generator update advanced the stream
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="capturing a CUDA graph needs a GPU")
+@pytest.mark.parametrize("step", [0, 300])
+def test_captured_update_replays_the_eager_update(step):
+    """The training step captures the update as a CUDA graph (TrainStep._update_occupancy): a
+    replay does what the eager update does from the same state of the default generator."""
+    from nerfmine.graphs import StepGraphs
+
+    device = torch.device("cuda")
+    captured, eager = (_grid(chunk_size=100).to(device) for _ in range(2))
+    for grid in (captured, eager):
+        grid.update(0, _smooth, torch.Generator(device).manual_seed(10))
+    graphs = StepGraphs(device)
+    for seed in (5, 6):  # the first run is eager (and captures), the second a replay
+        torch.cuda.manual_seed(seed)
+        graphs.run("update", lambda capturing: captured.update(step, _smooth))
+        torch.cuda.manual_seed(seed)
+        eager.update(step, _smooth)
+        torch.cuda.synchronize()
+        assert torch.equal(captured.density, eager.density)
+        assert torch.equal(captured.bitfield, eager.bitfield)
+    assert graphs.stats() == {"captures": 1, "replays": 1, "disabled_reason": None}
+
+
 def test_update_without_host_sync():
     grid = _grid()
     grid.update(0, _smooth, torch.Generator().manual_seed(0))

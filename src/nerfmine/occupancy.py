@@ -137,7 +137,7 @@ class OccupancyGrid(nn.Module):
         index = torch.arange(self.n_cells, device=self.density.device)
         return self._positions(index, torch.full((self.n_cells, 3), 0.5, device=index.device))
 
-    def _cells_to_update(self, step: int, generator: torch.Generator) -> Tensor | None:
+    def _cells_to_update(self, step: int, generator: torch.Generator | None) -> Tensor | None:
         """Linear indices of the cells re-evaluated at ``step``, a static count (int32); None
         during the warm-up, when every cell is (without materialising their indices)."""
         n_cells = self.n_cells
@@ -164,14 +164,17 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def update(
-        self, step: int, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator
+        self, step: int, density_fn: Callable[[Tensor], Tensor],
+        generator: torch.Generator | None = None,
     ) -> None:
         """Decay every cell, then raise updated cells to a fresh density sample; refresh bitfield.
 
         ``density_fn`` maps [N, 3] positions (unit-cube coordinates, outside [0, 1] in coarse
         cascades) to [N] densities sigma (>= 0); it is called under ``torch.no_grad`` on chunks
         of at most ``chunk_size`` points, at one uniformly random position inside each updated
-        cell. No host synchronisation.
+        cell. No host synchronisation, and shapes that depend only on whether ``step`` is in the
+        warm-up, so the update can be captured as a CUDA graph (``generator`` None then: the
+        default generator, whose draws graphs advance on each replay).
 
         The whole update works chunk by chunk (cell indices, random offsets, positions and
         densities of one chunk at a time) and finishes in place, so that what it allocates

@@ -4,7 +4,9 @@
 and its loss scaler, the miner, the ray count, the table's gradient buffer, the random
 generator and, on a GPU, the captured CUDA graphs. A step (see docs/design.md for the tensors):
 
-1. the occupancy-grid update on its schedule (chunked, never the memory peak);
+1. the occupancy-grid update on its schedule (chunked, never the memory peak; on a GPU with
+   graphs, captured once as a graph of its own and replayed, since its few hundred small
+   kernels cost more to launch from Python than to run);
 2. rays through random training pixels, each over a random background colour
    (:class:`~nerfmine.data.rays.RaySampler`);
 3. marching into a packed buffer of fixed capacity (device-side counts);
@@ -146,13 +148,26 @@ class TrainStep:
         # With graphs, on the graphs' stream (a no-op inside the training loop, which is
         # already on it): the occupancy update's matrix products share its cuBLAS workspace.
         with self.on_stream():
-            scene = self.scene
-            if scene.occupancy.should_update(index):
-                scene.occupancy.update(index, scene.field.density, self.occupancy_generator)
+            if self.scene.occupancy.should_update(index):
+                self._update_occupancy(index, graphs)
             mark("occupancy")
             stats = self._graph_step(lr) if graphs else self._eager_step(lr, mark)
         mark("ema_bookkeeping")
         return stats
+
+    def _update_occupancy(self, index: int, graphs: bool) -> None:
+        """The occupancy update of step ``index``: eager, or replayed from the graph of its kind.
+
+        An update re-evaluates every cell before ``warmup_steps`` and half of them after, so
+        there are two graphs, keyed by that. Captured updates draw from the default CUDA
+        generator (graph-safe, checkpointed); eager ones from ``occupancy_generator``, which
+        data-parallel ranks seed alike (their steps are eager)."""
+        occupancy, density = self.scene.occupancy, self.scene.field.density
+        if not graphs:
+            occupancy.update(index, density, self.occupancy_generator)
+            return
+        warm = index < occupancy.config.warmup_steps
+        self.graphs.run(("occupancy", warm), lambda capturing: occupancy.update(index, density))
 
     def _eager_step(self, lr: float, mark: Callable[[str], None]) -> StepStats:
         slots = self.ray_count.slots(bucketed=False)
