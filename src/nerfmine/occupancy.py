@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from nerfmine.ops.cell_points import cell_points
 from nerfmine.ops.scene_box import MAX_CASCADES, aabb_bounds, cascades_for_aabb_scale
 
 
@@ -114,23 +115,9 @@ class OccupancyGrid(nn.Module):
         cell_hi = self._positions(index, torch.ones(self.n_cells, 3, device=index.device))
         return ((cell_hi > lo) & (cell_lo < hi)).all(dim=-1)
 
-    def _cell_coords(self, index: Tensor) -> Tensor:
-        """Integer (ix, iy, iz) of linear cell indices (any cascade). # [N, 3] int64"""
-        res = self.resolution
-        return torch.stack([(index // (res * res)) % res, (index // res) % res, index % res],
-                           dim=-1)
-
     def _positions(self, index: Tensor, offsets: Tensor) -> Tensor:
-        """Points at ``offsets`` in [0, 1)^3 inside cells ``index`` (any cascade). # [N, 3]
-
-        Cascade 0 computes ``(i + offset) / res`` exactly as a single grid does."""
-        res = self.resolution
-        base = (self._cell_coords(index).float() + offsets) / res  # [N, 3]
-        if self.n_cascades == 1:
-            return base
-        level = index // res**3  # [N]
-        scale = torch.ldexp(torch.ones_like(base[:, :1]), level[:, None])  # [N, 1], 2^k
-        return torch.where(level[:, None] > 0, (base - 0.5) * scale + 0.5, base)
+        """Points at ``offsets`` in [0, 1)^3 inside cells ``index`` (any cascade). # [N, 3]"""
+        return cell_points(index, offsets, self.n_cascades, self.resolution)
 
     def cell_centers(self) -> Tensor:
         """Centres of all cells (every cascade) in linear-index order. # [K * res^3, 3]"""
@@ -165,7 +152,7 @@ class OccupancyGrid(nn.Module):
     @torch.no_grad()
     def update(
         self, step: int, density_fn: Callable[[Tensor], Tensor],
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, backend: str = "torch",
     ) -> None:
         """Decay every cell, then raise updated cells to a fresh density sample; refresh bitfield.
 
@@ -174,7 +161,8 @@ class OccupancyGrid(nn.Module):
         of at most ``chunk_size`` points, at one uniformly random position inside each updated
         cell. No host synchronisation, and shapes that depend only on whether ``step`` is in the
         warm-up, so the update can be captured as a CUDA graph (``generator`` None then: the
-        default generator, whose draws graphs advance on each replay).
+        default generator, whose draws graphs advance on each replay). ``backend`` computes the
+        query points (:func:`nerfmine.ops.cell_points.cell_points`).
 
         The whole update works chunk by chunk (cell indices, random offsets, positions and
         densities of one chunk at a time) and finishes in place, so that what it allocates
@@ -194,11 +182,18 @@ class OccupancyGrid(nn.Module):
         new = torch.zeros_like(self.density)  # [K * res^3]
         for lo in range(0, count, cfg.chunk_size):
             hi = min(lo + cfg.chunk_size, count)
-            chunk = (torch.arange(lo, hi, device=device) if cells is None
-                     else cells[lo:hi].long())  # [C]
+            chunk = None if cells is None else cells[lo:hi]  # [C] int32; None: lo .. hi - 1
             offsets = torch.rand(hi - lo, 3, generator=generator, device=device)  # [C, 3]
-            fresh = density_fn(self._positions(chunk, offsets)).reshape(-1).float()  # [C]
-            new.scatter_reduce_(0, chunk, fresh, reduce="amax")
+            points = cell_points(chunk, offsets, self.n_cascades, res, start=lo,
+                                 backend=backend)  # [C, 3]
+            fresh = density_fn(points).reshape(-1).float()  # [C]
+            # Densities are >= 0 and the float32 bit patterns of non-negative numbers order like
+            # int32s: an integer max (a native atomic) is the float max, where a float amax is a
+            # compare-and-swap loop. (A negative sample loses to the 0 in ``new`` either way.)
+            target = (torch.arange(lo, hi, device=device) if chunk is None
+                      else chunk.long())  # [C]
+            new.view(torch.int32).scatter_reduce_(0, target, fresh.view(torch.int32),
+                                                  reduce="amax")
         density = self.density.mul_(cfg.decay)
         torch.maximum(density, new, out=density)
         density.mul_(self.visible)  # [K * res^3]; cells no camera sees stay 0

@@ -163,11 +163,18 @@ class TrainStep:
         generator (graph-safe, checkpointed); eager ones from ``occupancy_generator``, which
         data-parallel ranks seed alike (their steps are eager)."""
         occupancy, density = self.scene.occupancy, self.scene.field.density
+
+        def update(generator: torch.Generator | None) -> None:
+            # The density query in the training forward's precision (fp16 matrix products
+            # under mixed precision): the grid then sees the density the step trains.
+            with self._autocast(cache=False):
+                occupancy.update(index, density, generator, backend=self.backend)
+
         if not graphs:
-            occupancy.update(index, density, self.occupancy_generator)
+            update(self.occupancy_generator)
             return
         warm = index < occupancy.config.warmup_steps
-        self.graphs.run(("occupancy", warm), lambda capturing: occupancy.update(index, density))
+        self.graphs.run(("occupancy", warm), lambda capturing: update(None))
 
     def _eager_step(self, lr: float, mark: Callable[[str], None]) -> StepStats:
         slots = self.ray_count.slots(bucketed=False)
