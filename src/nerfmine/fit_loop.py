@@ -4,7 +4,24 @@ metrics both write.
 
 A fit trains to ``config.steps`` in chunks of ``config.eval_every`` steps; after each chunk it
 evaluates (its metric: PSNR for an image, IoU for an SDF), records a curve point and writes its
-checkpoint. The training clock counts only the steps. The run folder is held with
+checkpoint. The training clock counts only the steps.
+
+Time mode (``config.seconds``, a time budget, or ``config.eval_at``, evaluation times, given):
+training stops once the clock reaches ``seconds`` (or at ``steps``, still an upper bound) and
+evaluates at each ``eval_at`` point (then instead of every ``eval_every`` steps), each curve
+point recording the clock it was actually taken at and the points it stands for (``"eval_at"``).
+To stop near a target the loop runs the steps in chunks of at most :data:`CHUNK_STEPS`,
+synchronises the device after each and adds the chunk's time to the clock (the host's time
+between chunks is not counted: a few microseconds of arithmetic). A chunk is cut to the steps
+that the previous chunk's pace says remain before the next target (at least one; the first
+chunk after a start or an evaluation is a single step, to measure the pace), so a target is
+passed by about one step and by at most :data:`CHUNK_STEPS` steps if the steps slow down
+suddenly, plus one device synchronisation. One exception: a step that compiles kernels
+(Triton, on a cold start) lasts as long as the compilation, and the clock passes every point
+that falls inside it; those points share one evaluation. The synchronisations cost a little
+speed on a GPU (the queue drains every few steps), which the clock includes.
+
+The run folder is held with
 :class:`~nerfmine.run_folder.RunLock` while the loop runs, and SIGINT or SIGTERM stops it
 between steps after a checkpoint, raising :class:`~nerfmine.errors.TrainingInterrupted` with
 the ``--resume`` command (docs/design.md, "Robustness").
@@ -21,7 +38,9 @@ around :meth:`FitLoop._run_metrics` and writes it with :meth:`FitLoop._write_met
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import math
 import signal
 import threading
 import time
@@ -38,6 +57,11 @@ from nerfmine.miner import HardSampleMiner
 from nerfmine.optim import NGPAdam
 from nerfmine.provenance import device_name, git_commit
 from nerfmine.run_folder import RunLock, atomic_write_text, remove_stale_temporaries
+
+CHUNK_STEPS = 8
+"""Most steps between two readings of the clock in time mode (see the module docstring): few
+enough that a target is passed by little even when the pace estimate fails, enough that the
+device's queue rarely drains."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,6 +102,8 @@ class FitLoop:
     WRONG_KIND = ""  # why resume refuses a checkpoint of another kind, after its path
     RESUMABLE: tuple[str, ...] = ()  # the settings a resume may change
     RESUMABLE_FLAGS = ""  # their flags, for the message when another one changes
+    #: The training clock's source, in seconds (tests give a fit a fake one).
+    clock_source: Callable[[], float] = staticmethod(time.perf_counter)
 
     # ------------------------------------------------------------------ construction
 
@@ -129,6 +155,7 @@ class FitLoop:
                               f"change (only {cls.RESUMABLE_FLAGS})")
         config = cls.CONFIG_CLASS.from_dict({**state[cls.CONFIG_KEY], **(overrides or {})},
                                             str(path))
+        _check_new_points(state, state[cls.CONFIG_KEY], config)
         source = state[cls.SOURCE]
         source_path = Path(source_path or source["path"])
         if not source_path.is_file():
@@ -201,42 +228,141 @@ class FitLoop:
     def _save(self) -> None:
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
 
-    def _add_point(self, value: float, loss: float | None) -> None:
+    def warm_up(self, steps: int) -> float:
+        """Run ``steps`` training steps, then put the fit back as it was (the checkpoint's
+        state: weights, Adam, miner, generator, step, clock, curve). The kernels are then
+        compiled (Triton, on a cold start) and the memory pools filled, so that the clock of
+        the :meth:`train` that follows measures warm steps: the hook of benchmarks that report
+        warm figures (benchmark-protocol.md). Returns the wall seconds of the steps."""
+        saved = copy.deepcopy(self.state_dict())
+        self._sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.train_step()
+        self._sync()
+        seconds = time.perf_counter() - start
+        self._load_state(saved)
+        return seconds
+
+    def _add_point(self, value: float, loss: float | None, due: list[float]) -> None:
         fraction = self.miner.last_fraction.item() if self.miner is not None else None
-        self.curve.append({"clock": self.clock, "step": self.step, self.METRIC: value,
-                           "loss": loss, "hard_fraction": fraction})
+        point = {"clock": self.clock, "step": self.step, self.METRIC: value, "loss": loss,
+                 "hard_fraction": fraction}
+        if self.config.eval_at:
+            point["eval_at"] = due  # the eval_at points this evaluation stands for
+        self.curve.append(point)
+
+    # ------------------------------------------------------------------ budget and targets
+
+    def budget_spent(self) -> bool:
+        """Whether training is over: ``config.steps`` reached, or the clock at
+        ``config.seconds``."""
+        seconds = self.config.seconds
+        return self.step >= self.config.steps or (seconds is not None and self.clock >= seconds)
+
+    def pending_points(self) -> list[float]:
+        """The ``config.eval_at`` points not evaluated yet (those no curve point stands for), in
+        order. One whose time the clock has passed (a run stopped between passing it and
+        evaluating) is evaluated as soon as training continues."""
+        done = {p for point in self.curve for p in point.get("eval_at", ())}
+        return [p for p in self.config.eval_at if p not in done]
+
+    def _next_stop_step(self) -> int:
+        """The step the next chunk of training ends at, at the latest: ``config.steps``, or
+        the next multiple of ``eval_every`` (unless ``eval_at`` sets the points)."""
+        if self.config.eval_at:
+            return self.config.steps
+        every = self.config.eval_every
+        return min(self.config.steps, (self.step // every + 1) * every)
+
+    def _train_steps(self, stop_step: int, stopped: list[int], loss: torch.Tensor) -> torch.Tensor:
+        """Steps to ``stop_step`` (step mode: one device synchronisation at each end);
+        returns the last loss."""
+        self._sync()
+        start = self.clock_source()
+        while self.step < stop_step and not stopped:
+            loss = self.train_step()
+        self._sync()
+        self.clock += self.clock_source() - start
+        return loss
+
+    def _train_timed(self, stop_step: int, stopped: list[int], loss: torch.Tensor) -> torch.Tensor:
+        """Steps in chunks until ``stop_step``, the budget or the next pending point (time
+        mode; the module docstring says how far it can overshoot); returns the last loss."""
+        pending = self.pending_points()
+        stop_clock = min(self.config.seconds or math.inf, pending[0] if pending else math.inf)
+        per_step = None  # seconds per step of the last chunk
+        while self.step < stop_step and self.clock < stop_clock and not stopped:
+            chunk = 1
+            if per_step is not None:
+                chunk = min(CHUNK_STEPS, stop_step - self.step)
+                if per_step > 0 and math.isfinite(stop_clock):
+                    chunk = max(1, min(chunk, math.ceil((stop_clock - self.clock) / per_step)))
+            self._sync()
+            start = self.clock_source()
+            done = 0
+            while done < chunk and not stopped:
+                loss = self.train_step()
+                done += 1
+            self._sync()
+            elapsed = self.clock_source() - start
+            self.clock += elapsed
+            per_step = elapsed / max(done, 1)
+        return loss
+
+    # ------------------------------------------------------------------ the loop
 
     def train(self, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train to ``config.steps`` (the clock excludes evaluations), then write the folder's
-        files; returns metrics.json's dict. Holds the folder's lock meanwhile. The checkpoint
-        is written at every evaluation point; SIGINT or SIGTERM stops between steps after a
-        checkpoint, with :class:`TrainingInterrupted` (``--resume`` continues)."""
+        """Train to ``config.steps`` or ``config.seconds`` of training clock (the clock
+        excludes evaluations), evaluating every ``config.eval_every`` steps or at the
+        ``config.eval_at`` times, then write the folder's files; returns metrics.json's dict.
+        Holds the folder's lock meanwhile. The checkpoint is written at every evaluation
+        point; SIGINT or SIGTERM stops between steps after a checkpoint, with
+        :class:`TrainingInterrupted` (``--resume`` continues)."""
         with RunLock(self.run_dir), stop_requests() as stopped:
             remove_stale_temporaries(self.run_dir)
             atomic_write_text(self.run_dir / "config.json",
                               json.dumps(self.config.to_dict(), indent=2) + "\n")
-            every = self.config.eval_every
+            timed = self.config.seconds is not None or bool(self.config.eval_at)
             loss = torch.zeros(())
-            while self.step < self.config.steps:
-                stop = min(self.config.steps, (self.step // every + 1) * every)
-                self._sync()
-                start = time.perf_counter()
-                while self.step < stop and not stopped:
-                    loss = self.train_step()
-                self._sync()
-                self.clock += time.perf_counter() - start
+            last = None  # (value, payload) of an evaluation at the current step
+            while not self.budget_spent():
+                last = None  # a render is not held on to while training goes on
+                stop_step = self._next_stop_step()
+                if timed:
+                    loss = self._train_timed(stop_step, stopped, loss)
+                else:
+                    loss = self._train_steps(stop_step, stopped, loss)
                 if stopped:
                     self._save()
                     raise TrainingInterrupted(
                         f"{self.COMMAND} fit interrupted at step {self.step}; the checkpoint is "
                         f"in {self.run_dir}. Continue with: nerfmine {self.COMMAND} --resume "
                         f"{self.run_dir}")
-                value, _ = self._evaluate_point()
-                self._add_point(value, float(loss))
+                due = [p for p in self.pending_points() if p <= self.clock]
+                if not due and (self.config.eval_at or self.step < stop_step):
+                    continue  # the budget ended the chunk: the end's evaluation follows
+                last = self._evaluate_point()
+                self._add_point(last[0], float(loss), due)
                 self._save()
                 if progress is not None:
                     progress(self.curve[-1])
-            value, payload = self._evaluate_point()
-            if not self.curve or self.curve[-1]["step"] != self.step:
-                self._add_point(value, None)
-            return self._write_outputs(value, payload)
+            due = [p for p in self.pending_points() if p <= self.clock]
+            if last is None:
+                last = self._evaluate_point()
+            if due or not self.curve or self.curve[-1]["step"] != self.step:
+                self._add_point(last[0], None, due)
+            return self._write_outputs(*last)
+
+
+def _check_new_points(state: dict[str, Any], saved: dict[str, Any], config: Any) -> None:
+    """A resume that adds ``eval_at`` points the run's clock has already passed is refused:
+    they can no longer be evaluated at their time. (A point of the run's own config that was
+    passed but not evaluated, the run having stopped in between, is evaluated at once.)"""
+    done = {p for point in state["curve"] for p in point.get("eval_at", ())}
+    own = set(saved.get("eval_at", ()))
+    behind = [p for p in config.eval_at if p <= state["clock"] and p not in own | done]
+    if behind:
+        raise ConfigError(f"--eval-at {', '.join(f'{p:g}' for p in behind)}: the run's training "
+                          f"clock is already at {state['clock']:.1f} s, so these points can no "
+                          "longer be evaluated; give points after it")

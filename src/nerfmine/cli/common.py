@@ -34,6 +34,32 @@ def parse_points(text: str) -> tuple[float, ...]:
             f"expected comma-separated numbers such as 15,30,60, got '{text}'") from None
 
 
+def parse_seconds(text: str) -> float:
+    """``--seconds 60`` of the image and SDF primitives: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds such as 60, got "
+                                         f"'{text}'") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got '{text}'")
+    return value
+
+
+def parse_eval_times(text: str) -> tuple[float, ...]:
+    """``--eval-at 1,5,15,60`` of the image and SDF primitives: positive seconds of training
+    clock, comma-separated, returned sorted without repeats (their order does not matter)."""
+    points = parse_points(text)
+    if not points:
+        raise argparse.ArgumentTypeError(f"expected seconds of training clock such as "
+                                         f"1,5,15,60, got '{text}'")
+    bad = [p for p in points if not (math.isfinite(p) and p > 0)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"evaluation times must be positive seconds of "
+                                         f"training clock, got {', '.join(f'{p:g}' for p in bad)}")
+    return tuple(sorted(set(points)))
+
+
 def _max_resolution(value: int) -> int:
     if value < 16:
         raise NerfmineError(f"--max-resolution: expected a grid resolution of 16 or more "
@@ -220,7 +246,8 @@ def add_fit_arguments(parser: argparse.ArgumentParser, source: str, presets: dic
                       mining_help: str) -> None:
     """The arguments every single-task primitive takes first, in ``--help``'s order: the file
     to fit (``source``: "image", "mesh"), ``-o``, ``--resume``, ``--preset``, ``--mining``,
-    ``--backend``, ``--device`` and ``--steps``. The command adds its own after them."""
+    ``--backend``, ``--device``, ``--steps``, ``--seconds`` and ``--eval-at``. The command adds
+    its own after them."""
     from nerfmine.fit_config import BACKEND_CHOICES
 
     parser.add_argument(source, type=Path, nargs="?", default=None,
@@ -234,7 +261,16 @@ def add_fit_arguments(parser: argparse.ArgumentParser, source: str, presets: dic
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
                         help="hash grid and Adam backend (auto: triton on CUDA, torch on CPU)")
     parser.add_argument("--device", default=None, help="cuda, cpu or auto (default)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps in all")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps in all (with --seconds: an upper bound, none "
+                             "unless given)")
+    parser.add_argument("--seconds", type=parse_seconds, default=None, metavar="S",
+                        help="time budget: stop after S seconds of training clock (the steps "
+                             "only; evaluations and outputs are off the clock)")
+    parser.add_argument("--eval-at", type=parse_eval_times, default=None, metavar="T1,T2,...",
+                        help="evaluate at these seconds of training clock, e.g. 1,5,15,60 "
+                             "(instead of every --eval-every steps); each point records the "
+                             "clock it was taken at")
 
 
 def run_fit(args: argparse.Namespace, fit_class: Any, make_config: Callable[..., Any],
@@ -253,9 +289,11 @@ def run_fit(args: argparse.Namespace, fit_class: Any, make_config: Callable[...,
     source or the run folder is missing. The messages' parts: ``size(fit)`` (what is fitted,
     e.g. "64x48"), ``note(fit)`` (after the start line), ``metric(value)`` (e.g. "PSNR 25.00
     dB") and ``outputs(metrics)`` (the files after metrics.json)."""
+    from nerfmine.fit_config import lift_step_limit
     from nerfmine.fit_loop import resolve_device
 
     overrides = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    overrides = lift_step_limit(overrides)
     if args.resume is not None:
         if args.output is not None or args.preset is not None:
             raise NerfmineError("-o and --preset do not apply with --resume: the run continues "
@@ -279,8 +317,10 @@ def run_fit(args: argparse.Namespace, fit_class: Any, make_config: Callable[...,
 
     def progress(point: dict) -> None:
         if not args.quiet:
+            due = point.get("eval_at")
+            at = f" (point {', '.join(f'{p:g}' for p in due)} s)" if due else ""
             print(f"step {point['step']}: {metric(point[fit.METRIC])} at "
-                  f"{point['clock']:.1f} s", flush=True)
+                  f"{point['clock']:.2f} s{at}", flush=True)
 
     metrics = fit.train(progress=progress)
     print(f"done: {metrics['steps']} steps in {metrics['training_seconds']:.1f} s "

@@ -20,7 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         MINING_CHOICES, "hsm: hard sample mining over the step's pixels (default); none")
     p.add_argument("--pixels-per-step", type=int, default=None, help="B (paper: 2^18)")
     p.add_argument("--log2-table-size", type=int, default=None, help="log2 T, 1 to 24")
-    p.add_argument("--eval-every", type=int, default=None, help="steps between PSNR points")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="steps between PSNR points (without --eval-at)")
     p.add_argument("--render-tile", type=int, default=None, help="pixels per render pass")
     p.add_argument("--pixels-on", choices=PIXELS_ON_CHOICES, default=None,
                    help="where the target pixels live: device, host (images larger than the "
@@ -30,8 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-_FLAGS = ("mining", "backend", "device", "steps", "pixels_per_step", "log2_table_size",
-          "eval_every", "render_tile", "pixels_on", "seed")
+_FLAGS = ("mining", "backend", "device", "steps", "seconds", "eval_at", "pixels_per_step",
+          "log2_table_size", "eval_every", "render_tile", "pixels_on", "seed")
 
 
 def run(args: argparse.Namespace) -> int:

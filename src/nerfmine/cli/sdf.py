@@ -30,7 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--iou-points", type=int, default=None, help="uniform points of the IoU")
     p.add_argument("--log2-table-size", type=int, default=None, help="log2 T, 1 to 24")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (paper: 1e-4)")
-    p.add_argument("--eval-every", type=int, default=None, help="steps between IoU points")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="steps between IoU points (without --eval-at)")
     p.add_argument("--mesh-resolution", type=int, default=None,
                    help="marching-cubes grid vertices per axis of the exported mesh")
     p.add_argument("--seed", type=int, default=None)
@@ -38,8 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-_FLAGS = ("mining", "backend", "device", "steps", "samples_per_step", "pool_size", "iou_points",
-          "log2_table_size", "lr", "eval_every", "mesh_resolution", "seed")
+_FLAGS = ("mining", "backend", "device", "steps", "seconds", "eval_at", "samples_per_step",
+          "pool_size", "iou_points", "log2_table_size", "lr", "eval_every", "mesh_resolution",
+          "seed")
 
 
 def run(args: argparse.Namespace) -> int:

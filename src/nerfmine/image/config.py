@@ -54,9 +54,20 @@ class ImageConfig(FitConfig):
     pixels_per_step: int = 2**18
     """B, pixels drawn uniformly (with replacement) per step (paper: 2^18)."""
     steps: int = 10000
-    """Training steps in all (a resumed run may raise it)."""
+    """Training steps in all, an upper bound when ``seconds`` is set too (a resumed run may
+    raise it)."""
     eval_every: int = 500
     """Steps between two PSNR points of the curve (full-image renders, off the clock)."""
+    seconds: float | None = None
+    """Time budget in seconds of training clock (the steps only; evaluations, checkpoints and
+    outputs excluded): training stops once the clock reaches it, or at ``steps``, whichever
+    comes first; None: ``steps`` alone (``--seconds`` without ``--steps`` lifts ``steps``:
+    :func:`~nerfmine.fit_config.lift_step_limit`). With a budget or ``eval_at`` the loop reads
+    the clock every few steps (:mod:`nerfmine.fit_loop` says how far it can overshoot)."""
+    eval_at: tuple[float, ...] = ()
+    """Seconds of training clock at which to evaluate (PSNR); each curve point records the clock
+    it was actually taken at, the first reading at or past the point. When given,
+    ``eval_every`` is not used."""
     mining: str = "hsm"
     """"hsm": online hard sample mining over the step's pixels; "none": the plain L2 step."""
     backend: str = "auto"

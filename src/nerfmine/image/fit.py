@@ -53,16 +53,17 @@ KIND = "nerfmine-image"
 
 class ImageFit(FitLoop):
     """One image fit and its run folder. :meth:`create` starts one, :meth:`resume` continues
-    one; :meth:`train` trains to ``config.steps`` and writes the folder's files (the three are
-    :class:`~nerfmine.fit_loop.FitLoop`'s)."""
+    one; :meth:`train` trains to ``config.steps`` or ``config.seconds`` and writes the folder's
+    files (the three are :class:`~nerfmine.fit_loop.FitLoop`'s)."""
 
     COMMAND, METRIC, SOURCE = "image", "psnr", "image"
     KIND = KIND
     CONFIG_CLASS, CONFIG_KEY = ImageConfig, "image_config"
     WRONG_KIND = ("not an image run's checkpoint (nerfmine image writes those); resume NeRF "
                   "runs with 'nerfmine train --resume'")
-    RESUMABLE = ("steps", "eval_every", "render_tile", "pixels_on")
-    RESUMABLE_FLAGS = "--steps, --eval-every, --render-tile and --pixels-on"
+    RESUMABLE = ("steps", "seconds", "eval_at", "eval_every", "render_tile", "pixels_on")
+    RESUMABLE_FLAGS = ("--steps, --seconds, --eval-at, --eval-every, --render-tile and "
+                       "--pixels-on")
 
     def __init__(self, config: ImageConfig, image_path: Path, run_dir: Path) -> None:
         self._start(config, run_dir)

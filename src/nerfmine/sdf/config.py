@@ -81,9 +81,20 @@ class SdfConfig(FitConfig):
     """Uniform points in the box at which IoU compares the signs of the model and the mesh (a
     fixed set per run; instant-ngp's calculate_iou defaults to 128 Mi points)."""
     steps: int = 10000
-    """Training steps in all (a resumed run may raise it)."""
+    """Training steps in all, an upper bound when ``seconds`` is set too (a resumed run may
+    raise it)."""
     eval_every: int = 1000
     """Steps between two IoU points of the curve (off the clock)."""
+    seconds: float | None = None
+    """Time budget in seconds of training clock (the steps only; evaluations, checkpoints and
+    outputs excluded): training stops once the clock reaches it, or at ``steps``, whichever
+    comes first; None: ``steps`` alone (``--seconds`` without ``--steps`` lifts ``steps``:
+    :func:`~nerfmine.fit_config.lift_step_limit`). With a budget or ``eval_at`` the loop reads
+    the clock every few steps (:mod:`nerfmine.fit_loop` says how far it can overshoot)."""
+    eval_at: tuple[float, ...] = ()
+    """Seconds of training clock at which to evaluate (IoU); each curve point records the clock
+    it was actually taken at, the first reading at or past the point. When given,
+    ``eval_every`` is not used."""
     mesh_resolution: int = 256
     """Grid vertices per axis of the marching cubes of the final zero level set."""
     mining: str = "none"

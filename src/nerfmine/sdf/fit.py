@@ -63,20 +63,20 @@ from nerfmine.sdf.samples import training_points, uniform_points
 KIND = "nerfmine-sdf"
 MESH_NAME = "mesh.ply"
 COMPARISON_NAME = "mesh_vs_truth.png"
-RESUMABLE = ("steps", "eval_every", "mesh_resolution", "eval_chunk")
+RESUMABLE = ("steps", "seconds", "eval_at", "eval_every", "mesh_resolution", "eval_chunk")
 
 
 class SdfFit(FitLoop):
     """One SDF fit and its run folder. :meth:`create` starts one, :meth:`resume` continues
-    one; :meth:`train` trains to ``config.steps`` and writes the folder's files (the three are
-    :class:`~nerfmine.fit_loop.FitLoop`'s)."""
+    one; :meth:`train` trains to ``config.steps`` or ``config.seconds`` and writes the folder's
+    files (the three are :class:`~nerfmine.fit_loop.FitLoop`'s)."""
 
     COMMAND, METRIC, SOURCE = "sdf", "iou", "mesh"
     KIND = KIND
     CONFIG_CLASS, CONFIG_KEY = SdfConfig, "sdf_config"
     WRONG_KIND = "not an SDF run's checkpoint (nerfmine sdf writes those)"
     RESUMABLE = RESUMABLE
-    RESUMABLE_FLAGS = "--steps, --eval-every and --mesh-resolution"
+    RESUMABLE_FLAGS = "--steps, --seconds, --eval-at, --eval-every and --mesh-resolution"
 
     def __init__(self, config: SdfConfig, mesh_path: Path, run_dir: Path) -> None:
         self._start(config, run_dir)
