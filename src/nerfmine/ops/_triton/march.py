@@ -20,7 +20,7 @@ stops at the first chunk with ``t >= t_far`` (t grows with k).
 Cascades (K > 1): ``_cell_index`` picks the cascade with comparisons against powers of two and
 scales by exact powers of two, as the reference's ``cascade_cells``. Exponential stepping
 (``cone_angle > 0``): the candidates are the closed-form lattice of
-:mod:`nerfmine.ops.cone_lattice` (per-ray parameters computed by torch for both backends), so
+:mod:`nerfmine.ops.cone_lattice` (per-ray parameters by :mod:`._triton.cone_lattice`), so
 ``_lattice_kernel`` tests them BLOCK at a time like the constant-step kernels, once to count
 (and to find the candidate after each ray's last sample) and once to write.
 
@@ -33,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from nerfmine.ops.cone_lattice import lattice_params, power_bits
+from nerfmine.ops._triton.cone_lattice import lattice_params_triton
+from nerfmine.ops.cone_lattice import power_bits
 from nerfmine.ops.packed import PackedSamples, pack_rays, packed_samples, ray_slots_active
 from nerfmine.ops.scene_box import default_max_step_size, flat_occupancy, fp32, ray_box
 
@@ -351,7 +352,7 @@ def march_rays_triton(
     if exponential:
         max_step = default_max_step_size(res) if max_step_size is None else float(max_step_size)
         a, c, b = fp32(step_size), fp32(cone_angle), fp32(max_step)
-        lattice = lattice_params(t_near, jitter, a, c, b)
+        lattice = lattice_params_triton(t_near, jitter, a, c, b)  # one launch
         k0 = (torch.zeros(n_rays, dtype=torch.int64, device=device) if k_start is None
               else k_start.to(device=device, dtype=torch.int64))
         per_ray = [x.contiguous() for x in (lattice.t0, lattice.k_a, lattice.t_b, lattice.k_b,
