@@ -304,7 +304,8 @@ class HardSampleMiner(nn.Module):
         host_copy: bool = True,
         backend: str = "torch",
     ) -> MiningResult:
-        """One mining step on the output gradients ``grad_raw`` [C, 4] of the first pass.
+        """One mining step on the output gradients ``grad_raw`` [C, K] of the first pass (K = 4
+        for NeRF, 3 for an image's RGB, 1 for an SDF's distance; :func:`nerfmine.ops.mining.race`).
 
         ``n_samples`` is ``PackedSamples.n_samples`` (B, [] int64 on device); ``capacity`` the
         host capacity C (defaults to ``grad_raw.shape[0]``); ``generator`` a

@@ -129,3 +129,26 @@ def test_mine_triton_matches_torch_in_b_tau_and_layout(device):
         for t in (r1.importance, r1.tau, triton_miner.tau_bar):
             assert torch.isfinite(t).all()
     assert triton_miner.mean_fraction() == pytest.approx(torch_miner.mean_fraction())
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_race_takes_fewer_outputs_than_four(device, width):
+    """An image's RGB gradients [C, 3] and an SDF's distance gradient [C, 1]: the triton race
+    pads them with zero columns (the kernel reads four values a row; read unpadded, the rows
+    slid into one another and past the buffer's end, an illegal address on an H200 for
+    [C, 1]) and gives the reference's importance, sums and candidate count."""
+    from nerfmine.ops.mining import race
+
+    c, n = 1537, 1400
+    grad = _grads(c, seed=width)[:, :width].contiguous()
+    ref = race(grad, n, torch.Generator().manual_seed(0), backend="torch")
+    got = race(grad.to(device), torch.tensor(n, device=device),
+               torch.Generator(device=device).manual_seed(0), backend="triton")
+    torch.testing.assert_close(got.importance.cpu(), ref.importance, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(got.sum_importance.cpu(), ref.sum_importance, rtol=1e-5,
+                               atol=0.0)
+    assert int(got.n_candidates) == int(ref.n_candidates)
+    with pytest.raises(ValueError, match=r"must be \[C, 4\]"):
+        _run(grad, n, 0, 0, seed=1, device=device)
+    with pytest.raises(ValueError, match="1 <= K <= 4"):
+        race(torch.zeros(c, 5, device=device), n, backend="triton")

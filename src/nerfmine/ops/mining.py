@@ -3,7 +3,8 @@
 Specified in ../shared/docs/hard-sample-mining.md (steps 5 and 6). Two calls, so that the
 miner can choose ``b`` from the sums of the first while the second is still to run:
 
-1. :func:`race` takes the output gradients ``grad_raw`` [C, 4] of the first pass and returns
+1. :func:`race` takes the output gradients ``grad_raw`` [C, K] of the first pass (K = 4 for
+   NeRF's RGB and density, 3 for an image's RGB, 1 for an SDF's distance) and returns
    the importance ``G_i = ||grad_raw_i||_2`` (0 on padding slots ``i >= n_samples``), its sums
    ``sum G`` and ``sum G^2`` (float64), the count of candidates ``#{G > 0}`` and the keys of an
    exponential race, ``key_i = log G_i - log E_i`` with ``E_i ~ Exp(1)`` (successive sampling
@@ -100,13 +101,20 @@ def select_by_keys(keys: Tensor, b: Tensor | int, size: int) -> tuple[Tensor, Te
 
 def race(grad_raw: Tensor, n_samples: Tensor | int, generator: torch.Generator | None = None,
          backend: str = "torch") -> Race:
-    """Importance, its sums and the race keys of the output gradients ``grad_raw`` [C, 4] of
-    the real samples ``i < n_samples`` (a [] device tensor or an int). ``generator`` draws the
-    race's randomness (the torch backend's exponentials, the triton backend's Philox seed)."""
+    """Importance, its sums and the race keys of the output gradients ``grad_raw`` [C, K],
+    K <= 4, of the real samples ``i < n_samples`` (a [] device tensor or an int). ``generator``
+    draws the race's randomness (the torch backend's exponentials, the triton backend's Philox
+    seed). The triton kernel reads four values a row: narrower gradients are padded with zero
+    columns for it, which leave every norm G unchanged."""
     check_backend("mining race", backend)
+    if grad_raw.dim() != 2 or not 1 <= grad_raw.shape[1] <= 4:
+        raise ValueError(f"grad_raw must be [C, K] with 1 <= K <= 4, got "
+                         f"{list(grad_raw.shape)}")
     device = grad_raw.device
     n = torch.as_tensor(n_samples, device=device)
     if backend == "triton":
+        if grad_raw.shape[1] < 4:  # [C, K] -> [C, 4]
+            grad_raw = torch.nn.functional.pad(grad_raw, (0, 4 - grad_raw.shape[1]))
         kernels = triton_module("mining", grad_raw)
         ws = kernels.MineWorkspace(grad_raw.shape[0], device)
         seed = torch.randint(0, 2**31 - 1, (1,), device=device, generator=generator)

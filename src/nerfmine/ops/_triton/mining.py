@@ -231,7 +231,11 @@ class MineWorkspace:
 def importance_and_keys(grad_raw: Tensor, n_samples: Tensor, seed: Tensor,
                         ws: MineWorkspace) -> tuple[Tensor, Tensor]:
     """First kernel: fills ``ws.importance``, ``ws.codes``, the high histogram and the
-    partial sums; returns (importance [C] float32, partial sums [n_blocks, 3] float64)."""
+    partial sums; returns (importance [C] float32, partial sums [n_blocks, 3] float64).
+    ``grad_raw`` must be [C, 4]: the kernel reads four values per row (narrower outputs are
+    padded by :func:`nerfmine.ops.mining.race`)."""
+    if grad_raw.dim() != 2 or grad_raw.shape[1] != 4:
+        raise ValueError(f"grad_raw must be [C, 4], got {list(grad_raw.shape)}")
     c = grad_raw.shape[0]
     if c != ws.capacity:
         raise ValueError(f"workspace is for {ws.capacity} slots, grad_raw has {c}")
