@@ -376,3 +376,21 @@ def test_the_command_line_shares_the_viewers_defaults():
 
     for name in ("DEFAULT_PORT", "DEFAULT_HOST", "MIN_SIDE", "INSTALL_HINT"):
         assert getattr(view_cli, name) == getattr(viewer, name), name
+
+
+def test_frame_rate_over_the_last_seconds():
+    from nerfmine.viewer.server import FrameRate, render_info
+
+    meter = FrameRate(window=2.0)
+    assert meter.rate(0.0) is None
+    for i in range(11):  # 10 frames a second for a second
+        meter.add(i * 0.1)
+    assert meter.rate(1.0) == pytest.approx(10.0)
+    meter.add(3.5)  # a pause: the earlier frames leave the window
+    assert meter.rate(3.5) is None
+    meter.add(3.75)
+    assert meter.rate(3.75) == pytest.approx(4.0)
+    assert meter.rate(10.0) is None  # nothing sent lately
+    line = render_info(1280, 720, 0.0254, 39.37, 1200)
+    assert line == "render: 1280x720 in 25 ms, 39.4 frames/s (weights of step 1200)"
+    assert "frames/s" not in render_info(64, 36, 0.5, None, 0)

@@ -4,7 +4,8 @@
 reachable from another machine only through SSH port forwarding: ``ssh -N -L PORT:localhost:
 PORT user@host``). Every connected browser gets renders from its own camera as the scene's
 background image, the training cameras as frustums (at most :data:`MAX_FRUSTUMS`, evenly
-subsampled) and a panel with the run's step, training clock, loss and PSNR.
+subsampled) and a panel with the run's step, training clock, loss and PSNR, and the last
+render's size and time with the frames per second sent to browsers.
 
 Resolution. While a camera moves, frames are rendered small enough to take about
 ``target_seconds`` (measured pixel throughput; at least :data:`MIN_SIDE` pixels on the short
@@ -17,6 +18,7 @@ browser is moving the camera.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import io
@@ -89,6 +91,28 @@ class _ClientState:
     version: int = -1
 
 
+class FrameRate:
+    """Frames per second over the last ``window`` seconds of frames sent to browsers: what a
+    user sees, including the time between renders (the panel shows it beside the render time,
+    whose inverse is the rate the renderer alone would allow)."""
+
+    def __init__(self, window: float = 2.0):
+        self.window = float(window)
+        self._times: collections.deque[float] = collections.deque()
+
+    def add(self, now: float) -> None:
+        self._times.append(now)
+        while self._times and now - self._times[0] > self.window:
+            self._times.popleft()
+
+    def rate(self, now: float) -> float | None:
+        """Frames per second over the window up to ``now``; None before two frames in it."""
+        times = [t for t in self._times if now - t <= self.window]
+        if len(times) < 2:
+            return None
+        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = max(0.0, float(seconds))
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
@@ -119,6 +143,7 @@ class Viewer:
         self.title = title
         self.scene = scene  # the training run's live scene (None: a trained run)
         self.frames_sent = 0
+        self.frame_rate = FrameRate()
         self.last_frame: np.ndarray | None = None  # the last image sent to a browser
         self.pixels_per_second = 2.0e4 if cpu else 2.0e6  # refined by every render
         self.server = None
@@ -333,9 +358,12 @@ class Viewer:
         state.version = self.renderer.version
         self.frames_sent += 1
         self.last_frame = image
+        sent_at = time.monotonic()
+        self.frame_rate.add(sent_at)
         if self._render_info is not None:
-            self._render_info.content = (f"render: {width}x{height} in {seconds * 1000:.0f} ms "
-                                         f"(weights of step {self.renderer.step})")
+            self._render_info.content = render_info(width, height, seconds,
+                                                    self.frame_rate.rate(sent_at),
+                                                    self.renderer.step)
         self._wake.set()
 
     def _moving_side(self, view: ViewCamera) -> int:
@@ -344,6 +372,15 @@ class Viewer:
         long_side = math.sqrt(pixels * max(view.aspect, 1.0 / view.aspect))
         return int(min(self.max_res, max(MIN_SIDE, long_side)))
 
+
+
+def render_info(width: int, height: int, seconds: float, fps: float | None, step: int) -> str:
+    """The panel's render line: the last frame's size and render time, the frames per second
+    sent to browsers over the last seconds (while the camera moves or the weights change), and
+    the weights' step."""
+    rate = f", {fps:.1f} frames/s" if fps is not None else ""
+    return (f"render: {width}x{height} in {seconds * 1000:.0f} ms{rate} "
+            f"(weights of step {step})")
 
 
 def load_cameras(scene: TrainedScene) -> tuple[Cameras | None, str | None]:
