@@ -67,6 +67,17 @@ def main(out: str, mining: str) -> None:
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    if mining == "mismatch":  # rank 1 started with another table size: every rank refuses
+        from nerfmine.errors import ConfigError
+
+        if rank == 1:
+            TINY["model"] = {**TINY["model"], "log2_table_size": 11}
+        try:
+            trainer_for(Path(out) / f"run{rank}", "none", POOL)
+        except ConfigError as exc:
+            (Path(out) / f"rank{rank}.err").write_text(str(exc))
+        dist.destroy_process_group()
+        return
     share = POOL // world
     # The trainer sees the process group: it divides the samples and rays per step among the
     # ranks (each marches its share of the pool) and exchanges through nerfmine.distributed.

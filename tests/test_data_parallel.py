@@ -59,6 +59,19 @@ def test_mining_ranks_stay_one_model(tmp_path):
     assert torch.equal(ranks[0]["bitfield"], ranks[1]["bitfield"])
 
 
+def test_ranks_with_different_configs_are_refused(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(HERE / "_data_parallel_worker.py"), str(tmp_path), "mismatch"],
+        env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for rank in (0, 1):  # every rank says the same, naming the field and both values
+        message = (tmp_path / f"rank{rank}.err").read_text()
+        assert "2 training processes were started with different configs or data" in message
+        assert "config.model.log2_table_size: rank 0 has 10, rank 1 has 11" in message
+        assert "config.model.n_levels" not in message  # only what differs
+
+
 @pytest.mark.parametrize("world", [1])
 def test_exchange_needs_a_process_group(world):
     from nerfmine.distributed import StepExchange

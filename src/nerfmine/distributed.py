@@ -133,6 +133,33 @@ class Ranks:
             for t in tensors:
                 dist.broadcast(t.detach(), src=0)
 
+    def check_same(self, what: str, values: dict) -> None:
+        """Raise :class:`~nerfmine.errors.ConfigError` on every rank unless every rank passes
+        the same ``values`` (a JSON-like dict, e.g. the run's config): the fields that differ
+        from rank 0's are named with each rank's value. Ranks started by one torchrun command
+        agree; ranks of several commands, or on several machines whose files differ, may not,
+        and a run of ranks that disagree would train nothing sensible without saying so."""
+        if not self.several:
+            return
+        import torch.distributed as dist
+
+        from nerfmine.errors import ConfigError
+
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, _flatten(values))
+        problems = []
+        for rank, other in enumerate(gathered[1:], start=1):
+            for key in sorted(set(gathered[0]) | set(other)):
+                mine, theirs = gathered[0].get(key), other.get(key)
+                if mine != theirs:
+                    problems.append(f"{key}: rank 0 has {mine!r}, rank {rank} has {theirs!r}")
+        if problems:
+            raise ConfigError(
+                f"the {self.world} training processes were started with different {what}:\n  "
+                + "\n  ".join(problems[:20])
+                + ("\n  ..." if len(problems) > 20 else "")
+                + "\nStart every rank with the same command, config file and data.")
+
     def barrier(self) -> None:
         if self.several:
             import torch.distributed as dist
@@ -147,6 +174,17 @@ class Ranks:
         return device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def _flatten(values: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; tuples as lists (as JSON has them)."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
 def start_process_group() -> None:
     """Join torchrun's process group (NCCL with CUDA GPUs, else gloo), each rank on GPU
     ``LOCAL_RANK``; a collective may wait as long as rank 0's evaluations take."""
@@ -159,6 +197,13 @@ def start_process_group() -> None:
         return
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     cuda = torch.cuda.is_available()
+    if cuda and not dist.is_nccl_available():
+        from nerfmine.errors import NerfmineError
+
+        raise NerfmineError("data-parallel training on GPUs needs NCCL, which this PyTorch "
+                            f"build ({torch.__version__}) lacks: install a CUDA build of "
+                            "PyTorch from pytorch.org (Linux wheels include NCCL), or train on "
+                            "one GPU without --gpus.")
     if cuda:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=12))

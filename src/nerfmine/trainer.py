@@ -128,6 +128,9 @@ class Trainer:
         # the images with its share of the samples per step, its own rays' random stream,
         # and the same weights, occupancy draws and decisions as rank 0.
         self.ranks = Ranks.current()
+        self.ranks.check_same("configs or data", {
+            "config": config.to_dict(), "training images": len(train_data),
+            "image size": [train_data.width, train_data.height]})
         seed = config.train.seed
         torch.manual_seed(seed)  # graph steps draw from the default generators
         self.scene = TrainedScene.create(config, with_ema=True)
