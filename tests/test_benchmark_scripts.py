@@ -175,3 +175,19 @@ def test_ray_draw_times_both_ways_on_a_capture_with_a_lens(tmp_path):
     assert table["table_lenses"] == 1 and newton["table_bytes"] is None
     assert table["table_bytes"] == r["image"][0] * r["image"][1] * 2 * 4
     assert table["profiled_ops_per_draw"] < newton["profiled_ops_per_draw"] / 4
+
+
+@pytest.mark.parametrize("mining", ["none", "hsm"])
+def test_touched_rows_counts_the_rows_a_step_writes(mining):
+    """touched_rows counts the table rows with a gradient per level, and the bytes of a dense
+    and a sparse exchange follow from the count."""
+    touched_rows = _load("touched_rows")
+    overrides = json.loads(json.dumps(TINY))
+    overrides["device"] = "cpu"
+    r = touched_rows.measure(None, "cpu", mining, warmup=2, steps=2, overrides=overrides)
+    levels = r["per_level_touched_fraction"]
+    assert len(levels) == 16 and all(0.0 <= f <= 1.0 for f in levels)
+    assert 0.0 < r["touched_fraction"] < 1.0
+    assert r["dense_bytes"] == r["rows"] * r["features"] * 4
+    assert r["sparse_over_dense"] == pytest.approx(
+        r["touched_fraction"] * (4 + 4 * r["features"]) / (4 * r["features"]))
