@@ -7,29 +7,19 @@ one that had none."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_benchmark_scripts import _load
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY_IMAGE = {"pixels_per_step": 64, "log2_table_size": 8, "n_levels": 4, "render_tile": 256}
 TINY_SDF = {"n_levels": 4, "base_resolution": 8, "max_resolution": 32, "log2_table_size": 10,
             "samples_per_step": 256, "pool_size": 4096, "iou_points": 4096,
             "mesh_resolution": 16, "eval_chunk": 4096, "lr": 3e-3}
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _checkerboard(path: Path, size: int = 16) -> Path:
