@@ -128,8 +128,10 @@ class Trainer:
         # the images with its share of the samples per step, its own rays' random stream,
         # and the same weights, occupancy draws and decisions as rank 0.
         self.ranks = Ranks.current()
+        settings = config.to_dict()
+        settings["data"].pop("memory_estimate", None)  # each process's own measurement
         self.ranks.check_same("configs or data", {
-            "config": config.to_dict(), "training images": len(train_data),
+            "config": settings, "training images": len(train_data),
             "image size": [train_data.width, train_data.height]})
         seed = config.train.seed
         torch.manual_seed(seed)  # graph steps draw from the default generators
